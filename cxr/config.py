@@ -1,0 +1,131 @@
+"""Configuration of the preprocessing job: frozen dataclasses, validated on construction.
+
+A config is plain data: the job builds one from its arguments, the pipeline reads it,
+and the manifest records it in full (`to_dict`), so a shard set always says how it was
+made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from cxr.errors import UserError
+
+MARKING_POLICIES = ("drop", "keep", "inpaint")
+
+# Matches cxr.markings.DEFAULT_MARKING_THRESHOLD; kept as a literal here so that building
+# a config does not import scikit-image (the job parses arguments before Ray starts).
+DEFAULT_MARKING_THRESHOLD = 0.3
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+@dataclass(frozen=True)
+class ClaheConfig:
+    """Parameters of `skimage.exposure.equalize_adapthist`, the source paper's CLAHE."""
+
+    # None lets scikit-image pick 1/8 of each image side, its documented default.
+    kernel_size: int | None = None
+    clip_limit: float = 0.01
+    nbins: int = 256
+
+    def __post_init__(self) -> None:
+        _require(self.kernel_size is None or self.kernel_size >= 2,
+                 f"--clahe-kernel-size must be at least 2, got {self.kernel_size}")
+        _require(0 < self.clip_limit <= 1, f"--clahe-clip-limit must be in (0, 1], got {self.clip_limit}")
+        _require(2 <= self.nbins <= 65536, f"--clahe-nbins must be in [2, 65536], got {self.nbins}")
+
+
+@dataclass(frozen=True)
+class MarkingConfig:
+    """What to do with images that carry burned-in text, labels, arrows or rulers."""
+
+    policy: str = "drop"
+    threshold: float = DEFAULT_MARKING_THRESHOLD
+
+    def __post_init__(self) -> None:
+        _require(self.policy in MARKING_POLICIES,
+                 f"--markings must be one of {', '.join(MARKING_POLICIES)}, got {self.policy!r}")
+        _require(0 <= self.threshold <= 1, f"--marking-threshold must be in [0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Train/val/test ratios; the split is stratified by class and keyed by pixel content."""
+
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        ratios = (self.train, self.val, self.test)
+        _require(all(r >= 0 for r in ratios), f"split ratios must not be negative, got {ratios}")
+        _require(math.isclose(sum(ratios), 1.0, abs_tol=1e-6), f"split ratios must add up to 1, got {ratios}")
+        _require(self.train > 0, "the train split ratio must be positive")
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The embedded default source: generated chest-X-ray-like images (see cxr.synthetic)."""
+
+    images: int = 600
+    seed: int = 0
+    size: int = 320
+    # About the real database's 1 : 2.8 COVID : Normal ratio, so class weighting is exercised.
+    covid_fraction: float = 0.27
+    marking_fraction: float = 0.15
+    # Exact copies of other images, so that duplicate removal has work to do.
+    duplicate_fraction: float = 0.02
+
+    def __post_init__(self) -> None:
+        _require(self.images >= 2, f"--synthetic-images must be at least 2, got {self.images}")
+        _require(64 <= self.size <= 2048, f"--synthetic-size must be in [64, 2048], got {self.size}")
+        for name in ("covid_fraction", "marking_fraction", "duplicate_fraction"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, f"synthetic {name} must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    source: str = "synthetic"
+    output: str = "outputs/shards/synthetic"
+    image_size: int = 299
+    # None: every class folder found, in sorted order. Otherwise these, in this label order.
+    classes: tuple[str, ...] | None = None
+    clahe: ClaheConfig = field(default_factory=ClaheConfig)
+    markings: MarkingConfig = field(default_factory=MarkingConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # Larger images are rejected from their header, before any pixel is decoded.
+    max_pixels: int = 50_000_000
+    # Images are downscaled to this longest side before marking detection and CLAHE: both
+    # cost grows with pixels, and 1024 keeps over 3x the output resolution.
+    working_max_side: int = 1024
+    rows_per_shard: int = 1000
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _require(bool(self.source), "--source must not be empty")
+        _require(bool(self.output), "--output must not be empty")
+        _require(32 <= self.image_size <= 2048, f"--image-size must be in [32, 2048], got {self.image_size}")
+        _require(self.working_max_side >= self.image_size,
+                 f"working size {self.working_max_side} must be at least --image-size {self.image_size}")
+        _require(self.max_pixels >= self.image_size ** 2, "--max-pixels is smaller than one output image")
+        _require(self.rows_per_shard >= 1, f"--rows-per-shard must be positive, got {self.rows_per_shard}")
+        if self.classes is not None:
+            _require(len(self.classes) >= 2, f"--classes needs at least two classes, got {list(self.classes)}")
+            _require(len(set(self.classes)) == len(self.classes), f"--classes has duplicates: {list(self.classes)}")
+            _require(all(c and "/" not in c for c in self.classes), f"bad class names in --classes: {list(self.classes)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,214 @@
+"""The preprocessing pipeline: raw chest X-rays to Parquet shards, with Ray Data.
+
+Two passes. The first streams every input through the per-image work (read, decode,
+grayscale, markings, CLAHE, resize, PNG) in parallel and writes staging shards; it is
+where all the time goes. The driver then reads back only the small metadata columns,
+decides duplicates and the split (both need every image's hash), and a second, I/O-only
+pass regroups the staging rows into the final train/val/test shards. The manifest is
+written last, and the staging area is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter, defaultdict
+from time import perf_counter
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from cxr import manifest as manifest_lib
+from cxr import runtime, shards, sources, storage
+from cxr.config import PreprocessConfig
+from cxr.errors import UserError
+from cxr.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
+                            resize_square, to_grayscale, to_uint8)
+
+log = logging.getLogger(__name__)
+
+STAGING_NAME = "_staging"
+# Inputs per Ray Data block: big enough that task overhead is noise next to the image work
+# (about 30 ms an image), small enough to spread a few thousand images over many cores.
+ROWS_PER_BLOCK = 24
+
+
+def process_image(data: bytes, config: PreprocessConfig) -> dict:
+    """One image's bytes through decode .. PNG; the shard fields plus per-stage seconds.
+
+    Raises ImageRejected when the image cannot be used; a marking drop is not an error
+    but a status, so its score and hash still reach rejected.parquet.
+    """
+    from cxr.markings import detect_markings, inpaint_markings  # scikit-image heavy; workers only
+
+    seconds: dict[str, float] = {}
+    clock = perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = perf_counter()
+        seconds[f"t_{stage}"] = now - clock
+        clock = now
+
+    pixels = decode_image(data, config.max_pixels)
+    content_hash = pixel_hash(pixels)
+    lap("decode")
+    gray = limit_size(to_grayscale(pixels), config.working_max_side)
+    lap("grayscale")
+    marks = detect_markings(gray)
+    fields = {"content_hash": content_hash, "marking_score": float(marks.score),
+              "orig_height": int(pixels.shape[0]), "orig_width": int(pixels.shape[1]),
+              "marking_inpainted": False, "status": "ok", "detail": None}
+    if marks.score >= config.markings.threshold:
+        if config.markings.policy == "drop":
+            lap("markings")
+            return {**fields, **seconds, "status": "marking",
+                    "detail": f"marking score {marks.score:.2f} >= {config.markings.threshold}"}
+        if config.markings.policy == "inpaint":
+            gray = inpaint_markings(gray, marks.mask)
+            fields["marking_inpainted"] = True
+    lap("markings")
+    equalized = apply_clahe(gray, config.clahe)
+    lap("clahe")
+    resized = resize_square(to_uint8(equalized), config.image_size)
+    lap("resize")
+    png = encode_png(resized)
+    lap("encode")
+    return {**fields, **seconds, "image_png": png}
+
+
+def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
+    """Ray Data stage: read and process a batch of listed inputs, one staging row each.
+
+    Every failure is caught per image and becomes the row's status, so one bad file never
+    aborts the job and never vanishes.
+    """
+    rows = []
+    with sources.BatchReader(config.synthetic) as reader:
+        for item in batch.to_pylist():
+            row = {"source_uri": item["source_uri"], "class_name": item["class_name"], "label": item["label"]}
+            start = perf_counter()
+            try:
+                data, row["marking_truth"] = reader.read(item)
+            except Exception as exc:  # noqa: BLE001 - any read failure is this image's reject
+                rows.append({**row, "status": "read_error", "detail": _one_line(exc)})
+                continue
+            row["t_read"] = perf_counter() - start
+            try:
+                row.update(process_image(data, config))
+            except ImageRejected as exc:
+                row.update(status=exc.reason, detail=exc.detail)
+            except Exception as exc:  # noqa: BLE001 - recorded, counted and shown in the summary
+                row.update(status="processing_error", detail=_one_line(exc))
+            rows.append(row)
+    return pa.Table.from_pylist(rows, schema=shards.STAGING_SCHEMA)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def prepare_output(output: storage.Location, overwrite: bool) -> None:
+    """Refuse to write over an existing output unless asked; never delete foreign files."""
+    storage.check_bucket(output)
+    info = storage.file_info(output)
+    if info.type == storage.pafs.FileType.File:
+        raise UserError(f"{output.uri}: --output is a file, not a folder or prefix")
+    existing = storage.list_files(output) if info.type != storage.pafs.FileType.NotFound or output.is_s3 else []
+    if existing:
+        names = [f.path[len(output.path.rstrip("/")) + 1:] for f in existing]
+        state = "a finished" if shards.MANIFEST_NAME in names else "a partial"
+        if not overwrite:
+            raise UserError(f"{output.uri} already holds {state} output; pass --overwrite to replace it")
+        ours = (*shards.SPLITS, STAGING_NAME)
+        foreign = [n for n in names if n.split("/", 1)[0] not in ours
+                   and n not in (shards.MANIFEST_NAME, shards.REJECTED_NAME)]
+        if foreign:
+            raise UserError(f"{output.uri} holds files cxr did not write (such as {foreign[0]}); "
+                            f"refusing to delete them, choose another --output")
+        storage.delete_tree(output, keep_root=True)
+    storage.check_writable(output)
+
+
+def run_preprocess(config: PreprocessConfig) -> dict:
+    """Run the whole job; return the manifest it wrote."""
+    started = time.time()
+    listing = sources.list_source(config)
+    if not listing.items:
+        raise UserError(f"{listing.root}: no image files (.png, .jpg) in the class folders "
+                        f"({len(listing.rejects)} other files)")
+    log.info("found %d inputs in %s (%s), classes %s", listing.found, listing.root, listing.kind,
+             ", ".join(listing.class_names))
+    output = storage.resolve(config.output)
+    prepare_output(output, config.overwrite)
+    staging = output.join(STAGING_NAME)
+
+    runtime.ensure_ray()
+    import ray
+
+    num_blocks = max(1, math.ceil(len(listing.items) / ROWS_PER_BLOCK))
+    log.info("processing %d images in %d blocks", len(listing.items), num_blocks)
+    dataset = ray.data.from_items(listing.items, override_num_blocks=num_blocks)
+    dataset = dataset.map_batches(process_batch, batch_format="pyarrow", batch_size=None,
+                                  fn_kwargs={"config": config})
+    dataset.write_parquet(staging.path, filesystem=output.fs)
+    processed_at = time.time()
+
+    metadata = _read_staging_metadata(staging)
+    processed = [row for rows in metadata.values() for row in rows]
+    ok_rows = [r for r in processed if r["status"] == "ok"]
+    rejects = list(listing.rejects)
+    rejects += [{**r, "reason": r["status"]} for r in processed if r["status"] != "ok"]
+    kept, duplicates = shards.remove_duplicates(ok_rows)
+    rejects += duplicates
+    assignment = shards.assign_splits(kept, config.split)
+
+    file_rows = {path: Counter(assignment[r["source_uri"]] for r in rows if r["source_uri"] in assignment)
+                 for path, rows in metadata.items()}
+    shard_files = _write_shards(staging, output, assignment, file_rows, config.rows_per_shard)
+    shards.write_rejects(rejects, output)
+
+    manifest = manifest_lib.build_manifest(
+        config=config, listing=listing, kept=kept, assignment=assignment, rejects=rejects,
+        shard_files=shard_files, stage_seconds=_stage_seconds(processed),
+        wall_seconds={"process": processed_at - started, "total": time.time() - started})
+    storage.write_json(output.join(shards.MANIFEST_NAME), manifest)
+    storage.delete_tree(staging)
+    return manifest
+
+
+def _read_staging_metadata(staging: storage.Location) -> dict[str, list[dict]]:
+    """The metadata rows of each staging file, keyed by file URI; no image bytes are read."""
+    dataset = pads.dataset(staging.path, filesystem=staging.fs, format="parquet")
+    prefix = "s3://" if staging.is_s3 else ""
+    return {prefix + fragment.path: fragment.to_table(columns=shards.METADATA_COLUMNS).to_pylist()
+            for fragment in dataset.get_fragments()}
+
+
+def _write_shards(staging: storage.Location, output: storage.Location, assignment: dict[str, str],
+                  file_rows: dict[str, Counter], rows_per_shard: int) -> dict[str, list[dict]]:
+    """Second pass: one Ray task per final shard, regrouping kept staging rows by split."""
+    import ray
+
+    write_shard = ray.remote(num_cpus=1)(shards.write_shard)
+    uris_by_split: dict[str, set[str]] = defaultdict(set)
+    for uri, split in assignment.items():
+        uris_by_split[split].add(uri)
+    pending = {}
+    for split, groups in shards.plan_shards(file_rows, rows_per_shard).items():
+        keep = ray.put(uris_by_split[split])  # once per split, not once per task
+        for index, files in enumerate(groups):
+            name = f"{split}/part-{index:05d}.parquet"
+            pending[name] = write_shard.remote(files, keep, output.join(name).uri)
+    rows = dict(zip(pending, ray.get(list(pending.values()))))
+    shard_files: dict[str, list[dict]] = {split: [] for split in shards.SPLITS}
+    for name, count in sorted(rows.items()):
+        shard_files[name.split("/", 1)[0]].append({"path": name, "rows": count})
+    return shard_files
+
+
+def _stage_seconds(rows: list[dict]) -> dict[str, float]:
+    """CPU-seconds spent in each per-image stage, summed over all images and workers."""
+    return {stage: round(sum(r[f"t_{stage}"] or 0.0 for r in rows), 3) for stage in shards.STAGES}

@@ -1,0 +1,50 @@
+"""Process-level setup shared by the jobs: logging, Ray, and the user-error exit path."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from cxr.errors import UserError
+
+log = logging.getLogger("cxr")
+
+
+def interactive() -> bool:
+    """A person at a terminal (progress bars) rather than a log file (plain lines)."""
+    return sys.stderr.isatty() and os.environ.get("CI") is None
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def ensure_ray() -> None:
+    """Connect to the cluster this runs on (RAY_ADDRESS, as `ray job submit` sets) or start a
+    local Ray; configure Ray Data for this kind of output."""
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        # Ray's own workers log at INFO by default; keep their chatter out of job output.
+        ray.init(logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
+    context = DataContext.get_current()
+    context.enable_progress_bars = interactive()
+    # Per-operator progress lines ("Running Dataset ...") only help a person at a terminal.
+    context.print_on_execution_start = interactive()
+
+
+def run_job(main: Callable[[], int | None]) -> None:
+    """Run a job's main; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

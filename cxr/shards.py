@@ -1,0 +1,162 @@
+"""The shard format the preprocessing job writes and the training job reads.
+
+Layout under the output URI:
+    train/ val/ test/    Parquet shards, one row per kept image (SHARD_SCHEMA)
+    rejected.parquet     one row per input not kept, with the reason (REJECT_SCHEMA)
+    manifest.json        written last: a reader that finds it can trust the rest
+
+This module also holds the two global decisions of the job, made on the driver from
+per-image metadata only: exact-duplicate removal and the train/val/test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cxr import storage
+from cxr.config import SplitConfig
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+MANIFEST_NAME = "manifest.json"
+REJECTED_NAME = "rejected.parquet"
+
+SHARD_SCHEMA = pa.schema([
+    ("image_png", pa.binary()),
+    ("label", pa.int32()),
+    ("class_name", pa.string()),
+    ("source_uri", pa.string()),
+    ("content_hash", pa.string()),
+    ("marking_score", pa.float32()),
+    ("marking_inpainted", pa.bool_()),
+    # Ground truth of the synthetic source (comma-separated kinds); null for real images.
+    ("marking_truth", pa.string()),
+    ("orig_height", pa.int32()),
+    ("orig_width", pa.int32()),
+])
+
+STAGES = ("read", "decode", "grayscale", "markings", "clahe", "resize", "encode")
+STAGING_SCHEMA = pa.schema(
+    list(SHARD_SCHEMA) + [("status", pa.string()), ("detail", pa.string())]
+    + [(f"t_{stage}", pa.float32()) for stage in STAGES])
+
+REJECT_SCHEMA = pa.schema([
+    ("source_uri", pa.string()),
+    ("class_name", pa.string()),
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+    ("marking_score", pa.float32()),
+    ("content_hash", pa.string()),
+    ("marking_truth", pa.string()),
+])
+
+# What the driver reads back from the staging shards to decide duplicates and splits.
+METADATA_COLUMNS = ["source_uri", "label", "class_name", "content_hash", "status", "detail",
+                    "marking_score", "marking_truth"] + [f"t_{stage}" for stage in STAGES]
+
+
+def remove_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Split processed rows into (kept, rejected) by exact pixel duplicates.
+
+    Of identical images of one class the one with the smallest source URI is kept, so the
+    choice does not depend on processing order. Identical images filed under different
+    classes are all rejected: their labels contradict each other.
+    """
+    by_hash: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_hash[row["content_hash"]].append(row)
+    kept, rejected = [], []
+    for group in by_hash.values():
+        group = sorted(group, key=lambda r: r["source_uri"])
+        if len({r["label"] for r in group}) > 1:
+            classes = sorted({r["class_name"] for r in group})
+            rejected += [_as_reject(r, "conflicting_duplicate", f"same pixels filed as {', '.join(classes)}")
+                         for r in group]
+            continue
+        kept.append(group[0])
+        rejected += [_as_reject(r, "duplicate", f"same pixels as {group[0]['source_uri']}") for r in group[1:]]
+    return kept, rejected
+
+
+def _as_reject(row: dict, reason: str, detail: str) -> dict:
+    return {**{name: row.get(name) for name in REJECT_SCHEMA.names}, "reason": reason, "detail": detail}
+
+
+def split_key(content_hash: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{content_hash}".encode()).hexdigest()
+
+
+def assign_splits(rows: list[dict], split: SplitConfig) -> dict[str, str]:
+    """Map each row's source URI to a split, stratified by label.
+
+    Within a class, images are ordered by a hash of their pixels and cut at the ratios, so
+    the assignment depends only on which images there are: not on listing order, block
+    layout or worker count. Duplicates are removed before this, so no image can sit in two
+    splits.
+    """
+    by_label: dict[int, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_label[row["label"]].append(row)
+    assignment = {}
+    for members in by_label.values():
+        members.sort(key=lambda r: split_key(r["content_hash"], split.seed))
+        n = len(members)
+        train_end = round(n * split.train)
+        # With no test split, rounding must not leave a stray image for it.
+        val_end = n if split.test == 0 else min(n, train_end + round(n * split.val))
+        for i, row in enumerate(members):
+            assignment[row["source_uri"]] = "train" if i < train_end else "val" if i < val_end else "test"
+    return assignment
+
+
+def write_shard(staging_files: list[str], keep: set[str], output_uri: str) -> int:
+    """Copy the rows of `keep` (source URIs) from staging files into one shard; return rows.
+
+    Runs in a Ray task. Rows are sorted by content hash so a shard's content is the same
+    whatever order the staging files were written in.
+    """
+    location = storage.resolve(output_uri)
+    tables = []
+    for path in staging_files:
+        table = pq.read_table(storage.resolve(path).path, filesystem=location.fs)
+        mask = pa.array([uri in keep for uri in table.column("source_uri").to_pylist()])
+        tables.append(table.filter(mask).select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA))
+    shard = pa.concat_tables(tables).sort_by("content_hash")
+    if shard.num_rows:
+        # Row groups of a few hundred images: the unit a training reader fetches at once.
+        storage.ensure_parent(location)
+        pq.write_table(shard, location.path, filesystem=location.fs, row_group_size=256)
+    return shard.num_rows
+
+
+def plan_shards(file_rows: dict[str, dict[str, int]], rows_per_shard: int) -> dict[str, list[list[str]]]:
+    """Group staging files into shards per split: {split: [[file, ...], ...]}.
+
+    `file_rows` maps each staging file to its kept row count per split.
+    """
+    plan: dict[str, list[list[str]]] = {}
+    for split in SPLITS:
+        groups, current, count = [], [], 0
+        for path in sorted(file_rows):
+            n = file_rows[path].get(split, 0)
+            if not n:
+                continue
+            if current and count + n > rows_per_shard:
+                groups.append(current)
+                current, count = [], 0
+            current.append(path)
+            count += n
+        if current:
+            groups.append(current)
+        plan[split] = groups
+    return plan
+
+
+def write_rejects(rows: list[dict], output: storage.Location) -> None:
+    table = pa.Table.from_pylist([{name: r.get(name) for name in REJECT_SCHEMA.names} for r in rows],
+                                 schema=REJECT_SCHEMA).sort_by("source_uri")
+    pq.write_table(table, output.join(REJECTED_NAME).path, filesystem=output.fs)

@@ -1,0 +1,216 @@
+"""Where images come from: find every input of a source, then read each one's bytes.
+
+A source is a class-per-folder tree (`<class>/*.png` or the Kaggle archive's
+`<class>/images/*.png`, with `masks/` beside `images/`) in a local folder or under an
+`s3://` prefix, a `.zip` of such a tree (local or on S3), or `synthetic`. Listing runs on
+the driver and is cheap; it returns one row per input found, each either readable or
+already rejected (unsupported file, wrong layout), so that nothing is silently lost.
+Reading runs in Ray workers, a batch at a time.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cxr import storage
+from cxr.config import PreprocessConfig, SyntheticConfig
+from cxr.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# The Kaggle archive keeps lung masks beside the images; they are not inputs.
+IGNORED_FOLDERS = ("masks",)
+IMAGE_FOLDER = "images"
+SYNTHETIC_CLASSES = ("COVID", "Normal")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Every input of a source. `items` are rows for the pipeline; `rejects` failed listing."""
+
+    kind: str
+    root: str
+    class_names: tuple[str, ...]
+    items: list[dict]
+    rejects: list[dict]
+    ignored: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def found(self) -> int:
+        return len(self.items) + len(self.rejects)
+
+
+def item_row(source_uri: str, class_name: str, label: int, kind: str, location: str,
+             member: str = "", synthetic_index: int = -1) -> dict:
+    return {"source_uri": source_uri, "class_name": class_name, "label": label, "kind": kind,
+            "location": location, "member": member, "synthetic_index": synthetic_index}
+
+
+def reject_row(source_uri: str, class_name: str | None, reason: str, detail: str) -> dict:
+    return {"source_uri": source_uri, "class_name": class_name, "reason": reason, "detail": detail}
+
+
+def list_source(config: PreprocessConfig) -> Listing:
+    """List the inputs of `config.source`, or fail with a one-line UserError."""
+    if config.source == "synthetic":
+        return list_synthetic(config.synthetic)
+    location = storage.resolve(config.source)
+    storage.check_bucket(location)
+    info = storage.file_info(location)
+    if info.type == storage.pafs.FileType.File:
+        if not location.path.lower().endswith(".zip"):
+            raise UserError(f"{location.uri}: a file source must be a .zip archive of a class-per-folder tree")
+        return _list_zip(location, config.classes)
+    files = storage.list_files(location)
+    if not files:
+        if info.type == storage.pafs.FileType.NotFound:
+            raise UserError(f"{location.uri}: source does not exist")
+        raise UserError(f"{location.uri}: source folder is empty")
+    prefix = location.path.rstrip("/") + "/"
+    relative = [f.path[len(prefix):] for f in files]
+    return _list_tree("folder", location.uri, relative, config.classes,
+                      lambda rel: location.join(rel).uri, lambda rel: ("file", location.join(rel).uri, ""))
+
+
+def _list_zip(location: storage.Location, classes: tuple[str, ...] | None) -> Listing:
+    try:
+        with location.fs.open_input_file(location.path) as handle, zipfile.ZipFile(handle) as archive:
+            names = [i.filename for i in archive.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, ValueError):  # pyarrow refuses the seek of a file too short to be a zip
+        raise UserError(f"{location.uri}: not a valid zip archive") from None
+    except OSError as exc:
+        raise storage.storage_error(exc, location.uri) from None
+    # macOS archivers add resource forks under __MACOSX/: metadata, not inputs.
+    macos = [n for n in names if n.startswith("__MACOSX/")]
+    names = [n for n in names if not n.startswith("__MACOSX/")]
+    if not names:
+        raise UserError(f"{location.uri}: the zip archive holds no files")
+    listing = _list_tree("zip", location.uri, names, classes,
+                         lambda rel: f"{location.uri}!/{rel}", lambda rel: ("zip", location.uri, rel))
+    if macos:
+        listing.ignored["macos_metadata"] = len(macos)
+    return listing
+
+
+def _strip_wrappers(paths: list[str]) -> tuple[str, list[str]]:
+    """Descend through single wrapping folders, as archives often have (`Dataset/<class>/...`)."""
+    wrapper = ""
+    while True:
+        tops = {p.split("/", 1)[0] for p in paths}
+        if len(tops) != 1 or any("/" not in p for p in paths):
+            return wrapper, paths
+        top = tops.pop()
+        inner = [p.split("/", 1)[1] for p in paths]
+        subfolders = {p.split("/", 1)[0] for p in inner if "/" in p}
+        # A lone class folder holds images/ and masks/, not classes: stop there.
+        if not subfolders or subfolders <= {IMAGE_FOLDER, *IGNORED_FOLDERS}:
+            return wrapper, paths
+        wrapper, paths = wrapper + top + "/", inner
+
+
+def _list_tree(kind: str, root: str, relative: list[str], classes: tuple[str, ...] | None,
+               uri_of, read_spec_of) -> Listing:
+    wrapper, stripped = _strip_wrappers(relative)
+    found_classes = sorted({p.split("/", 1)[0] for p in stripped if "/" in p})
+    if not found_classes:
+        raise UserError(f"{root}: no class subfolders (expected <class>/*.png or <class>/images/*.png)")
+    if classes is None:
+        if len(found_classes) < 2:
+            raise UserError(f"{root}: found one class folder ({found_classes[0]}); at least two are needed")
+        class_names = tuple(found_classes)
+    else:
+        missing = [c for c in classes if c not in found_classes]
+        if missing:
+            raise UserError(f"{root}: no folder for class(es) {', '.join(missing)} "
+                            f"(found: {', '.join(found_classes)})")
+        class_names = classes
+    label_of = {name: i for i, name in enumerate(class_names)}
+    items, rejects, ignored = [], [], Counter()
+    for original, rel in zip(relative, stripped):
+        parts = rel.split("/")
+        uri = uri_of(original)
+        class_name = parts[0] if len(parts) > 1 else None
+        if class_name is not None and class_name not in label_of:
+            ignored[f"unselected_class:{class_name}"] += 1
+            continue
+        if len(parts) == 3 and parts[1] in IGNORED_FOLDERS:
+            ignored[parts[1]] += 1
+            continue
+        if not (len(parts) == 2 or (len(parts) == 3 and parts[1] == IMAGE_FOLDER)):
+            rejects.append(reject_row(uri, class_name, "wrong_layout",
+                                      "not in <class>/ or <class>/images/"))
+            continue
+        if not parts[-1].lower().endswith(IMAGE_EXTENSIONS) or parts[-1].startswith("."):
+            rejects.append(reject_row(uri, class_name, "unsupported_file",
+                                      f"not a {'/'.join(IMAGE_EXTENSIONS)} file"))
+            continue
+        read_kind, location, member = read_spec_of(original)
+        items.append(item_row(uri, class_name, label_of[class_name], read_kind, location, member))
+    if not items and not rejects:
+        raise UserError(f"{root}: no files in the class folders {', '.join(class_names)}")
+    return Listing(kind=kind, root=root + ("/" + wrapper.rstrip("/") if wrapper else ""),
+                   class_names=class_names, items=items, rejects=rejects, ignored=dict(ignored))
+
+
+def list_synthetic(spec: SyntheticConfig) -> Listing:
+    """The embedded default: `spec.images` generated images, a few of them exact copies."""
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 7]))
+    n_covid = max(1, min(spec.images - 1, round(spec.images * spec.covid_fraction)))
+    classes = ["COVID"] * n_covid + ["Normal"] * (spec.images - n_covid)
+    render_index = list(range(spec.images))
+    n_copies = round(spec.images * spec.duplicate_fraction)
+    for copy in rng.choice(spec.images, size=n_copies, replace=False):
+        # A copy renders the same picture as another image of its class.
+        peers = [i for i, c in enumerate(classes) if c == classes[copy] and i != copy]
+        render_index[copy] = render_index[int(rng.choice(peers))]
+    label_of = {name: i for i, name in enumerate(SYNTHETIC_CLASSES)}
+    items = [item_row(f"synthetic://seed-{spec.seed}/{c}/{i:05d}.png", c, label_of[c], "synthetic",
+                      "", synthetic_index=render_index[i]) for i, c in enumerate(classes)]
+    return Listing(kind="synthetic", root=f"synthetic://seed-{spec.seed}", class_names=SYNTHETIC_CLASSES,
+                   items=items, rejects=[])
+
+
+class BatchReader:
+    """Reads the bytes of a batch of items; opens each zip archive once per batch."""
+
+    def __init__(self, synthetic: SyntheticConfig):
+        self._synthetic = synthetic
+        self._archives: dict[str, zipfile.ZipFile] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> BatchReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for archive in self._archives.values():
+            archive.close()
+        for handle in self._handles:
+            handle.close()
+
+    def read(self, item: dict) -> tuple[bytes, str | None]:
+        """The item's bytes and, for synthetic images, the markings drawn on it."""
+        if item["kind"] == "file":
+            return storage.read_bytes(storage.resolve(item["location"])), None
+        if item["kind"] == "zip":
+            return self._archive(item["location"]).read(item["member"]), None
+        return self._render_synthetic(item)
+
+    def _render_synthetic(self, item: dict) -> tuple[bytes, str]:
+        from cxr import synthetic
+        from cxr.transforms import encode_png
+
+        image = synthetic.render_synthetic(
+            item["class_name"], item["synthetic_index"], seed=self._synthetic.seed,
+            size=self._synthetic.size, marking_fraction=self._synthetic.marking_fraction)
+        return encode_png(image.pixels), ",".join(image.markings)
+
+    def _archive(self, uri: str) -> zipfile.ZipFile:
+        if uri not in self._archives:
+            location = storage.resolve(uri)
+            handle = location.fs.open_input_file(location.path)
+            self._handles.append(handle)
+            self._archives[uri] = zipfile.ZipFile(handle)
+        return self._archives[uri]

@@ -1,0 +1,192 @@
+"""Where data lives: local paths and `s3://` URIs behind one pyarrow filesystem interface.
+
+S3 settings come from the standard AWS environment (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL[_S3]) or, on a
+cluster, from the instance role. Every process (the driver and each Ray worker) builds
+its filesystem from its own environment, so credentials are never shipped around.
+Errors from S3 are translated into one-line `UserError`s that name the URI, never a key.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from cxr.errors import UserError
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved URI: the filesystem and the path that filesystem understands."""
+
+    uri: str
+    fs: pafs.FileSystem
+    path: str
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def join(self, *parts: str) -> Location:
+        path = posixpath.join(self.path, *parts)
+        uri = posixpath.join(self.uri, *parts)
+        return Location(uri=uri, fs=self.fs, path=path)
+
+
+def is_s3_uri(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem configured from this process's AWS environment."""
+    settings = tuple(os.environ.get(name) for name in _S3_ENVIRONMENT)
+    return _s3_filesystem_for(settings)
+
+
+# Everything that changes which S3 client we get; the cache is keyed on all of it, so a
+# changed environment (another endpoint or key) gets a new client.
+_S3_ENVIRONMENT = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+                   "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem_for(settings: tuple) -> pafs.S3FileSystem:
+    # Building a client initialises the AWS SDK; workers read thousands of objects.
+    del settings  # the key of the cache; the values are read from the environment below
+    options: dict = {}
+    endpoint = s3_endpoint()
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options["endpoint_override"] = parsed.netloc
+        options["scheme"] = parsed.scheme
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    return pafs.S3FileSystem(**options)
+
+
+def resolve(uri: str) -> Location:
+    """Resolve a local path or an s3:// URI."""
+    if is_s3_uri(uri):
+        parsed = urlparse(uri)
+        if not parsed.netloc:
+            raise UserError(f"{uri}: an S3 URI needs a bucket, as in s3://bucket/prefix")
+        path = (parsed.netloc + parsed.path).rstrip("/")
+        return Location(uri=f"s3://{path}", fs=s3_filesystem(), path=path)
+    if "://" in uri:
+        raise UserError(f"{uri}: unsupported URI scheme (use a local path or s3://bucket/prefix)")
+    path = os.path.abspath(os.path.expanduser(uri))
+    return Location(uri=path, fs=pafs.LocalFileSystem(), path=path)
+
+
+def describe_error(exc: BaseException, uri: str) -> str:
+    """A one-line explanation of a storage failure, without credentials or a traceback."""
+    text = str(exc)
+    bucket = urlparse(uri).netloc if is_s3_uri(uri) else ""
+    if "NoSuchBucket" in text or "NoSuchBucket" in repr(exc):
+        return f"{uri}: bucket '{bucket}' does not exist"
+    if any(m in text for m in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ACCESS_DENIED",
+                               "AccessDenied", "Forbidden", "403", "INVALID_ACCESS_KEY")):
+        return (f"{uri}: access denied by S3 (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                f"or the instance role's permissions)")
+    if any(m in text for m in ("curlCode", "Couldn't connect", "Could not connect", "NETWORK_CONNECTION",
+                               "Connection refused", "resolve host")):
+        endpoint = s3_endpoint() or "the default AWS endpoint"
+        return f"{uri}: cannot reach S3 at {endpoint}"
+    if isinstance(exc, FileNotFoundError):
+        return f"{uri}: does not exist"
+    if isinstance(exc, PermissionError):
+        return f"{uri}: permission denied"
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"{uri}: {first_line}"
+
+
+def storage_error(exc: BaseException, uri: str) -> UserError:
+    return UserError(describe_error(exc, uri))
+
+
+def file_info(location: Location) -> pafs.FileInfo:
+    try:
+        return location.fs.get_file_info(location.path)
+    except (OSError, ValueError) as exc:
+        raise storage_error(exc, location.uri) from None
+
+
+def check_bucket(location: Location) -> None:
+    """Fail early and clearly on a missing bucket or refused credentials."""
+    if not location.is_s3:
+        return
+    bucket = location.path.split("/", 1)[0]
+    try:
+        info = location.fs.get_file_info(bucket)
+    except (OSError, ValueError) as exc:
+        raise storage_error(exc, location.uri) from None
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{location.uri}: bucket '{bucket}' does not exist")
+
+
+def list_files(location: Location) -> list[pafs.FileInfo]:
+    """Every file below a folder or prefix, sorted by path."""
+    selector = pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
+    try:
+        infos = location.fs.get_file_info(selector)
+    except (OSError, ValueError) as exc:
+        raise storage_error(exc, location.uri) from None
+    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+
+def read_bytes(location: Location) -> bytes:
+    with location.fs.open_input_stream(location.path) as stream:
+        return stream.read()
+
+
+def ensure_parent(location: Location) -> None:
+    """Create the local folder a file will go in (S3 has no folders to create)."""
+    parent = posixpath.dirname(location.path)
+    if parent and not location.is_s3:
+        location.fs.create_dir(parent, recursive=True)
+
+
+def write_bytes(location: Location, data: bytes) -> None:
+    ensure_parent(location)
+    with location.fs.open_output_stream(location.path) as stream:
+        stream.write(data)
+
+
+def write_json(location: Location, payload: dict) -> None:
+    write_bytes(location, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(location: Location) -> dict:
+    return json.loads(read_bytes(location).decode())
+
+
+def check_writable(location: Location) -> None:
+    """Write and delete a probe object, so that a read-only target fails before any work."""
+    probe = location.join("_cxr_write_probe")
+    try:
+        write_bytes(probe, b"probe")
+        location.fs.delete_file(probe.path)
+    except (OSError, ValueError) as exc:
+        raise storage_error(exc, location.uri) from None
+
+
+def delete_tree(location: Location, keep_root: bool = False) -> None:
+    """Delete a folder or prefix and everything below it (only its contents if keep_root)."""
+    try:
+        if keep_root:
+            location.fs.delete_dir_contents(location.path, missing_dir_ok=True)
+        elif file_info(location).type != pafs.FileType.NotFound:
+            location.fs.delete_dir(location.path)
+    except (OSError, ValueError) as exc:
+        raise storage_error(exc, location.uri) from None

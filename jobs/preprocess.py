@@ -1,0 +1,87 @@
+"""Chest X-rays to Parquet shards: `python jobs/preprocess.py --help`.
+
+Locally: `python jobs/preprocess.py` (synthetic data, local Ray, ./outputs/shards/synthetic).
+On a cluster: `ray job submit --working-dir . -- python jobs/preprocess.py --source s3://... --output s3://...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# `python jobs/preprocess.py` puts jobs/ on sys.path, not the repository; make `cxr` importable
+# the same way whether or not the package is installed (a Ray job's working dir is not).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cxr.config import (DEFAULT_MARKING_THRESHOLD, MARKING_POLICIES, ClaheConfig, MarkingConfig,  # noqa: E402
+                        PreprocessConfig, SplitConfig, SyntheticConfig)
+from cxr.errors import UserError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Decode, filter, CLAHE-normalise and shard chest X-rays with Ray Data.")
+    parser.add_argument("--source", default="synthetic",
+                        help="class-per-folder tree (local folder or s3:// prefix), a .zip of one, "
+                             "or 'synthetic' (default)")
+    parser.add_argument("--output", default="outputs/shards/synthetic",
+                        help="local folder or s3:// prefix for the shards (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--classes", default=None,
+                        help="comma-separated class folders to use, in label order (default: all, sorted)")
+    parser.add_argument("--image-size", type=int, default=299, help="output side in pixels (default: 299)")
+    parser.add_argument("--markings", choices=MARKING_POLICIES, default="drop",
+                        help="what to do with images carrying burned-in markings (default: drop)")
+    parser.add_argument("--marking-threshold", type=float, default=DEFAULT_MARKING_THRESHOLD,
+                        help="marking score at or above which the policy applies (default: %(default)s)")
+    parser.add_argument("--clahe-clip-limit", type=float, default=0.01)
+    parser.add_argument("--clahe-kernel-size", type=int, default=None,
+                        help="CLAHE tile size in pixels (default: 1/8 of the image)")
+    parser.add_argument("--clahe-nbins", type=int, default=256)
+    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test ratios (default: %(default)s)")
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--rows-per-shard", type=int, default=1000)
+    parser.add_argument("--max-pixels", type=int, default=50_000_000,
+                        help="larger images are rejected unread (default: %(default)s)")
+    parser.add_argument("--synthetic-images", type=int, default=600)
+    parser.add_argument("--synthetic-seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> PreprocessConfig:
+    try:
+        ratios = [float(x) for x in args.split.split(",")]
+    except ValueError:
+        raise UserError(f"--split must be three comma-separated numbers, got {args.split!r}") from None
+    if len(ratios) != 3:
+        raise UserError(f"--split must be three comma-separated numbers, got {args.split!r}")
+    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+    return PreprocessConfig(
+        source=args.source, output=args.output, overwrite=args.overwrite, classes=classes,
+        image_size=args.image_size, max_pixels=args.max_pixels, rows_per_shard=args.rows_per_shard,
+        markings=MarkingConfig(policy=args.markings, threshold=args.marking_threshold),
+        clahe=ClaheConfig(kernel_size=args.clahe_kernel_size, clip_limit=args.clahe_clip_limit,
+                          nbins=args.clahe_nbins),
+        split=SplitConfig(*ratios, seed=args.split_seed),
+        synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cxr import runtime
+    from cxr.manifest import format_summary
+    from cxr.preprocess import run_preprocess
+
+    runtime.setup_logging(args.verbose)
+    config = build_config(args)
+    manifest = run_preprocess(config)
+    print(format_summary(manifest, config.output))
+    return 0
+
+
+if __name__ == "__main__":
+    from cxr.runtime import run_job
+
+    run_job(main)

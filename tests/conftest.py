@@ -1,0 +1,48 @@
+"""Shared fixtures: a real local Ray, a real S3 server (SeaweedFS), the shared real images."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.s3_fixture import local_s3, s3_bucket, s3_client, s3_env  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_sample_dir() -> Path | None:
+    """The real COVID-19 Radiography sample beside the repo, if it is there."""
+    configured = os.environ.get("CXR_SHARED_DATA")
+    candidate = Path(configured) if configured else REPO.parent / "shared" / "data" / "covid19-radiography-sample"
+    dataset = candidate / "COVID-19_Radiography_Dataset"
+    return dataset if dataset.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    """`<class>/images/*.png` of real chest X-rays; skips when the shared data is absent."""
+    path = shared_sample_dir()
+    if path is None:
+        pytest.skip("real chest X-ray sample not found (../shared/data/covid19-radiography-sample "
+                    "or $CXR_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session(local_s3):
+    """One local Ray for the whole session: starting Ray costs 3 to 15 s here.
+
+    Its workers get the test S3 server's settings in their environment, as a cluster's
+    workers get theirs from the node (each worker builds its own S3 client).
+    """
+    import ray
+    from ray.data import DataContext
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": local_s3.env()})
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

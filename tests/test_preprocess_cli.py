@@ -1,0 +1,85 @@
+"""`python jobs/preprocess.py` as a user runs it: bad input is one line and exit 2, before any output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.trees import class_tree, write_tree
+
+JOB = REPO / "jobs" / "preprocess.py"
+
+
+def run_job(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(JOB), *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr
+
+
+def empty_folder(parent: Path) -> Path:
+    (parent / "empty").mkdir()
+    return parent / "empty"
+
+
+@pytest.mark.parametrize("make_source, message", [
+    (lambda p: str(p / "nowhere"), "does not exist"),
+    (lambda p: str(empty_folder(p)), "empty"),
+    (lambda p: str(write_tree(p / "flat", {"a.png": b"x", "b.png": b"y"})), "no class subfolders"),
+])
+def test_bad_local_sources(tmp_path, make_source, message):
+    output = tmp_path / "out"
+    result = run_job("--source", make_source(tmp_path), "--output", str(output))
+    assert_clean_failure(result, message)
+    assert not output.exists()
+
+
+def test_bad_arguments(tmp_path):
+    assert_clean_failure(run_job("--split", "0.5,0.5", "--output", str(tmp_path / "o")), "three")
+    assert_clean_failure(run_job("--image-size", "8", "--output", str(tmp_path / "o")), "--image-size")
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    source = write_tree(tmp_path / "raw", class_tree(per_class=2))
+    output = write_tree(tmp_path / "out", {"manifest.json": b"{}"})
+    result = run_job("--source", str(source), "--output", str(output))
+    assert_clean_failure(result, "already holds a finished output; pass --overwrite")
+    assert (output / "manifest.json").read_bytes() == b"{}"
+
+
+def test_missing_bucket_and_wrong_credentials(s3_env, s3_bucket, tmp_path):
+    result = run_job("--source", "s3://no-such-bucket-here/raw/", "--output", str(tmp_path / "out"))
+    assert_clean_failure(result, "bucket 'no-such-bucket-here' does not exist")
+    wrong = "not-the-secret-0123456789"
+    result = run_job("--source", f"s3://{s3_bucket}/raw/", "--output", str(tmp_path / "out"),
+                     env={"AWS_SECRET_ACCESS_KEY": wrong})
+    assert_clean_failure(result, "access denied")
+    assert wrong not in result.stderr + result.stdout
+    assert s3_env["AWS_SECRET_ACCESS_KEY"] not in result.stderr + result.stdout
+    result = run_job("--source", f"s3://{s3_bucket}/raw/", "--output", str(tmp_path / "out"))
+    assert_clean_failure(result, "does not exist")
+    assert not Path(tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_default_job_runs_and_prints_summary(ray_session, tmp_path):
+    """The quickstart path, shrunk: synthetic data, connected to the session's Ray."""
+    address = ray_session.get_runtime_context().gcs_address
+    output = tmp_path / "shards"
+    result = run_job("--output", str(output), "--synthetic-images", "60", "--image-size", "64",
+                     env={"RAY_ADDRESS": address})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"shards written to {output}" in result.stdout
+    assert "inputs found 60 = kept" in result.stdout
+    assert (output / "manifest.json").is_file()

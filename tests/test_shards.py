@@ -1,0 +1,90 @@
+"""The driver's global decisions: duplicate removal, stratified split, shard grouping."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from cxr.config import SplitConfig
+from cxr.shards import assign_splits, plan_shards, remove_duplicates
+
+
+def row(uri: str, label: int, content: str) -> dict:
+    return {"source_uri": uri, "label": label, "class_name": ["COVID", "Normal"][label],
+            "content_hash": hashlib.sha256(content.encode()).hexdigest(), "marking_score": 0.0}
+
+
+def dataset(n_covid: int, n_normal: int) -> list[dict]:
+    return ([row(f"c/{i:04d}.png", 0, f"covid{i}") for i in range(n_covid)]
+            + [row(f"n/{i:04d}.png", 1, f"normal{i}") for i in range(n_normal)])
+
+
+def test_duplicates_keep_the_smallest_uri_whatever_the_order():
+    rows = dataset(3, 3) + [row("a/first.png", 0, "covid1"), row("z/last.png", 0, "covid1")]
+    for seed in range(5):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        kept, rejected = remove_duplicates(shuffled)
+        assert len(kept) == 6
+        assert "a/first.png" in {r["source_uri"] for r in kept}
+        assert sorted(r["source_uri"] for r in rejected) == ["c/0001.png", "z/last.png"]
+        assert {r["reason"] for r in rejected} == {"duplicate"}
+        assert all("a/first.png" in r["detail"] for r in rejected)
+
+
+def test_duplicates_across_classes_are_all_rejected():
+    rows = dataset(2, 2) + [row("n/copy.png", 1, "covid0")]
+    kept, rejected = remove_duplicates(rows)
+    assert sorted(r["source_uri"] for r in rejected) == ["c/0000.png", "n/copy.png"]
+    assert {r["reason"] for r in rejected} == {"conflicting_duplicate"}
+    assert len(kept) == 3
+
+
+def test_split_is_stratified_with_exact_ratios():
+    assignment = assign_splits(dataset(100, 280), SplitConfig())
+    counts = {}
+    for uri, split in assignment.items():
+        key = (uri[0], split)
+        counts[key] = counts.get(key, 0) + 1
+    assert counts == {("c", "train"): 80, ("c", "val"): 10, ("c", "test"): 10,
+                      ("n", "train"): 224, ("n", "val"): 28, ("n", "test"): 28}
+
+
+def test_split_depends_only_on_the_images():
+    rows = dataset(50, 120)
+    reference = assign_splits(rows, SplitConfig())
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+    assert assign_splits(shuffled, SplitConfig()) == reference
+    # Another class's images do not move this class's images between splits.
+    covid_only = assign_splits([r for r in rows if r["label"] == 0], SplitConfig())
+    assert covid_only == {u: s for u, s in reference.items() if u.startswith("c/")}
+    assert assign_splits(rows, SplitConfig(seed=1)) != reference
+
+
+@pytest.mark.parametrize("ratios", [(0.7, 0.3, 0.0), (0.6, 0.2, 0.2), (1.0, 0.0, 0.0)])
+def test_split_covers_every_image_once(ratios):
+    rows = dataset(37, 53)
+    assignment = assign_splits(rows, SplitConfig(*ratios))
+    assert set(assignment) == {r["source_uri"] for r in rows}
+    for name, ratio in zip(("train", "val", "test"), ratios):
+        share = sum(s == name for s in assignment.values()) / len(rows)
+        assert share == pytest.approx(ratio, abs=0.03)
+
+
+def test_bad_ratios_are_user_errors():
+    from cxr.errors import UserError
+    with pytest.raises(UserError, match="add up to 1"):
+        SplitConfig(0.8, 0.1, 0.2)
+    with pytest.raises(UserError, match="negative"):
+        SplitConfig(1.1, -0.1, 0.0)
+
+
+def test_plan_shards_groups_files_up_to_the_row_budget():
+    file_rows = {f"s/{i}.parquet": {"train": 30, "val": 3 if i % 2 else 0, "test": 4} for i in range(10)}
+    plan = plan_shards(file_rows, rows_per_shard=100)
+    assert [len(group) for group in plan["train"]] == [3, 3, 3, 1]
+    assert sum(len(group) for group in plan["val"]) == 5 and len(plan["val"]) == 1
+    assert sorted(f for group in plan["test"] for f in group) == sorted(file_rows)
