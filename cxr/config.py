@@ -12,12 +12,9 @@ import math
 from dataclasses import dataclass, field
 
 from cxr.errors import UserError
+from cxr.markings import DEFAULT_MARKING_THRESHOLD
 
 MARKING_POLICIES = ("drop", "keep", "inpaint")
-
-# Matches cxr.markings.DEFAULT_MARKING_THRESHOLD; kept as a literal here so that building
-# a config does not import scikit-image (the job parses arguments before Ray starts).
-DEFAULT_MARKING_THRESHOLD = 0.3
 
 
 def _require(condition: bool, message: str) -> None:

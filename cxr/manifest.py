@@ -14,9 +14,9 @@ from cxr.sources import Listing
 RECORDED_PACKAGES = ("ray", "scikit-image", "pyarrow", "numpy", "pillow")
 
 
-def _package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str]:
     versions = {}
-    for name in RECORDED_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -38,7 +38,7 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
         "schema_version": shards.SCHEMA_VERSION,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cxr_version": __version__,
-        "packages": _package_versions(),
+        "packages": package_versions(),
         "source": {"uri": config.source, "kind": listing.kind, "root": listing.root},
         "class_names": list(listing.class_names),
         "image": {"height": config.image_size, "width": config.image_size, "channels": 1, "format": "png"},

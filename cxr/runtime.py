@@ -29,8 +29,12 @@ def ensure_ray() -> None:
     from ray.data import DataContext
 
     if not ray.is_initialized():
-        # Ray's own workers log at INFO by default; keep their chatter out of job output.
-        ray.init(logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(logging_level=logging.WARNING)
+        else:
+            # A local Ray for this one job: without the dashboard's dozen processes, which
+            # compete with the image work for a laptop's cores (`ray start --head` gives one).
+            ray.init(logging_level=logging.WARNING, include_dashboard=False)
     context = DataContext.get_current()
     context.enable_progress_bars = interactive()
     # Per-operator progress lines ("Running Dataset ...") only help a person at a terminal.

@@ -24,7 +24,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # The Kaggle archive keeps lung masks beside the images; they are not inputs.
 IGNORED_FOLDERS = ("masks",)
 IMAGE_FOLDER = "images"
-SYNTHETIC_CLASSES = ("COVID", "Normal")
 
 
 @dataclass(frozen=True)
@@ -166,6 +165,8 @@ def list_synthetic(spec: SyntheticConfig) -> Listing:
         # A copy renders the same picture as another image of its class.
         peers = [i for i, c in enumerate(classes) if c == classes[copy] and i != copy]
         render_index[copy] = render_index[int(rng.choice(peers))]
+    from cxr.synthetic import SYNTHETIC_CLASSES
+
     label_of = {name: i for i, name in enumerate(SYNTHETIC_CLASSES)}
     items = [item_row(f"synthetic://seed-{spec.seed}/{c}/{i:05d}.png", c, label_of[c], "synthetic",
                       "", synthetic_index=render_index[i]) for i, c in enumerate(classes)]

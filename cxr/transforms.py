@@ -19,6 +19,9 @@ from cxr.config import ClaheConfig
 
 SUPPORTED_FORMATS = ("PNG", "JPEG")
 MIN_SIDE = 32
+# zlib level 1: measured on CLAHE'd 299 px X-rays, 2.3 ms and 48 KiB an image against 9.8 ms
+# and 43 KiB at Pillow's default 6, where encoding cost a third of all per-image work.
+PNG_COMPRESS_LEVEL = 1
 
 
 class ImageRejected(Exception):
@@ -138,7 +141,7 @@ def resize_square(gray8: np.ndarray, size: int) -> np.ndarray:
 
 def encode_png(gray8: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(gray8).save(buffer, format="PNG")
+    Image.fromarray(gray8).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 

@@ -1,0 +1,225 @@
+"""Shared by the benchmarks: what machine ran them, process-tree memory and CPU, the results page.
+
+docs/benchmarks.md holds one section per benchmark between `<!-- name:start -->` and
+`<!-- name:end -->`; each benchmark rewrites its own section and leaves the others alone,
+so the preprocessing, training and inference numbers can be refreshed independently.
+Processes are read from /proc (Linux) rather than with psutil, which this venv only has
+vendored inside Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+import threading
+import time
+from cxr.manifest import package_versions
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_PAGE = REPO / "docs" / "benchmarks.md"
+RAW_RESULTS = REPO / "docs" / "benchmarks"
+PAGE_HEADER = """# Benchmarks
+
+Measured numbers for the cxr jobs, each written by the script named in its section
+(`python benchmarks/<name>.py`). A run replaces only its own section; the machine it ran
+on is described in the section, and the raw numbers are in `docs/benchmarks/<name>.json`.
+"""
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def machine_description(packages: tuple[str, ...] = ()) -> dict:
+    """CPU, cores, RAM, OS, Python and package versions: what a number depends on."""
+    cpuinfo = _read("/proc/cpuinfo")
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    meminfo = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
+    return {
+        "cpu_model": model.group(1).strip() if model else platform.processor() or "unknown",
+        "cpu_count": os.cpu_count(),
+        # The cores this process may run on; less than cpu_count under taskset or cgroups.
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_gib": round(int(meminfo.group(1)) / 2**20, 1) if meminfo else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": package_versions(packages),
+        # Some aarch64 OpenBLAS builds need it; when set it changes which kernels numpy uses.
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+    }
+
+
+def machine_markdown(machine: dict) -> str:
+    packages = ", ".join(f"{name} {version}" for name, version in machine["packages"].items())
+    lines = [f"- CPU: {machine['cpu_model']}, {machine['cpu_count']} logical cores "
+             f"({machine['cpu_affinity']} usable by this process)",
+             f"- RAM: {machine['ram_gib']} GiB; OS: {machine['os']}; Python {machine['python']}",
+             f"- Packages: {packages}",
+             f"- OPENBLAS_CORETYPE: {machine['OPENBLAS_CORETYPE'] or 'not set'}"]
+    return "\n".join(lines)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- memory
+
+
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Ray's per-node agents also take a "ray::" title, but they are Ray's machinery, not workers.
+_RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of one process (cheap: /proc/<pid>/statm); 0 if it has gone."""
+    fields = _read(f"/proc/{pid}/statm").split()
+    return int(fields[1]) * _PAGE_KIB if fields else 0
+
+
+def _pss_kib(pid: int) -> int:
+    """Proportional memory: each shared page (libraries, Ray's shared-memory object store)
+    split between the processes that map it, so a sum of PSS is what a tree occupies, where
+    a sum of RSS counts shared pages once per process. Costs 1 to 4 ms per Ray process."""
+    found = re.search(r"^Pss:\s*(\d+)", _read(f"/proc/{pid}/smaps_rollup"), re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+def _process_tree(root: int) -> dict[int, tuple[str, float]]:
+    """`root` and its descendants: pid -> (group, CPU-seconds used so far), from /proc.
+
+    Groups: "driver" (root), "worker" (Ray task and actor processes, titled "ray::..."),
+    "system" (raylet, GCS, dashboard and agents).
+    """
+    parent, cpu = {}, {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _read(f"/proc/{entry.name}/stat")
+            if stat:  # "pid (comm) state ppid ... utime stime ...": comm may hold spaces
+                fields = stat.rsplit(")", 1)[1].split()
+                parent[int(entry.name)] = int(fields[1])
+                cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, stack = {root: ("driver", cpu.get(root, 0.0))}, [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            title = _read(f"/proc/{child}/cmdline").split("\0", 1)[0]
+            worker = title.startswith("ray::") and not title.startswith(_RAY_AGENTS)
+            tree[child] = ("worker" if worker else "system", cpu[child])
+            stack.append(child)
+    return tree
+
+
+class ProcessTreeMonitor:
+    """Memory and CPU of this process and its descendants, sampled from a background thread.
+
+    Only descendants count, not every "ray::" process of the host, so another Ray on the
+    same machine does not leak into the numbers; that needs a Ray started by this process
+    (a local `ray.init`), whose raylet, GCS, dashboard and workers are all descendants.
+
+    Every `interval` s it sums RSS per group; every `rescan_every`-th sample it also finds
+    new processes, reads CPU times, and sums PSS of the driver and workers (PSS is costly
+    to read, and on few cores the sampler must not steal much from what it measures).
+    `peaks` (MiB) are maxima of those sums; `cpu_seconds` is each group's CPU time between
+    the first and last sample; `sampler_cpu_seconds` is what the sampling itself cost.
+    """
+
+    def __init__(self, interval: float = 0.2, rescan_every: int = 5):
+        self.interval, self.rescan_every = interval, rescan_every
+        self.peaks: dict[str, float] = {}
+        self.samples = 0
+        self.sampler_cpu_seconds = 0.0
+        self._tree: dict[int, tuple[str, float]] = {}
+        self._cpu_first: dict[int, float] = {}
+        self._cpu_last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ProcessTreeMonitor:
+        self._sample(rescan=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(rescan=True)
+
+    @property
+    def cpu_seconds(self) -> dict[str, float]:
+        used = {"driver": 0.0, "worker": 0.0, "system": 0.0}
+        for pid, (group, cpu) in self._cpu_last.items():
+            used[group] += cpu - self._cpu_first[pid]
+        return {group: round(seconds, 2) for group, seconds in used.items()}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            start = time.thread_time()
+            self._sample(rescan=self.samples % self.rescan_every == 0)
+            self.sampler_cpu_seconds += time.thread_time() - start
+
+    def _sample(self, rescan: bool) -> None:
+        if rescan:
+            self._tree = _process_tree(os.getpid())
+            for pid, (group, cpu) in self._tree.items():
+                # A process first seen after the first sample started during the run: count from 0.
+                self._cpu_first.setdefault(pid, cpu if self.samples == 0 else 0.0)
+                self._cpu_last[pid] = (group, cpu)
+        rss = {"driver": 0, "worker": 0, "system": 0}
+        pss = {"driver": 0, "worker": 0}
+        for pid, (group, _) in self._tree.items():
+            rss[group] += _rss_kib(pid)
+            if rescan and group in pss:
+                pss[group] += _pss_kib(pid)
+        sums = {"driver_rss": rss["driver"], "driver+workers_rss": rss["driver"] + rss["worker"],
+                "all_rss": sum(rss.values())}
+        if rescan:
+            sums.update({"driver_pss": pss["driver"], "driver+workers_pss": pss["driver"] + pss["worker"]})
+        for name, kib in sums.items():
+            self.peaks[f"{name}_mib"] = round(max(self.peaks.get(f"{name}_mib", 0.0), kib / 1024), 1)
+        self.samples += 1
+
+
+# ---------------------------------------------------------------- the results page
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str, page: Path = RESULTS_PAGE) -> None:
+    """Replace the `name` section of the results page (or append it), keeping the rest."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = f"{start}\n{body.strip()}\n{end}"
+    text = page.read_text() if page.exists() else PAGE_HEADER
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(text)
+
+
+def write_raw(name: str, results: dict) -> Path:
+    path = RAW_RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def fail(message: str) -> None:
+    """End a benchmark with one line on stderr, as the jobs do for user errors."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
