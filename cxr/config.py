@@ -126,3 +126,80 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+MODEL_NAMES = ("scratch_cnn", "vgg19_head")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """On-the-fly augmentation of training images, as the paper's Keras image generator.
+
+    Rotation is a fraction of a full turn (0.03 is about 11 degrees); shift and zoom are
+    fractions of the image side. All zero turns augmentation off.
+    """
+
+    rotation: float = 0.03
+    shift: float = 0.08
+    zoom: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "shift", "zoom"):
+            value = getattr(self, name)
+            _require(0 <= value < 0.5, f"augmentation {name} must be in [0, 0.5), got {value}")
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.rotation, self.shift, self.zoom))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = "outputs/shards/synthetic"
+    model: str = "scratch_cnn"
+    # "none", "imagenet" (vgg19_head only) or a weights file; None: imagenet for
+    # vgg19_head (the paper's frozen base), none for scratch_cnn.
+    weights: str | None = None
+    storage: str = "outputs/runs"
+    name: str | None = None  # None: the model's name
+    epochs: int = 5  # an upper bound: early stopping may end sooner
+    patience: int = 3
+    batch_size: int = 32  # global: split across the workers
+    learning_rate: float = 1e-3
+    class_weights: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    workers: int = 1
+    gpu: bool = False
+    # None: 1, or less on a small machine so that Ray Data keeps a CPU to feed the workers.
+    cpus_per_worker: float | None = None
+    max_failures: int = 2
+    seed: int = 0
+    # Resilience drill: one worker raises once, mid-epoch, in this epoch (>= 1).
+    fail_at_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.model in MODEL_NAMES, f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
+        _require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        _require(self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
+        _require(self.batch_size >= self.workers, f"--batch-size {self.batch_size} is smaller than --workers")
+        _require(self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}")
+        _require(self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
+        _require(self.cpus_per_worker is None or self.cpus_per_worker > 0, "--cpus-per-worker must be positive")
+        _require(self.max_failures >= 0, f"--max-failures must not be negative, got {self.max_failures}")
+        _require(self.fail_at_epoch is None or 1 <= self.fail_at_epoch < self.epochs,
+                 "--fail-at-epoch must be at least 1 (after a first checkpoint) and below --epochs")
+        _require(self.run_name.replace("-", "").replace("_", "").replace(".", "").isalnum(),
+                 f"--name may hold letters, digits, '-', '_' and '.', got {self.run_name!r}")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.model
+
+    @property
+    def weights_spec(self) -> str:
+        if self.weights is not None:
+            return self.weights
+        return "imagenet" if self.model == "vgg19_head" else "none"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

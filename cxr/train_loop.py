@@ -1,0 +1,198 @@
+"""What each Ray Train worker runs: build or restore the model, fit epoch by epoch, checkpoint.
+
+Every epoch ends with a checkpoint through `ray.train.report`: the full model with its
+optimizer state, plus `state.json` (the epoch, the best validation loss so far, the
+early-stopping counter and the history). A restarted worker group resumes from the
+latest one, so a failure costs at most the epoch it interrupted, and early stopping
+survives restarts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxr.config import TrainConfig
+
+MODEL_FILE = "model.keras"
+STATE_FILE = "state.json"
+# Validation loss must improve by more than this to count as an improvement.
+MIN_DELTA = 1e-4
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """Everything besides the model that a resumed run needs to carry on exactly."""
+
+    next_epoch: int = 0
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    # How many times this run has been (re)started from a checkpoint.
+    attempt: int = 0
+    history: tuple[dict, ...] = ()
+
+    def after_epoch(self, row: dict, patience: int) -> TrainingState:
+        val_loss = row["val_loss"]
+        improved = self.best_val_loss is None or val_loss < self.best_val_loss - MIN_DELTA
+        waited = 0 if improved else self.epochs_without_improvement + 1
+        return dataclasses.replace(
+            self, next_epoch=row["epoch"] + 1, history=self.history + (row,),
+            best_val_loss=val_loss if improved else self.best_val_loss,
+            best_epoch=row["epoch"] if improved else self.best_epoch,
+            epochs_without_improvement=waited, stopped_early=waited >= patience)
+
+    def finished(self, epochs: int) -> bool:
+        return self.stopped_early or self.next_epoch >= epochs
+
+    def save(self, directory: str) -> None:
+        with open(os.path.join(directory, STATE_FILE), "w") as handle:
+            json.dump(dataclasses.asdict(self), handle, indent=1)
+
+    @classmethod
+    def load(cls, directory: str) -> TrainingState:
+        with open(os.path.join(directory, STATE_FILE)) as handle:
+            fields = json.load(handle)
+        return cls(**{**fields, "history": tuple(fields["history"])})
+
+
+def positive_label(class_names: list[str]) -> int:
+    """The class whose sensitivity matters: COVID when present, else the last class."""
+    return class_names.index("COVID") if "COVID" in class_names else len(class_names) - 1
+
+
+def compile_model(model, config: TrainConfig, class_names: list[str]) -> None:
+    from cxr.keras_lib import keras
+
+    metrics = keras().metrics
+    positive = positive_label(class_names)
+    model.compile(
+        optimizer=keras().optimizers.Adam(learning_rate=config.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy",
+                 # One-vs-rest AUC averaged over classes: for two classes, the usual AUC.
+                 metrics.AUC(name="auc", multi_label=True, num_labels=len(class_names)),
+                 metrics.Precision(name="precision", class_id=positive),
+                 metrics.Recall(name="recall", class_id=positive)])
+
+
+def weights_digest(model) -> str:
+    """A hash of all weights: equal on every worker when data-parallel training is in sync."""
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _epoch_callbacks(config: TrainConfig, epoch: int, rank: int, world: int, state: TrainingState, timer: dict):
+    from cxr.keras_lib import keras
+
+    class EpochTimer(keras().callbacks.Callback):
+        """Training seconds of the epoch, without its validation pass."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            timer["start"] = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            timer.setdefault("train_seconds", time.perf_counter() - timer["start"])
+
+    class FailOnce(keras().callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise RuntimeError(f"injected failure: worker {rank}, epoch {epoch}, batch {batch}")
+
+    callbacks = [EpochTimer()]
+    # Only in the first attempt, so that the resumed run goes through.
+    if config.fail_at_epoch == epoch and state.attempt == 0 and rank == world - 1:
+        callbacks.append(FailOnce())
+    return callbacks
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray
+    import ray.train
+    import tensorflow as tf
+
+    from cxr.keras_lib import keras
+    from cxr.models import build_model, load_model
+    from cxr.train_data import class_weights, worker_dataset
+
+    config: TrainConfig = loop_config["config"]
+    manifest: dict = loop_config["manifest"]
+    class_names = manifest["class_names"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    keras()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+
+    checkpoint = ray.train.get_checkpoint()
+    with strategy.scope():
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                model = load_model(os.path.join(directory, MODEL_FILE))
+                state = TrainingState.load(directory)
+            state = dataclasses.replace(state, attempt=state.attempt + 1)
+        else:
+            with tempfile.TemporaryDirectory() as directory:
+                model = build_model(config.model, manifest["image"]["height"], len(class_names),
+                                    weights=_local_weights(loop_config.get("weights"), directory))
+            compile_model(model, config, class_names)
+            state = TrainingState()
+
+    seed = config.seed * 1000 + rank  # each worker augments differently, reproducibly
+    train = worker_dataset(ray.train.get_dataset_shard("train"), config.batch_size, len(class_names),
+                           config.augment, seed)
+    val = worker_dataset(ray.train.get_dataset_shard("val"), config.batch_size, len(class_names), None, seed)
+    weights = class_weights(manifest) if config.class_weights else None
+    train_images = manifest["counts"]["splits"]["train"]["total"]
+
+    while not state.finished(config.epochs):
+        epoch, timer = state.next_epoch, {}
+        started = time.perf_counter()
+        fit = model.fit(train, validation_data=val, epochs=epoch + 1, initial_epoch=epoch, class_weight=weights,
+                        verbose=0, callbacks=_epoch_callbacks(config, epoch, rank, world, state, timer))
+        seconds = time.perf_counter() - started
+        train_seconds = timer.get("train_seconds", seconds)
+        row = {"epoch": epoch, **{k: float(v[-1]) for k, v in fit.history.items()},
+               "learning_rate": float(keras().backend.get_value(model.optimizer.learning_rate)),
+               "seconds": round(seconds, 3), "images_per_s": round(train_images / train_seconds, 2),
+               "attempt": state.attempt}
+        state = state.after_epoch(row, config.patience)
+        with tempfile.TemporaryDirectory() as directory:
+            # Every rank saves: under MultiWorkerMirroredStrategy saving is a collective.
+            model.save(os.path.join(directory, MODEL_FILE))
+            if rank == 0:
+                state.save(directory)
+            ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early},
+                             checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
+    _write_worker_summary(loop_config["run_uri"], rank, model, state)
+
+
+def _local_weights(blob_ref, directory: str) -> str | None:
+    """The driver's checked weights file, shipped through the object store to this node."""
+    if blob_ref is None:
+        return None
+    import ray
+
+    name, data = ray.get(blob_ref)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+def _write_worker_summary(run_uri: str, rank: int, model, state: TrainingState) -> None:
+    """workers/rank-N.json: lets anyone check that every worker ended with the same weights."""
+    from cxr import storage
+
+    summary = {"rank": rank, "weights_sha256": weights_digest(model), "epochs": state.next_epoch,
+               "attempt": state.attempt, "stopped_early": state.stopped_early}
+    storage.write_json(storage.resolve(run_uri).join("workers", f"rank-{rank}.json"), summary)

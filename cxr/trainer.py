@@ -1,0 +1,158 @@
+"""The training job's driver: check everything, start Ray Train, export the best model.
+
+Everything a user can get wrong (data, weights, cluster size, storage) is checked
+here, before any worker starts. The run lives under `<storage>/<name>/`: Ray Train's
+checkpoints, then `model/` with the best model, a copy of the preprocessing manifest,
+the history as CSV and the learning curve. Rerunning the same command resumes from the
+latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from cxr import runtime, storage
+from cxr.config import TrainConfig
+from cxr.errors import UserError
+from cxr.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "model"
+TRAINING_FILE = "training.json"
+
+
+def run_training(config: TrainConfig) -> dict:
+    """Train (or resume) and export; return a summary of the run."""
+    data = storage.resolve(config.data)
+    manifest = read_manifest(config.data)
+    _check_splits(manifest, data.uri)
+    storage_root = storage.resolve(config.storage)
+    storage.check_bucket(storage_root)
+    storage.check_writable(storage_root)
+    run = storage_root.join(config.run_name)
+
+    runtime.ensure_ray()
+    import ray
+
+    cpus_per_worker = _cpus_per_worker(config, ray.cluster_resources())
+    weights = _checked_weights(config, manifest)
+    result = _fit(config, manifest, data, storage_root, run, cpus_per_worker,
+                  ray.put(weights) if weights else None)
+    return export(result, config, manifest, run)
+
+
+def _check_splits(manifest: dict, uri: str) -> None:
+    counts = manifest["counts"]["splits"]
+    for split in ("train", "val"):
+        if counts[split]["total"] == 0:
+            raise UserError(f"{uri}: the {split} split is empty; preprocess more images or change --split")
+
+
+def _cpus_per_worker(config: TrainConfig, resources: dict) -> float:
+    """CPUs each worker reserves; refuse a request the cluster cannot hold."""
+    cpus = resources.get("CPU", 0)
+    if config.gpu and resources.get("GPU", 0) < config.workers:
+        raise UserError(f"--workers {config.workers} --gpu needs {config.workers} GPUs; "
+                        f"the cluster has {int(resources.get('GPU', 0))}")
+    if config.cpus_per_worker is not None:
+        wanted = config.cpus_per_worker
+    elif config.workers + 1 <= cpus:
+        wanted = 1.0
+    else:
+        # Whole CPUs for every worker would leave none for Ray Data to decode the stream,
+        # and the run would wait forever for resources (GUIDE: 2 workers on 2 CPUs).
+        wanted = max(cpus - 1, cpus / 2) / config.workers
+    if wanted * config.workers > cpus:
+        raise UserError(f"--workers {config.workers} x {wanted:g} CPUs needs {wanted * config.workers:g} CPUs; "
+                        f"the cluster has {cpus:g}")
+    return wanted
+
+
+def _checked_weights(config: TrainConfig, manifest: dict) -> tuple[str, bytes] | None:
+    """Resolve --weights on the driver and prove they fit, before any worker starts.
+
+    The file travels to the workers through Ray's object store: a cluster's nodes need
+    neither the driver's Keras cache nor network access.
+    """
+    spec = config.weights_spec
+    if spec == "none":
+        return None
+    from cxr.models import build_model, resolve_weights
+
+    path = resolve_weights(config.model, spec)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: pass a single weights file (.h5, .weights.h5 or .keras), not a checkpoint prefix")
+    build_model(config.model, manifest["image"]["height"], len(manifest["class_names"]), weights=path)
+    with open(path, "rb") as handle:
+        return os.path.basename(path), handle.read()
+
+
+def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref):
+    from cxr.keras_lib import TF_ENVIRONMENT, configure_environment
+
+    configure_environment()  # before Ray's TensorFlow trainer imports tf.keras
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from cxr.train_data import split_dataset
+    from cxr.train_loop import train_loop_per_worker
+
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "manifest": manifest, "weights": weights_ref, "run_uri": run.uri},
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(
+            name=config.run_name, storage_path=storage_root.path, storage_filesystem=storage_root.fs,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            # The best by validation loss; Ray Train always keeps the latest too, to resume from.
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
+            worker_runtime_env={"env_vars": TF_ENVIRONMENT}),
+        datasets={"train": split_dataset(data, manifest, "train"), "val": split_dataset(data, manifest, "val")})
+    log.info("training %s on %d worker(s) (%s, %g CPU each), run %s", config.model, config.workers,
+             "GPU" if config.gpu else "CPU", cpus_per_worker, run.uri)
+    return trainer.fit()
+
+
+def export(result, config: TrainConfig, manifest: dict, run: storage.Location) -> dict:
+    """Copy the best checkpoint's model, the manifest and the history into `<run>/model/`."""
+    from cxr.history import history_csv, learning_curve_png
+    from cxr.train_loop import MODEL_FILE, TrainingState
+
+    latest = result.checkpoint
+    if latest is None:
+        raise UserError(f"{run.uri}: training produced no checkpoint")
+    best = result.get_best_checkpoint(metric="val_loss", mode="min") or latest
+    with latest.as_directory() as directory:
+        state = TrainingState.load(directory)
+    target = run.join(EXPORT_DIR)
+    with best.as_directory() as directory:
+        with open(os.path.join(directory, MODEL_FILE), "rb") as handle:
+            storage.write_bytes(target.join(MODEL_FILE), handle.read())
+    rows = list(state.history)
+    storage.write_json(target.join("manifest.json"), manifest)
+    storage.write_bytes(target.join("history.csv"), history_csv(rows))
+    storage.write_bytes(target.join("learning_curve.png"),
+                        learning_curve_png(rows, f"{config.model} on {manifest['source']['uri']}"))
+    best_row = next(r for r in rows if r["epoch"] == state.best_epoch)
+    summary = {"model": config.model, "run": run.uri, "export": target.uri, "class_names": manifest["class_names"],
+               "image_size": manifest["image"]["height"], "epochs_trained": state.next_epoch,
+               "stopped_early": state.stopped_early, "best_epoch": state.best_epoch, "best": best_row,
+               "restarts": state.attempt, "config": config.to_dict()}
+    storage.write_json(target.join(TRAINING_FILE), summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    best = summary["best"]
+    metrics = "  ".join(f"{k} {best[k]:.3f}" for k in ("val_loss", "val_accuracy", "val_auc") if k in best)
+    return "\n".join([
+        f"model exported to {summary['export']}",
+        f"  {summary['model']}: {summary['epochs_trained']} epoch(s)"
+        + (", stopped early" if summary["stopped_early"] else "") + f"; best epoch {summary['best_epoch'] + 1}: {metrics}",
+        f"  learning curve: {summary['export']}/learning_curve.png",
+        f"  history: {summary['export']}/history.csv",
+    ])

@@ -1,0 +1,75 @@
+"""Train the scratch CNN or the VGG19 head on preprocessed shards: `python jobs/train.py --help`.
+
+Locally: `python jobs/train.py` (the scratch CNN on ./outputs/shards/synthetic, local Ray).
+On a cluster: `ray job submit --working-dir . -- python jobs/train.py --data s3://... --workers 4 --gpu
+--storage s3://.../runs --name exp1`. Rerunning the same command resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# `python jobs/train.py` puts jobs/ on sys.path, not the repository (see jobs/preprocess.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cxr.config import MODEL_NAMES, AugmentConfig, TrainConfig  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description="Train a chest X-ray classifier with Ray Train and Keras.")
+    parser.add_argument("--data", default=defaults.data,
+                        help="output of jobs/preprocess.py, local or s3:// (default: %(default)s)")
+    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
+    parser.add_argument("--weights", default=None,
+                        help="none, imagenet (vgg19_head) or a weights file (default: imagenet for "
+                             "vgg19_head, none for scratch_cnn)")
+    parser.add_argument("--storage", default=defaults.storage,
+                        help="where runs live, local or s3:// (default: %(default)s)")
+    parser.add_argument("--name", default=None, help="run name (default: the model's name)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="upper bound (default: %(default)s)")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help="epochs without a better validation loss before stopping (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch size")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--no-class-weights", action="store_true", help="do not weight classes by frequency")
+    parser.add_argument("--no-augment", action="store_true", help="no on-the-fly augmentation")
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--cpus-per-worker", type=float, default=None)
+    parser.add_argument("--max-failures", type=int, default=defaults.max_failures,
+                        help="worker failures survived by resuming from the latest checkpoint")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--fail-at-epoch", type=int, default=None,
+                        help="resilience drill: one worker raises once in this epoch")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        data=args.data, model=args.model, weights=args.weights, storage=args.storage, name=args.name,
+        epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        class_weights=not args.no_class_weights,
+        augment=AugmentConfig(0, 0, 0) if args.no_augment else AugmentConfig(),
+        workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+        max_failures=args.max_failures, seed=args.seed, fail_at_epoch=args.fail_at_epoch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cxr import runtime
+    from cxr.trainer import format_summary, run_training
+
+    runtime.setup_logging(args.verbose)
+    summary = run_training(build_config(args))
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    from cxr.runtime import run_job
+
+    run_job(main)

@@ -1,0 +1,92 @@
+"""The training job's parts that need no training: state, weights, inputs, resources, history."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr.config import TrainConfig
+from cxr.errors import UserError
+from cxr.history import history_csv, learning_curve_png
+from cxr.train_data import class_weights, decode_batch
+from cxr.train_loop import TrainingState, positive_label
+from cxr.trainer import _cpus_per_worker
+from cxr.transforms import encode_png
+
+
+def row(epoch: int, val_loss: float) -> dict:
+    return {"epoch": epoch, "loss": 1.0, "val_loss": val_loss, "accuracy": 0.5, "val_accuracy": 0.5}
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    state = TrainingState()
+    for epoch, val_loss in enumerate([0.9, 0.8, 0.85, 0.8, 0.81]):
+        state = state.after_epoch(row(epoch, val_loss), patience=3)
+    assert state.best_epoch == 1 and state.best_val_loss == 0.8
+    assert state.epochs_without_improvement == 3 and state.stopped_early
+    assert state.finished(epochs=10) and state.next_epoch == 5
+    assert [r["epoch"] for r in state.history] == [0, 1, 2, 3, 4]
+
+
+def test_state_survives_a_checkpoint_round_trip(tmp_path):
+    state = TrainingState().after_epoch(row(0, 0.7), patience=2).after_epoch(row(1, 0.9), patience=2)
+    state.save(str(tmp_path))
+    loaded = TrainingState.load(str(tmp_path))
+    assert loaded == state
+    assert not loaded.stopped_early and loaded.epochs_without_improvement == 1
+    assert loaded.after_epoch(row(2, 0.95), patience=2).stopped_early
+
+
+def test_class_weights_balance_the_training_counts():
+    manifest = {"class_names": ["COVID", "Normal"],
+                "counts": {"splits": {"train": {"COVID": 100, "Normal": 280, "total": 380}}}}
+    weights = class_weights(manifest)
+    assert weights[0] * 100 == pytest.approx(weights[1] * 280)
+    assert (weights[0] * 100 + weights[1] * 280) / 380 == pytest.approx(1.0)
+    assert positive_label(["COVID", "Normal"]) == 0 and positive_label(["Normal", "Pneumonia"]) == 1
+
+
+def test_decode_batch_directly_and_inside_ray_data(ray_session):
+    pixels = [np.full((16, 16), v, dtype=np.uint8) for v in (0, 128, 255)]
+    batch = {"image_png": np.array([encode_png(p) for p in pixels], dtype=object), "label": np.array([0, 1, 1])}
+    direct = decode_batch(batch)
+    assert direct["image"].shape == (3, 16, 16, 1) and direct["image"].dtype == np.uint8
+    np.testing.assert_array_equal(direct["image"][:, 0, 0, 0], [0, 128, 255])
+    rows = [{"image_png": encode_png(p), "label": i % 2} for i, p in enumerate(pixels)]
+    in_ray = ray_session.data.from_items(rows).map_batches(decode_batch, batch_format="numpy").take_all()
+    assert sorted(int(r["image"][0, 0, 0]) for r in in_ray) == [0, 128, 255]
+
+
+@pytest.mark.parametrize("workers, cpus, expected", [(1, 2, 1.0), (2, 2, 0.5), (2, 8, 1.0), (3, 4, 1.0)])
+def test_workers_leave_a_cpu_for_the_data(workers, cpus, expected):
+    assert _cpus_per_worker(TrainConfig(workers=workers), {"CPU": cpus}) == pytest.approx(expected)
+
+
+def test_more_workers_than_the_cluster_holds_is_a_user_error():
+    with pytest.raises(UserError, match="needs 4 GPUs; the cluster has 1"):
+        _cpus_per_worker(TrainConfig(workers=4, gpu=True), {"CPU": 16, "GPU": 1})
+    with pytest.raises(UserError, match="the cluster has 2"):
+        _cpus_per_worker(TrainConfig(workers=3, cpus_per_worker=1), {"CPU": 2})
+
+
+def test_config_rejects_impossible_settings():
+    with pytest.raises(UserError, match="--fail-at-epoch"):
+        TrainConfig(epochs=3, fail_at_epoch=0)
+    with pytest.raises(UserError, match="--model"):
+        TrainConfig(model="resnet")
+    with pytest.raises(UserError, match="--name"):
+        TrainConfig(name="../elsewhere")
+    assert TrainConfig(model="vgg19_head").weights_spec == "imagenet"
+    assert TrainConfig().weights_spec == "none" and TrainConfig().run_name == "scratch_cnn"
+
+
+def test_history_csv_and_learning_curve():
+    rows = [row(0, 0.7), {**row(1, 0.6), "auc": 0.8, "val_auc": 0.7}]
+    text = history_csv(rows).decode()
+    assert text.splitlines()[0].split(",") == ["epoch", "loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc"]
+    assert len(text.splitlines()) == 3
+    image = Image.open(io.BytesIO(learning_curve_png(rows, "test")))
+    assert image.format == "PNG" and image.width > 600
