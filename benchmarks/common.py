@@ -141,6 +141,7 @@ class ProcessTreeMonitor:
         self._tree: dict[int, tuple[str, float]] = {}
         self._cpu_first: dict[int, float] = {}
         self._cpu_last: dict[int, tuple[str, float]] = {}
+        self._cpu_by_title: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -161,6 +162,15 @@ class ProcessTreeMonitor:
             used[group] += cpu - self._cpu_first[pid]
         return {group: round(seconds, 2) for group, seconds in used.items()}
 
+    @property
+    def cpu_seconds_by_title(self) -> dict[str, float]:
+        """CPU time per process title: "driver", "system", or a Ray worker's title without
+        "ray::" and the method ("RayTrainWorker", "SplitCoordinator", "IDLE", or the Ray Data
+        task it was running, "ReadParquet->MapBatches(decode_batch)"). A pooled Ray worker
+        changes title from task to task: CPU used between two rescans goes to the title seen
+        at the second, so short tasks are partly counted as "IDLE"."""
+        return {title: round(seconds, 2) for title, seconds in sorted(self._cpu_by_title.items())}
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             start = time.thread_time()
@@ -173,6 +183,9 @@ class ProcessTreeMonitor:
             for pid, (group, cpu) in self._tree.items():
                 # A process first seen after the first sample started during the run: count from 0.
                 self._cpu_first.setdefault(pid, cpu if self.samples == 0 else 0.0)
+                used = cpu - self._cpu_last.get(pid, (group, self._cpu_first[pid]))[1]
+                title = _title(pid, group)
+                self._cpu_by_title[title] = self._cpu_by_title.get(title, 0.0) + used
                 self._cpu_last[pid] = (group, cpu)
         rss = {"driver": 0, "worker": 0, "system": 0}
         pss = {"driver": 0, "worker": 0}
@@ -187,6 +200,14 @@ class ProcessTreeMonitor:
         for name, kib in sums.items():
             self.peaks[f"{name}_mib"] = round(max(self.peaks.get(f"{name}_mib", 0.0), kib / 1024), 1)
         self.samples += 1
+
+
+def _title(pid: int, group: str) -> str:
+    """A Ray worker's title without "ray::" and an actor's method; the group for other processes."""
+    if group != "worker":
+        return group
+    title = _read(f"/proc/{pid}/cmdline").split("\0", 1)[0].removeprefix("ray::")
+    return title if "(" in title else title.split(".", 1)[0]
 
 
 # ---------------------------------------------------------------- the results page

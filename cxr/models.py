@@ -26,6 +26,7 @@ from cxr.config import MODEL_NAMES  # noqa: F401  (re-exported: the models this 
 from cxr.errors import UserError
 
 VGG_INPUT_SIZE = 224
+BN_MOMENTUM = 0.9
 VGG19_NOTOP_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 VGG19_NOTOP_MD5 = "253f8cb515780f3b799900260a226db6"
 # Where Keras itself downloads the file from (tf_keras.applications.vgg19).
@@ -92,7 +93,10 @@ def _scratch_cnn(keras, image_size: int, num_classes: int):
     for block, filters in enumerate((32, 64, 128), start=1):
         x = layers.Conv2D(filters, 3, activation="relu", name=f"block{block}_conv1")(x)
         x = layers.Conv2D(filters, 3, activation="relu", name=f"block{block}_conv2")(x)
-        x = layers.BatchNormalization(name=f"block{block}_bn")(x)
+        # Momentum 0.9, not Keras's 0.99: a small data set gives a few dozen steps an epoch,
+        # and at 0.99 the moving statistics that validation uses are still near their
+        # initial values after the first epochs, so validation loss swings wildly.
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="fc")(x)

@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# Quickstart: set up .venv if needed, then run the preprocessing job (default: the
-# embedded synthetic data, local Ray, ./outputs/shards/synthetic). Extra arguments go to the job.
+# Quickstart: set up .venv if needed, then run the jobs.
+#   ./scripts/run.sh                     preprocess the embedded synthetic data (once) and train
+#                                        the scratch CNN on it, on a local Ray
+#   ./scripts/run.sh JOB [ARGS...]       run jobs/JOB.py with ARGS (preprocess, train)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
-exec "$VENV/bin/python" jobs/preprocess.py "$@"
+if [ $# -gt 0 ]; then
+  job="$1"; shift
+  [ -f "jobs/$job.py" ] || { echo "error: no job '$job' (jobs: $(cd jobs && ls *.py | sed 's/\.py$//' | tr '\n' ' '))" >&2; exit 2; }
+  exec "$VENV/bin/python" "jobs/$job.py" "$@"
+fi
+if [ ! -f outputs/shards/synthetic/manifest.json ]; then
+  "$VENV/bin/python" jobs/preprocess.py
+fi
+exec "$VENV/bin/python" jobs/train.py

@@ -1,0 +1,340 @@
+"""Training throughput: the Ray Train job fed from Parquet shards vs. the same model fed from memory.
+
+    python benchmarks/train.py [--image-size 96] [--epochs 3] [--batch-size 32] [--shards PATH]
+                               [--limit N] [--no-write] [--skip-failure]
+
+In one process, on the same shards (by default the shared real chest X-rays, preprocessed
+into a temporary directory) and with the same scratch CNN, batch size and epochs:
+
+1. plain: the train split decoded into numpy arrays, then one `model.fit` in this process;
+   nothing can feed the model faster, so this is the feeding limit;
+2. the Ray Train job (`run_training`) with 1 worker, fed by Ray Data from the shards;
+3. the failure drill: the job with 2 workers, once as it is and once with one worker
+   raising mid-epoch 1; the difference of the two wall times is the time to recover.
+
+Goal: Ray Train images/s >= 0.9 x plain images/s (the input pipeline never starves the model).
+Results go to docs/benchmarks.md (section "train") and docs/benchmarks/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import logging
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from time import perf_counter
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # as in benchmarks/preprocess.py
+
+from benchmarks import common  # noqa: E402
+from benchmarks.preprocess import link_subset, spread  # noqa: E402
+from cxr.config import AugmentConfig, PreprocessConfig, TrainConfig  # noqa: E402
+
+SECTION = "train"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "covid19-radiography-sample" / "COVID-19_Radiography_Dataset"
+PACKAGES = ("ray", "tensorflow-cpu", "tf-keras", "numpy", "pyarrow")
+MODEL = "scratch_cnn"
+GOAL_RATIO = 0.9
+log = logging.getLogger("benchmark")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-source", type=Path, default=DEFAULT_DATA,
+                        help="class-per-folder tree of real images to preprocess (default: the shared sample)")
+    parser.add_argument("--shards", default=None, help="an existing preprocess output: skip preprocessing")
+    parser.add_argument("--image-size", type=int, default=96, help="when preprocessing (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="preprocess only N images, spread over classes")
+    parser.add_argument("--epochs", type=int, default=3, help="for every run (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="global batch (default: %(default)s)")
+    parser.add_argument("--skip-failure", action="store_true", help="skip the 2-worker failure drill")
+    parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    return parser.parse_args(argv)
+
+
+def median_after_first(values: list[float]) -> float:
+    """The first epoch traces the graph (and starts the data pipeline): leave it out when we can."""
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+def prepare_shards(args: argparse.Namespace, scratch: Path) -> tuple[str, float | None]:
+    """The shards path and the preprocessing wall time (None when given --shards)."""
+    if args.shards:
+        if not (Path(args.shards) / "manifest.json").is_file():
+            common.fail(f"{args.shards}: no manifest.json; pass the output of jobs/preprocess.py")
+        return args.shards, None
+    if not args.data_source.is_dir():
+        common.fail(f"{args.data_source}: real images not found; pass --data-source DIR or --shards PATH")
+    from cxr import sources
+    from cxr.preprocess import run_preprocess
+
+    source = str(args.data_source)
+    if args.limit is not None:
+        items = sources.list_source(PreprocessConfig(source=source)).items
+        source = link_subset(spread(items, args.limit), scratch / "subset")  # symlinks, no copies
+    start = perf_counter()
+    run_preprocess(PreprocessConfig(source=source, output=str(scratch / "shards"), image_size=args.image_size))
+    return str(scratch / "shards"), perf_counter() - start
+
+
+# ---------------------------------------------------------------- plain: in-memory arrays, one process
+
+
+def load_split(shards: str, manifest: dict, split: str) -> tuple:
+    """A split as float32 (n, H, W, 1) images and int labels, decoded as Ray Data's tasks do."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from cxr import storage
+    from cxr.train_data import FEATURE, LABEL, decode_batch, split_paths
+
+    batches = [decode_batch(pq.read_table(path, columns=["image_png", "label"]).to_pydict())
+               for path in split_paths(storage.resolve(shards), manifest, split)]
+    return (np.concatenate([b[FEATURE] for b in batches]).astype(np.float32),
+            np.concatenate([b[LABEL] for b in batches]))
+
+
+def train_plain(shards: str, manifest: dict, config: TrainConfig) -> dict:
+    from cxr.keras_lib import keras
+    from cxr.models import build_model
+    from cxr.train_data import class_weights
+    from cxr.train_loop import compile_model
+
+    start = perf_counter()
+    x, y = load_split(shards, manifest, "train")
+    val_x, val_y = load_split(shards, manifest, "val")
+    decode_seconds = perf_counter() - start
+    names, tf_keras = manifest["class_names"], keras()
+    one_hot = tf_keras.utils.to_categorical
+    model = build_model(config.model, manifest["image"]["height"], len(names))
+    compile_model(model, config, names)
+    train_seconds: list[float] = []
+    epoch_seconds: list[float] = []
+
+    class EpochTimer(tf_keras.callbacks.Callback):
+        """Training seconds of each epoch without its validation pass, as the job's own timer."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = perf_counter()
+
+        def on_test_begin(self, logs=None):
+            train_seconds.append(perf_counter() - self.start)
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(perf_counter() - self.start)
+
+    with common.ProcessTreeMonitor() as processes:
+        start = perf_counter()
+        # shuffle=False: the job does not shuffle either, so both see batches in the same order.
+        model.fit(x, one_hot(y, len(names)), batch_size=config.batch_size, epochs=config.epochs, shuffle=False,
+                  class_weight=class_weights(manifest), validation_data=(val_x, one_hot(val_y, len(names))),
+                  verbose=0, callbacks=[EpochTimer()])
+        fit_seconds = perf_counter() - start
+    tf_keras.backend.clear_session()  # free the driver's graph before the Ray runs
+    rates = [len(x) / s for s in train_seconds]
+    return {"train_images": len(x), "val_images": len(val_x), "decode_ms_per_image": 1000 * decode_seconds / (len(x) + len(val_x)),
+            "images_per_s": rates, "median_images_per_s": median_after_first(rates),
+            "train_seconds": train_seconds, "epoch_seconds": epoch_seconds, "wall_seconds": fit_seconds,
+            "peak_memory_mib": processes.peaks, "cpu_seconds_by_title": processes.cpu_seconds_by_title}
+
+
+# ---------------------------------------------------------------- Ray Train
+
+
+def train_ray(config: TrainConfig) -> dict:
+    """One run of the job; its per-epoch numbers come from the exported history.csv."""
+    from cxr.trainer import run_training
+
+    log.info("Ray Train: %s, %d worker(s)%s", config.run_name, config.workers,
+             f", failure in epoch {config.fail_at_epoch}" if config.fail_at_epoch else "")
+    with common.ProcessTreeMonitor() as processes:
+        start = perf_counter()
+        summary = run_training(config)
+        wall = perf_counter() - start
+    with open(Path(config.storage) / config.run_name / "model" / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    rates = [float(r["images_per_s"]) for r in rows]
+    return {"wall_seconds": wall, "restarts": summary["restarts"], "epochs": [int(r["epoch"]) for r in rows],
+            "attempts": [int(r["attempt"]) for r in rows], "epoch_seconds": [float(r["seconds"]) for r in rows],
+            "images_per_s": rates, "median_images_per_s": median_after_first(rates),
+            "peak_memory_mib": processes.peaks, "cpu_seconds_by_title": processes.cpu_seconds_by_title}
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _rates(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
+def _roles(cpu: dict[str, float], top: int = 5) -> str:
+    busiest = sorted(cpu.items(), key=lambda item: -item[1])[:top]
+    return ", ".join(f"{role} {seconds:.0f}" for role, seconds in busiest)
+
+
+def report(results: dict) -> str:
+    plain, runs, derived = results["plain"], results["ray"], results["derived"]
+    n_train, epochs = plain["train_images"], results["epochs"]
+    columns = {"plain (arrays in memory, 1 process)": plain, "Ray Train, 1 worker": runs["one_worker"]}
+    if "two_workers" in runs:
+        columns["Ray Train, 2 workers"] = runs["two_workers"]
+
+    def train_seconds(run: dict) -> list[float]:
+        return run.get("train_seconds") or [n_train / rate for rate in run["images_per_s"]]
+
+    def tf_cpu(run: dict) -> float:  # CPU-s of the process(es) running TensorFlow
+        cpu = run["cpu_seconds_by_title"]
+        return cpu.get("driver", 0.0) if run is plain else cpu.get("RayTrainWorker", 0.0)
+
+    rows = [
+        [f"**images/s, median of epochs 2-{epochs}**"] + [f"**{r['median_images_per_s']:.1f}**" for r in columns.values()],
+        ["images/s per epoch"] + [_rates(r["images_per_s"]) for r in columns.values()],
+        ["training s per epoch"] + [_rates(train_seconds(r)) for r in columns.values()],
+        ["epoch s with validation"] + [_rates(r["epoch_seconds"]) for r in columns.values()],
+        ["wall time, s"] + [f"{r['wall_seconds']:.1f}" for r in columns.values()],
+        ["CPU-s of the TensorFlow process(es)"] + [f"{tf_cpu(r):.0f}" for r in columns.values()],
+        ["TF cores busy while training (CPU-s / sum of epoch s)"]
+        + [f"{tf_cpu(r) / sum(r['epoch_seconds']):.2f}" for r in columns.values()],
+        ["peak RSS sum, driver + Ray workers, MiB"] + [f"{r['peak_memory_mib']['driver+workers_rss_mib']:.0f}"
+                                                      for r in columns.values()],
+        ["peak PSS sum, driver + Ray workers, MiB"] + [f"{r['peak_memory_mib']['driver+workers_pss_mib']:.0f}"
+                                                      for r in columns.values()],
+    ]
+    goal = "met" if derived["goal_met"] else "NOT met"
+    lines = [
+        "## Training: Ray Train job vs. the same model fed from memory",
+        "",
+        f"`python benchmarks/train.py{results['arguments']}`, {results['date']}: {MODEL}, {results['image_size']} px, "
+        f"{n_train} training and {plain['val_images']} validation images ({results['shards_source']}), "
+        f"global batch {results['batch_size']}, {epochs} epochs, no augmentation, class weights on.",
+        "",
+        common.markdown_table([""] + list(columns), rows),
+        "",
+        f"- **Ratio Ray Train (1 worker) / plain: {derived['ratio']:.2f}**; goal >= {GOAL_RATIO}: **{goal}**.",
+    ]
+    if "drill" in derived:
+        drill = derived["drill"]
+        lines += [
+            f"- **Time to recover from a worker failure: {drill['recovery_seconds']:.1f} s** (2 workers, {epochs} "
+            f"epochs): {drill['failed_wall_seconds']:.1f} s with one worker raising at batch 3 of epoch 2, "
+            f"{drill['clean_wall_seconds']:.1f} s without. The failing run restarted {drill['restarts']} time(s) "
+            f"and resumed from the epoch-1 checkpoint: its history has epochs {[e + 1 for e in drill['epochs']]} with "
+            f"attempts {drill['attempts']}, epoch seconds {_rates(drill['epoch_seconds'])} "
+            f"(without failure: {_rates(runs['two_workers']['epoch_seconds'])}).",
+        ]
+    lines += [f"- CPU-s by process during each run: " + "; ".join(
+        f"{name}: {_roles(run['cpu_seconds_by_title'])}" for name, run in
+        [("plain", plain)] + [(key.replace("_", " "), run) for key, run in runs.items()]) + ".",
+        f"- Decoding the PNGs (what Ray Data's tasks do for the job) took {plain['decode_ms_per_image']:.2f} ms "
+        f"an image in one process, for the plain side's arrays (not in its images/s).",
+        f"- Load average (1 min) {results['load_average_start'][0]:.2f} at the start, "
+        f"{results['load_average_end'][0]:.2f} at the end ({results['machine']['cpu_count']} cores; another job may share the machine). "
+        f"Whole benchmark {results['total_seconds'] / 60:.1f} min"
+        + (f", of which preprocessing {results['preprocess_seconds']:.0f} s." if results["preprocess_seconds"] else "."),
+        "",
+        "How it is measured: all runs share one process, one local Ray (started before any timed run) and "
+        "the same shards. The plain side decodes the train and validation splits into float32 arrays "
+        "and calls `model.fit` once for all epochs (no shuffling, as the job), with the job's model, "
+        "`compile_model`, class weights and batch size. The job runs `run_training` unchanged (its "
+        "workers use `MultiWorkerMirroredStrategy` and a Ray Data stream decoded by parallel tasks). "
+        "Images/s is training images / training seconds of the epoch, the validation pass excluded, "
+        "timed by the same kind of Keras callback on both sides (the job's numbers come from its "
+        "exported history.csv). The first epoch also traces the graph and starts the data stream, "
+        "so the headline is the median of the later epochs. Wall times of job runs include starting "
+        "the worker group, per-epoch checkpoints and the export. Time to recover = wall time of the "
+        "failing run - wall time of the same run without the failure: the lost part of epoch 2, "
+        "the restart of the worker group, reloading the checkpoint and re-tracing. CPU and memory "
+        "come from /proc over this process and its descendants (see the preprocessing section); "
+        "\"task worker\" is Ray's pooled task processes, here Ray Data's read-and-decode tasks.",
+        "",
+        f"Machine (Ray sees {results['ray_cpus']:g} CPUs):",
+        "",
+        common.machine_markdown(results["machine"]),
+    ]
+    return "\n".join(lines)
+
+
+def derive(plain: dict, runs: dict) -> dict:
+    ratio = runs["one_worker"]["median_images_per_s"] / plain["median_images_per_s"]
+    derived = {"ratio": ratio, "goal_met": ratio >= GOAL_RATIO}
+    if "two_workers_failure" in runs:
+        failed, clean = runs["two_workers_failure"], runs["two_workers"]
+        derived["drill"] = {"recovery_seconds": failed["wall_seconds"] - clean["wall_seconds"],
+                            "failed_wall_seconds": failed["wall_seconds"], "clean_wall_seconds": clean["wall_seconds"],
+                            "restarts": failed["restarts"], "epochs": failed["epochs"],
+                            "attempts": failed["attempts"], "epoch_seconds": failed["epoch_seconds"]}
+    return derived
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.environ.get("RAY_ADDRESS"):
+        common.fail("RAY_ADDRESS is set: this benchmark measures a Ray it starts itself; unset it")
+    if args.shards and args.limit is not None:
+        common.fail("--limit applies to preprocessing; it cannot be combined with --shards")
+    if args.limit is not None and args.limit < 1:
+        common.fail(f"--limit must be positive, got {args.limit}")
+    if args.epochs < 2 and not args.skip_failure:
+        common.fail("the failure drill fails in epoch 2: pass --epochs 2 or more, or --skip-failure")
+    from cxr.keras_lib import configure_environment
+
+    # Before anything imports tf.keras or ray.train.tensorflow: this process must get Keras 2.
+    configure_environment()
+    import dataclasses
+
+    import ray
+
+    from cxr import runtime
+    from cxr.manifest import read_manifest
+
+    runtime.setup_logging()
+    started = perf_counter()
+    results: dict = {"date": datetime.date.today().isoformat(), "load_average_start": os.getloadavg(),
+                     "arguments": "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+                     "machine": common.machine_description(PACKAGES), "epochs": args.epochs,
+                     "batch_size": args.batch_size}
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-train-") as scratch:
+        scratch = Path(scratch)
+        shards, results["preprocess_seconds"] = prepare_shards(args, scratch)
+        manifest = read_manifest(shards)
+        results.update(image_size=manifest["image"]["height"], counts=manifest["counts"]["splits"],
+                       shards_source=f"`{args.shards}`" if args.shards else
+                       f"preprocessed from `{args.data_source}`" + (f", {args.limit} of them" if args.limit else ""))
+        base = TrainConfig(data=shards, storage=str(scratch / "runs"), model=MODEL, epochs=args.epochs,
+                           batch_size=args.batch_size, augment=AugmentConfig(0, 0, 0),
+                           patience=args.epochs + 1)  # no early stop: every run trains every epoch
+        runtime.ensure_ray()  # now, so that no timed run includes ray.init
+        results["ray_cpus"] = float(ray.cluster_resources().get("CPU", 1))
+
+        log.info("plain: model.fit on in-memory arrays")
+        plain = train_plain(shards, manifest, base)
+        runs = {"one_worker": train_ray(dataclasses.replace(base, name="one-worker"))}
+        if not args.skip_failure:
+            runs["two_workers"] = train_ray(dataclasses.replace(base, name="two-workers", workers=2))
+            runs["two_workers_failure"] = train_ray(dataclasses.replace(base, name="two-workers-failure",
+                                                                        workers=2, fail_at_epoch=1))
+        ray.shutdown()
+    results.update(plain=plain, ray=runs, derived=derive(plain, runs), load_average_end=os.getloadavg(),
+                   total_seconds=perf_counter() - started)
+    text = report(results)
+    print(text)
+    if not args.no_write:
+        common.write_section(SECTION, text)
+        raw = common.write_raw(SECTION, results)
+        print(f"\nwrote {common.RESULTS_PAGE.relative_to(REPO)} and {raw.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    from cxr.runtime import run_job
+
+    run_job(main)  # a UserError from the job becomes one line on stderr
