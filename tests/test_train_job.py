@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,7 +14,7 @@ from PIL import Image
 from cxr.config import AugmentConfig, PreprocessConfig, SyntheticConfig, TrainConfig
 from cxr.preprocess import run_preprocess
 from cxr.trainer import run_training
-from tests.conftest import REPO
+from tests.cli import assert_one_line_error, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -78,16 +76,8 @@ def test_s3_data_and_storage(ray_session, shards, s3_env, s3_bucket, s3_client, 
     assert any("/checkpoint_" in k for k in keys)
 
 
-def run_train_job(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last, last
+def run_train_job(*args: str, env: dict | None = None):
+    return run_job("train", *args, env=env)
 
 
 def test_bad_input_fails_before_training(ray_session, shards, tmp_path):
