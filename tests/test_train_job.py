@@ -93,7 +93,8 @@ def test_bad_input_fails_before_training(ray_session, shards, tmp_path):
     assert_one_line_error(run_train_job("--data", str(future), "--storage", storage), "schema version 99")
 
     (tmp_path / "a-file").write_text("")
-    assert_one_line_error(run_train_job("--data", shards, "--storage", str(tmp_path / "a-file" / "runs")), "")
+    assert_one_line_error(run_train_job("--data", shards, "--storage", str(tmp_path / "a-file" / "runs")),
+                          "Cannot create directory")
 
     assert_one_line_error(run_train_job("--data", shards, "--storage", storage, "--workers", "3",
                                         "--cpus-per-worker", "1", env=address), "the cluster has 2")
@@ -103,5 +104,5 @@ def test_bad_input_fails_before_training(ray_session, shards, tmp_path):
     three_classes = str(tmp_path / "three.weights.h5")
     build_model("scratch_cnn", 64, 3).save_weights(three_classes)
     assert_one_line_error(run_train_job("--data", shards, "--storage", storage, "--weights", three_classes,
-                                        env=address), "3")
+                                        env=address), "does not fit a scratch_cnn at 64 px with 2 classes")
     assert not (tmp_path / "runs" / "scratch_cnn").exists()
