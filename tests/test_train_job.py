@@ -43,6 +43,10 @@ def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path):
     # Each epoch reported once; epoch 0 was not trained again after the failure in epoch 1.
     assert epochs_and_attempts == [(0, 0), (1, 1), (2, 1)]
     assert summary["restarts"] == 1 and summary["epochs_trained"] == 3
+    val_losses = [float(r.split(",")[history[0].split(",").index("val_loss")]) for r in history[1:]]
+    assert summary["best_epoch"] == int(np.argmin(val_losses))
+    # Ray Train keeps the best checkpoint by validation loss and the latest one.
+    assert 1 <= len(list(run.glob("checkpoint_*"))) <= 2
     ranks = [json.loads((run / "workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
 
