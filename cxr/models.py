@@ -29,8 +29,6 @@ VGG_INPUT_SIZE = 224
 BN_MOMENTUM = 0.9
 VGG19_NOTOP_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 VGG19_NOTOP_MD5 = "253f8cb515780f3b799900260a226db6"
-# Where Keras itself downloads the file from (tf_keras.applications.vgg19).
-VGG19_NOTOP_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/vgg19/{VGG19_NOTOP_FILE}"
 
 # Three blocks of two valid 3x3 convolutions and a 2x2 pooling: 36 px is the smallest
 # input that still leaves one pixel at the end.
@@ -187,8 +185,10 @@ def _imagenet_weights_file() -> str:
         return str(cached)
     damaged = " (the one that was there was damaged)" if cached.exists() else ""
     utils = keras_lib.keras().utils
+    from tf_keras.src.applications.vgg19 import WEIGHTS_PATH_NO_TOP  # where Keras itself fetches it
+
     try:
-        return utils.get_file(VGG19_NOTOP_FILE, VGG19_NOTOP_URL, cache_subdir="models",
+        return utils.get_file(VGG19_NOTOP_FILE, WEIGHTS_PATH_NO_TOP, cache_subdir="models",
                               file_hash=VGG19_NOTOP_MD5, cache_dir=str(cached.parent.parent))
     except Exception as error:  # noqa: BLE001 - narrowed just below
         if not _is_download_failure(error):
