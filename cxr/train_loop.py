@@ -130,7 +130,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     class_names = manifest["class_names"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    threads = _compute_threads(context.get_local_world_size())
+    # Ray pins OMP_NUM_THREADS to the CPUs a worker reserved (1, or 1 for a fraction), which
+    # left TensorFlow on one core of a laptop; give each worker its share of the node.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     keras()
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
     checkpoint = ray.train.get_checkpoint()
@@ -174,6 +179,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early},
                              checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
     _write_worker_summary(loop_config["run_uri"], rank, model, state)
+
+
+def _compute_threads(workers_on_node: int) -> int:
+    """This worker's share of the node's cores for TensorFlow's kernels."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers_on_node))
 
 
 def _local_weights(blob_ref, directory: str) -> str | None:
