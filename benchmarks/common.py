@@ -244,3 +244,12 @@ def fail(message: str) -> None:
     """End a benchmark with one line on stderr, as the jobs do for user errors."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def publish(name: str, text: str, results: dict, write: bool) -> None:
+    """Print a benchmark's section; with `write`, also put it and its raw numbers in docs/."""
+    print(text)
+    if write:
+        write_section(name, text)
+        raw = write_raw(name, results)
+        print(f"\nwrote {RESULTS_PAGE.relative_to(REPO)} and {raw.relative_to(REPO)}")

@@ -277,12 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
 
     results.update(images=loop["images"], loop=loop, pipeline=pipeline, derived=derive(loop, pipeline, cores))
-    text = report(results)
-    print(text)
-    if not args.no_write:
-        common.write_section(SECTION, text)
-        raw = common.write_raw(SECTION, results)
-        print(f"\nwrote {common.RESULTS_PAGE.relative_to(REPO)} and {raw.relative_to(REPO)}")
+    common.publish(SECTION, report(results), results, write=not args.no_write)
     return 0
 
 

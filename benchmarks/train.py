@@ -338,12 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     results.update(plain=plain, ray=runs, derived=derive(plain, runs), load_average_end=os.getloadavg(),
                    total_seconds=perf_counter() - started)
-    text = report(results)
-    print(text)
-    if not args.no_write:
-        common.write_section(SECTION, text)
-        raw = common.write_raw(SECTION, results)
-        print(f"\nwrote {common.RESULTS_PAGE.relative_to(REPO)} and {raw.relative_to(REPO)}")
+    common.publish(SECTION, report(results), results, write=not args.no_write)
     return 0
 
 
