@@ -199,7 +199,11 @@ def report(results: dict) -> str:
         ["epoch s with validation"] + [_rates(r["epoch_seconds"]) for r in columns.values()],
         ["wall time, s"] + [f"{r['wall_seconds']:.1f}" for r in columns.values()],
         ["CPU-s of the TensorFlow process(es)"] + [f"{tf_cpu(r):.0f}" for r in columns.values()],
-        ["TF cores busy while training (CPU-s / sum of epoch s)"]
+        # Per image trained: equal numbers mean the same TF work, whatever the thread settings.
+        ["TF CPU ms per training image (all of the run)"]
+        + [f"{1000 * tf_cpu(r) / (n_train * epochs):.1f}" for r in columns.values()],
+        # Not "cores while training": epoch seconds include validation and any wait for data.
+        ["TF CPU-s / epoch seconds (validation and waits included)"]
         + [f"{tf_cpu(r) / sum(r['epoch_seconds']):.2f}" for r in columns.values()],
         ["peak RSS sum, driver + Ray workers, MiB"] + [f"{r['peak_memory_mib']['driver+workers_rss_mib']:.0f}"
                                                       for r in columns.values()],

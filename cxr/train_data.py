@@ -17,6 +17,8 @@ from cxr.config import AugmentConfig
 
 FEATURE = "image"
 LABEL = "label"
+# Images mixed across batches as they stream in: several batches' worth, a few MB at 299 px.
+SHUFFLE_BUFFER = 512
 
 
 def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -54,7 +56,8 @@ def class_weights(manifest: dict) -> dict[int, float]:
     return {label: total / (len(names) * max(counts[name], 1)) for label, name in enumerate(names)}
 
 
-def worker_dataset(shard, batch_size: int, num_classes: int, augment: AugmentConfig | None, seed: int):
+def worker_dataset(shard, batch_size: int, num_classes: int, seed: int, training: bool,
+                   augment: AugmentConfig | None = None):
     """This worker's tf.data pipeline over its Ray Data shard.
 
     `batch_size` is the global batch: under MultiWorkerMirroredStrategy each replica takes
@@ -65,10 +68,13 @@ def worker_dataset(shard, batch_size: int, num_classes: int, augment: AugmentCon
 
     from cxr.keras_lib import keras
 
-    dataset = shard.to_tf(feature_columns=FEATURE, label_columns=LABEL, batch_size=batch_size)
+    # Shards are sorted by content hash, so without this every epoch would see the same
+    # batches. Training only; the seed keeps runs reproducible.
+    shuffle = {"local_shuffle_buffer_size": SHUFFLE_BUFFER, "local_shuffle_seed": seed} if training else {}
+    dataset = shard.to_tf(feature_columns=FEATURE, label_columns=LABEL, batch_size=batch_size, **shuffle)
     dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
                           num_parallel_calls=tf.data.AUTOTUNE)
-    if augment is not None and augment.enabled:
+    if training and augment is not None and augment.enabled:
         layers = keras().layers
         augmenter = keras().Sequential([
             layers.RandomRotation(augment.rotation, fill_mode="nearest", seed=seed),

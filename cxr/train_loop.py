@@ -130,12 +130,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     class_names = manifest["class_names"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    threads = _compute_threads(context.get_local_world_size())
-    # Ray pins OMP_NUM_THREADS to the CPUs a worker reserved (1, or 1 for a fraction), which
-    # left TensorFlow on one core of a laptop; give each worker its share of the node.
-    os.environ["OMP_NUM_THREADS"] = str(threads)
     keras()
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    # TensorFlow's default is every core per process: with several workers on one node
+    # they would oversubscribe it. Each takes its share instead.
+    tf.config.threading.set_intra_op_parallelism_threads(_compute_threads(context.get_local_world_size()))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
     checkpoint = ray.train.get_checkpoint()
@@ -153,9 +151,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state = TrainingState()
 
     seed = config.seed * 1000 + rank  # each worker augments differently, reproducibly
-    train = worker_dataset(ray.train.get_dataset_shard("train"), config.batch_size, len(class_names),
-                           config.augment, seed)
-    val = worker_dataset(ray.train.get_dataset_shard("val"), config.batch_size, len(class_names), None, seed)
+    train = worker_dataset(ray.train.get_dataset_shard("train"), config.batch_size, len(class_names), seed,
+                           training=True, augment=config.augment)
+    val = worker_dataset(ray.train.get_dataset_shard("val"), config.batch_size, len(class_names), seed,
+                         training=False)
     weights = class_weights(manifest) if config.class_weights else None
     train_images = manifest["counts"]["splits"]["train"]["total"]
 
