@@ -21,6 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_PAGE = REPO / "docs" / "benchmarks.md"
+# The 3,800 real chest X-rays laid beside the repository (never copied into it).
+REAL_SAMPLE = REPO.parent / "shared" / "data" / "covid19-radiography-sample" / "COVID-19_Radiography_Dataset"
 RAW_RESULTS = REPO / "docs" / "benchmarks"
 PAGE_HEADER = """# Benchmarks
 

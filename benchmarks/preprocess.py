@@ -34,7 +34,6 @@ from benchmarks import common  # noqa: E402
 from cxr.config import PreprocessConfig  # noqa: E402
 
 SECTION = "preprocess"
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "covid19-radiography-sample" / "COVID-19_Radiography_Dataset"
 PACKAGES = ("ray", "numpy", "scikit-image", "pyarrow", "pillow")
 GOAL_PER_CORE = 0.8
 log = logging.getLogger("benchmark")
@@ -42,7 +41,7 @@ log = logging.getLogger("benchmark")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+    parser.add_argument("--data", type=Path, default=common.REAL_SAMPLE,
                         help="class-per-folder tree of real images (default: the shared sample)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use N images, evenly spread over the listing (a quick check)")

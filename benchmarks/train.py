@@ -37,7 +37,6 @@ from benchmarks.preprocess import link_subset, spread  # noqa: E402
 from cxr.config import AugmentConfig, PreprocessConfig, TrainConfig  # noqa: E402
 
 SECTION = "train"
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "covid19-radiography-sample" / "COVID-19_Radiography_Dataset"
 PACKAGES = ("ray", "tensorflow-cpu", "tf-keras", "numpy", "pyarrow")
 MODEL = "scratch_cnn"
 GOAL_RATIO = 0.9
@@ -46,7 +45,7 @@ log = logging.getLogger("benchmark")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-source", type=Path, default=DEFAULT_DATA,
+    parser.add_argument("--data-source", type=Path, default=common.REAL_SAMPLE,
                         help="class-per-folder tree of real images to preprocess (default: the shared sample)")
     parser.add_argument("--shards", default=None, help="an existing preprocess output: skip preprocessing")
     parser.add_argument("--image-size", type=int, default=96, help="when preprocessing (default: %(default)s)")
