@@ -92,28 +92,72 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def _epoch_callbacks(config: TrainConfig, epoch: int, rank: int, world: int, state: TrainingState, timer: dict):
+def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: TrainingState, train_images: int) -> list:
+    """Keras callbacks of the one `fit` over all remaining epochs: time, checkpoint, report.
+
+    One `fit` for the whole run rather than one per epoch: each call would rebuild the
+    input pipeline and wait for its first batch again. The first callback's `state` is
+    the training state after the last finished epoch.
+    """
+    import ray.train
+
     from cxr.keras_lib import keras
 
-    class EpochTimer(keras().callbacks.Callback):
-        """Training seconds of the epoch, without its validation pass."""
+    class EpochReporter(keras().callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.state = state
 
         def on_epoch_begin(self, epoch, logs=None):
-            timer["start"] = time.perf_counter()
+            self.started, self.train_seconds = time.perf_counter(), None
 
         def on_test_begin(self, logs=None):
-            timer.setdefault("train_seconds", time.perf_counter() - timer["start"])
+            # Training seconds of the epoch, without its validation pass.
+            if self.train_seconds is None:
+                self.train_seconds = time.perf_counter() - self.started
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.started
+            row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()},
+                   "learning_rate": current_learning_rate(self.model.optimizer),
+                   "seconds": round(seconds, 3),
+                   "images_per_s": round(train_images / (self.train_seconds or seconds), 2),
+                   "attempt": self.state.attempt}
+            self.state = state = self.state.after_epoch(row, config.patience)
+            with tempfile.TemporaryDirectory() as directory:
+                # Every rank saves: under MultiWorkerMirroredStrategy saving is a collective.
+                self.model.save(os.path.join(directory, MODEL_FILE))
+                if rank == 0:
+                    state.save(directory)
+                ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early},
+                                 checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
+            # Every rank sees the same all-reduced validation loss, so all stop together.
+            if state.stopped_early:
+                self.model.stop_training = True
 
     class FailOnce(keras().callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 2:
-                raise RuntimeError(f"injected failure: worker {rank}, epoch {epoch}, batch {batch}")
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
 
-    callbacks = [EpochTimer()]
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == config.fail_at_epoch and batch == 2:
+                raise RuntimeError(f"injected failure: worker {rank}, epoch {self.epoch}, batch {batch}")
+
+    callbacks = [EpochReporter()]
     # Only in the first attempt, so that the resumed run goes through.
-    if config.fail_at_epoch == epoch and state.attempt == 0 and rank == world - 1:
+    if config.fail_at_epoch is not None and state.attempt == 0 and rank == world - 1:
         callbacks.append(FailOnce())
     return callbacks
+
+
+def current_learning_rate(optimizer) -> float:
+    """The rate the optimizer applies now, whether a constant or a schedule of the step."""
+    from cxr.keras_lib import keras
+
+    rate = optimizer.learning_rate
+    if callable(rate):
+        rate = rate(optimizer.iterations)
+    return float(keras().backend.get_value(rate))
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -151,32 +195,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state = TrainingState()
 
     seed = config.seed * 1000 + rank  # each worker augments differently, reproducibly
+    cache = loop_config["cache"]
     train = worker_dataset(ray.train.get_dataset_shard("train"), config.batch_size, len(class_names), seed,
-                           training=True, augment=config.augment)
+                           training=True, augment=config.augment, cache=cache)
     val = worker_dataset(ray.train.get_dataset_shard("val"), config.batch_size, len(class_names), seed,
-                         training=False)
+                         training=False, cache=cache)
     weights = class_weights(manifest) if config.class_weights else None
     train_images = manifest["counts"]["splits"]["train"]["total"]
 
-    while not state.finished(config.epochs):
-        epoch, timer = state.next_epoch, {}
-        started = time.perf_counter()
-        fit = model.fit(train, validation_data=val, epochs=epoch + 1, initial_epoch=epoch, class_weight=weights,
-                        verbose=0, callbacks=_epoch_callbacks(config, epoch, rank, world, state, timer))
-        seconds = time.perf_counter() - started
-        train_seconds = timer.get("train_seconds", seconds)
-        row = {"epoch": epoch, **{k: float(v[-1]) for k, v in fit.history.items()},
-               "learning_rate": float(keras().backend.get_value(model.optimizer.learning_rate)),
-               "seconds": round(seconds, 3), "images_per_s": round(train_images / train_seconds, 2),
-               "attempt": state.attempt}
-        state = state.after_epoch(row, config.patience)
-        with tempfile.TemporaryDirectory() as directory:
-            # Every rank saves: under MultiWorkerMirroredStrategy saving is a collective.
-            model.save(os.path.join(directory, MODEL_FILE))
-            if rank == 0:
-                state.save(directory)
-            ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early},
-                             checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
+    if not state.finished(config.epochs):
+        callbacks = _epoch_callbacks(config, rank, world, state, train_images)
+        model.fit(train, validation_data=val, initial_epoch=state.next_epoch, epochs=config.epochs,
+                  class_weight=weights, verbose=0, callbacks=callbacks)
+        state = callbacks[0].state
     _write_worker_summary(loop_config["run_uri"], rank, model, state)
 
 

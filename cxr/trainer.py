@@ -96,12 +96,16 @@ def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from cxr.train_data import split_dataset
+    from cxr.train_data import cached_bytes_per_worker, split_dataset
     from cxr.train_loop import train_loop_per_worker
+
+    cache = cached_bytes_per_worker(manifest, config.workers) <= config.cache_mib * 2**20
+    val = split_dataset(data, manifest, "val")
 
     trainer = TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "manifest": manifest, "weights": weights_ref, "run_uri": run.uri},
+        train_loop_config={"config": config, "manifest": manifest, "weights": weights_ref, "run_uri": run.uri,
+                           "cache": cache},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(
@@ -111,12 +115,12 @@ def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min"),
             worker_runtime_env={"env_vars": TF_ENVIRONMENT}),
-        # Validation is a tenth of the data, read every epoch: decoded once into the object
-        # store rather than re-read and re-decoded by a new streaming execution each time.
-        datasets={"train": split_dataset(data, manifest, "train"),
-                  "val": split_dataset(data, manifest, "val").materialize()})
-    log.info("training %s on %d worker(s) (%s, %g CPU each), run %s", config.model, config.workers,
-             "GPU" if config.gpu else "CPU", cpus_per_worker, run.uri)
+        # Without the workers' cache, validation (read every epoch) is decoded once into the
+        # object store rather than re-read and re-decoded by a new stream each time.
+        datasets={"train": split_dataset(data, manifest, "train"), "val": val if cache else val.materialize()})
+    log.info("training %s on %d worker(s) (%s, %g CPU each), %s, run %s", config.model, config.workers,
+             "GPU" if config.gpu else "CPU", cpus_per_worker,
+             "decoded images kept in memory after epoch 1" if cache else "streaming every epoch", run.uri)
     return trainer.fit()
 
 

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-worker", type=float, default=None)
     parser.add_argument("--max-failures", type=int, default=defaults.max_failures,
                         help="worker failures survived by resuming from the latest checkpoint")
+    parser.add_argument("--cache-mib", type=int, default=defaults.cache_mib,
+                        help="memory per worker to keep decoded images after the first epoch; 0 streams "
+                             "every epoch (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--fail-at-epoch", type=int, default=None,
                         help="resilience drill: one worker raises once in this epoch")
@@ -55,7 +58,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         class_weights=not args.no_class_weights,
         augment=AugmentConfig(0, 0, 0) if args.no_augment else AugmentConfig(),
         workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
-        max_failures=args.max_failures, seed=args.seed, fail_at_epoch=args.fail_at_epoch)
+        max_failures=args.max_failures, cache_mib=args.cache_mib, seed=args.seed, fail_at_epoch=args.fail_at_epoch)
 
 
 def main(argv: list[str] | None = None) -> int:

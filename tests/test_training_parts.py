@@ -90,3 +90,37 @@ def test_history_csv_and_learning_curve():
     assert len(text.splitlines()) == 3
     image = Image.open(io.BytesIO(learning_curve_png(rows, "test")))
     assert image.format == "PNG" and image.width > 600
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_worker_dataset_reshuffles_training_epochs_and_keeps_every_image(ray_session, cache):
+    from cxr.keras_lib import keras
+
+    keras()
+    from cxr.train_data import worker_dataset
+
+    # Each image's pixels carry its index, so every epoch's order is visible.
+    rows = [{"image": np.full((8, 8, 1), i, dtype=np.uint8), "label": i % 2} for i in range(100)]
+    shard = ray_session.data.from_items(rows)
+
+    def epoch_order(dataset) -> list[int]:
+        return [int(v) for x, y in dataset for v in x.numpy()[:, 0, 0, 0]]
+
+    train = worker_dataset(shard, 10, 2, seed=3, training=True, cache=cache)
+    first, second = epoch_order(train), epoch_order(train)
+    assert sorted(first) == sorted(second) == list(range(100))
+    assert first != second
+    val = worker_dataset(shard, 10, 2, seed=3, training=False, cache=cache)
+    assert epoch_order(val) == epoch_order(val) == list(range(100))
+    x, y = next(iter(val))
+    assert x.dtype.name == "float32" and y.shape == (10, 2)
+    np.testing.assert_array_equal(y.numpy().argmax(1), np.arange(10) % 2)
+
+
+def test_cached_bytes_per_worker_counts_train_and_val_images():
+    from cxr.train_data import cached_bytes_per_worker
+
+    manifest = {"image": {"height": 299, "width": 299},
+                "counts": {"splits": {"train": {"total": 1001}, "val": {"total": 100}}}}
+    assert cached_bytes_per_worker(manifest, 1) == 1101 * 299 * 299
+    assert cached_bytes_per_worker(manifest, 2) == 551 * 299 * 299
