@@ -129,6 +129,7 @@ class PreprocessConfig:
 
 
 MODEL_NAMES = ("scratch_cnn", "vgg19_head")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,11 @@ class TrainConfig:
     epochs: int = 5  # an upper bound: early stopping may end sooner
     patience: int = 3
     batch_size: int = 32  # global: split across the workers
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # the peak: see lr_schedule
+    # "cosine": from learning_rate down to 0 over --epochs (a planned end, so the last
+    # epochs fine-tune instead of bouncing); "constant": the paper's fixed rate.
+    lr_schedule: str = "cosine"
+    dropout: float = 0.5  # around the dense head (cxr.models); 0 for none, as in the paper
     class_weights: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     workers: int = 1
@@ -186,6 +191,9 @@ class TrainConfig:
         _require(self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
         _require(self.batch_size >= self.workers, f"--batch-size {self.batch_size} is smaller than --workers")
         _require(self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}")
+        _require(self.lr_schedule in LR_SCHEDULES,
+                 f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        _require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         _require(self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
         _require(self.cpus_per_worker is None or self.cpus_per_worker > 0, "--cpus-per-worker must be positive")
         _require(self.cache_mib >= 0, f"--cache-mib must not be negative, got {self.cache_mib}")
@@ -207,3 +215,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model: str  # an export folder: <storage>/<name>/model
+    input: str  # a folder, an s3:// prefix or a .zip of raw images, at any depth
+    output: str  # a folder or s3:// prefix for predictions.parquet, predictions.csv, summary.json
+    # The positive class's probability at or above which it is predicted (2 classes);
+    # None: the most probable class.
+    threshold: float | None = None
+    gpu: bool = False
+    actors: int | None = None  # None: one per GPU, or half the CPUs (at most 4)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.threshold is None or 0 < self.threshold < 1, f"--threshold must be in (0, 1), got {self.threshold}")
+        _require(self.actors is None or self.actors >= 1, f"--actors must be at least 1, got {self.actors}")

@@ -27,6 +27,7 @@ from cxr.errors import UserError
 
 VGG_INPUT_SIZE = 224
 BN_MOMENTUM = 0.9
+DROPOUT = 0.5
 VGG19_NOTOP_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 VGG19_NOTOP_MD5 = "253f8cb515780f3b799900260a226db6"
 
@@ -50,8 +51,12 @@ def model_input_shape(model_name: str, image_size: int) -> tuple[int, int, int]:
     return (image_size, image_size, 1)
 
 
-def build_model(model_name: str, image_size: int, num_classes: int, weights: str | None = None):
+def build_model(model_name: str, image_size: int, num_classes: int, weights: str | None = None,
+                dropout: float = DROPOUT):
     """A new, uncompiled `tf_keras.Model`; `weights` is "none"/None, "imagenet" or a file path.
+
+    `dropout` is the rate of the dropout layers around the dense head (no parameters, so
+    the paper's counts hold); 0 leaves them out.
 
     A file is loaded into the whole model, except that vgg19_head also takes a VGG19 no-top
     weights file (such as Keras's ImageNet one) for its base.
@@ -66,9 +71,9 @@ def build_model(model_name: str, image_size: int, num_classes: int, weights: str
 
     keras = keras_lib.keras()
     if model_name == "scratch_cnn":
-        model = _scratch_cnn(keras, image_size, num_classes)
+        model = _scratch_cnn(keras, image_size, num_classes, dropout)
     else:
-        model = _vgg19_head(keras, image_size, num_classes)
+        model = _vgg19_head(keras, image_size, num_classes, dropout)
     if weights_path is not None:
         if model_name == "vgg19_head" and _is_vgg19_notop_file(weights_path):
             _load_weights(model.get_layer("vgg19"), weights_path, "the VGG19 base")
@@ -84,7 +89,22 @@ def load_model(path: str):
     return keras_lib.keras().models.load_model(path)
 
 
-def _scratch_cnn(keras, image_size: int, num_classes: int):
+def _dense_head(layers, x, num_classes: int, dropout: float):
+    """Dense(128) and the softmax, as in the paper, with dropout around the dense layer.
+
+    scratch_cnn's Flatten feeds Dense(128) with 17,842,176 weights at 299 px (2.4 M at 128
+    px): without dropout it memorises the training set within a few epochs
+    (docs/benchmarks.md, quality section).
+    """
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout_features")(x)
+    x = layers.Dense(128, activation="relu", name="fc")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout_fc")(x)
+    return layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+
+
+def _scratch_cnn(keras, image_size: int, num_classes: int, dropout: float):
     layers = keras.layers
     inputs = keras.Input(shape=model_input_shape("scratch_cnn", image_size), name="image")
     x = layers.Rescaling(1 / 255, name="rescale")(inputs)
@@ -97,12 +117,10 @@ def _scratch_cnn(keras, image_size: int, num_classes: int):
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(128, activation="relu", name="fc")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="scratch_cnn")
+    return keras.Model(inputs, _dense_head(layers, x, num_classes, dropout), name="scratch_cnn")
 
 
-def _vgg19_head(keras, image_size: int, num_classes: int):
+def _vgg19_head(keras, image_size: int, num_classes: int, dropout: float):
     layers = keras.layers
     inputs = keras.Input(shape=model_input_shape("vgg19_head", image_size), name="image")
     x = inputs
@@ -121,9 +139,7 @@ def _vgg19_head(keras, image_size: int, num_classes: int):
     # training=False keeps the base in inference mode even if it is unfrozen for fine-tuning.
     x = base(x, training=False)
     x = layers.GlobalMaxPooling2D(name="global_max_pool")(x)
-    x = layers.Dense(128, activation="relu", name="fc")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="vgg19_head")
+    return keras.Model(inputs, _dense_head(layers, x, num_classes, dropout), name="vgg19_head")
 
 
 @functools.cache

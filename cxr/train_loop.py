@@ -69,13 +69,27 @@ def positive_label(class_names: list[str]) -> int:
     return class_names.index("COVID") if "COVID" in class_names else len(class_names) - 1
 
 
-def compile_model(model, config: TrainConfig, class_names: list[str]) -> None:
+def learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """Adam's learning rate: constant, or a cosine decay over all the run's steps."""
+    from cxr.keras_lib import keras
+
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    return keras().optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps_per_epoch)
+
+
+def steps_per_epoch(manifest: dict, batch_size: int) -> int:
+    return max(1, -(-manifest["counts"]["splits"]["train"]["total"] // batch_size))
+
+
+def compile_model(model, config: TrainConfig, class_names: list[str], steps: int) -> None:
+    """Adam, cross-entropy, and the metrics each epoch reports; `steps` is steps per epoch."""
     from cxr.keras_lib import keras
 
     metrics = keras().metrics
     positive = positive_label(class_names)
     model.compile(
-        optimizer=keras().optimizers.Adam(learning_rate=config.learning_rate),
+        optimizer=keras().optimizers.Adam(learning_rate=learning_rate(config, steps)),
         loss="categorical_crossentropy",
         metrics=["accuracy",
                  # One-vs-rest AUC averaged over classes: for two classes, the usual AUC.
@@ -190,8 +204,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         else:
             with tempfile.TemporaryDirectory() as directory:
                 model = build_model(config.model, manifest["image"]["height"], len(class_names),
-                                    weights=_local_weights(loop_config.get("weights"), directory))
-            compile_model(model, config, class_names)
+                                    weights=_local_weights(loop_config.get("weights"), directory),
+                                    dropout=config.dropout)
+            compile_model(model, config, class_names, steps_per_epoch(manifest, config.batch_size))
             state = TrainingState()
 
     seed = config.seed * 1000 + rank  # each worker augments differently, reproducibly

@@ -14,7 +14,7 @@ import sys
 # `python jobs/train.py` puts jobs/ on sys.path, not the repository (see jobs/preprocess.py).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cxr.config import MODEL_NAMES, AugmentConfig, TrainConfig  # noqa: E402
+from cxr.config import LR_SCHEDULES, MODEL_NAMES, AugmentConfig, TrainConfig  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patience", type=int, default=defaults.patience,
                         help="epochs without a better validation loss before stopping (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch size")
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                        help="Adam's (peak) learning rate (default: %(default)s)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule,
+                        help="cosine decay to 0 over --epochs, or constant (default: %(default)s)")
+    parser.add_argument("--dropout", type=float, default=defaults.dropout,
+                        help="dropout around the dense head; 0 for none (default: %(default)s)")
     parser.add_argument("--no-class-weights", action="store_true", help="do not weight classes by frequency")
     parser.add_argument("--no-augment", action="store_true", help="no on-the-fly augmentation")
     parser.add_argument("--workers", type=int, default=defaults.workers)
@@ -55,6 +60,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data=args.data, model=args.model, weights=args.weights, storage=args.storage, name=args.name,
         epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule, dropout=args.dropout,
         class_weights=not args.no_class_weights,
         augment=AugmentConfig(0, 0, 0) if args.no_augment else AugmentConfig(),
         workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
