@@ -166,7 +166,7 @@ class TrainConfig:
     epochs: int = 5  # an upper bound: early stopping may end sooner
     patience: int = 3
     batch_size: int = 32  # global: split across the workers
-    learning_rate: float = 1e-3  # the peak: see lr_schedule
+    learning_rate: float = 3e-4  # the peak: see lr_schedule
     # "cosine": from learning_rate down to 0 over --epochs (a planned end, so the last
     # epochs fine-tune instead of bouncing); "constant": the paper's fixed rate.
     lr_schedule: str = "cosine"
