@@ -164,7 +164,7 @@ class TrainConfig:
     storage: str = "outputs/runs"
     name: str | None = None  # None: the model's name
     epochs: int = 5  # an upper bound: early stopping may end sooner
-    patience: int = 3
+    patience: int = 5
     batch_size: int = 32  # global: split across the workers
     learning_rate: float = 3e-4  # the peak: see lr_schedule
     # "cosine": from learning_rate down to 0 over --epochs (a planned end, so the last
