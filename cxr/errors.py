@@ -9,3 +9,9 @@ class UserError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
     exit_code = 2
+
+
+def one_line(exc: BaseException) -> str:
+    """An unexpected per-item failure as one line, for a reject record rather than a traceback."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -22,7 +22,7 @@ import pyarrow.dataset as pads
 from cxr import manifest as manifest_lib
 from cxr import runtime, shards, sources, storage
 from cxr.config import PreprocessConfig
-from cxr.errors import UserError
+from cxr.errors import UserError, one_line
 from cxr.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
                             resize_square, to_grayscale, to_uint8)
 
@@ -94,7 +94,7 @@ def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
             try:
                 data, row["marking_truth"] = reader.read(item)
             except Exception as exc:  # noqa: BLE001 - any read failure is this image's reject
-                rows.append({**row, "status": "read_error", "detail": _one_line(exc)})
+                rows.append({**row, "status": "read_error", "detail": one_line(exc)})
                 continue
             row["t_read"] = perf_counter() - start
             try:
@@ -102,14 +102,9 @@ def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
             except ImageRejected as exc:
                 row.update(status=exc.reason, detail=exc.detail)
             except Exception as exc:  # noqa: BLE001 - recorded, counted and shown in the summary
-                row.update(status="processing_error", detail=_one_line(exc))
+                row.update(status="processing_error", detail=one_line(exc))
             rows.append(row)
     return pa.Table.from_pylist(rows, schema=shards.STAGING_SCHEMA)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def prepare_output(output: storage.Location, overwrite: bool) -> None:
@@ -134,6 +129,11 @@ def prepare_output(output: storage.Location, overwrite: bool) -> None:
     storage.check_writable(output)
 
 
+def block_count(items: int, cpus: int) -> int:
+    """Ray Data blocks (one task each) for `items` listed inputs on `cpus` CPUs."""
+    return max(1, min(items, max(math.ceil(items / ROWS_PER_BLOCK), MIN_BLOCKS_PER_CPU * cpus)))
+
+
 def run_preprocess(config: PreprocessConfig) -> dict:
     """Run the whole job; return the manifest it wrote."""
     started = time.time()
@@ -150,9 +150,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     runtime.ensure_ray()
     import ray
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    num_blocks = min(len(listing.items),
-                     max(math.ceil(len(listing.items) / ROWS_PER_BLOCK), MIN_BLOCKS_PER_CPU * cpus))
+    num_blocks = block_count(len(listing.items), int(ray.cluster_resources().get("CPU", 1)))
     log.info("processing %d images in %d blocks", len(listing.items), num_blocks)
     dataset = ray.data.from_items(listing.items, override_num_blocks=num_blocks)
     dataset = dataset.map_batches(process_batch, batch_format="pyarrow", batch_size=None,

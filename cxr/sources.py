@@ -74,7 +74,8 @@ def list_source(config: PreprocessConfig) -> Listing:
                       lambda rel: location.join(rel).uri, lambda rel: ("file", location.join(rel).uri, ""))
 
 
-def _list_zip(location: storage.Location, classes: tuple[str, ...] | None) -> Listing:
+def _zip_members(location: storage.Location) -> tuple[list[str], int]:
+    """The file members of a zip archive, and how many macOS metadata members were left out."""
     try:
         with location.fs.open_input_file(location.path) as handle, zipfile.ZipFile(handle) as archive:
             names = [i.filename for i in archive.infolist() if not i.is_dir()]
@@ -83,15 +84,60 @@ def _list_zip(location: storage.Location, classes: tuple[str, ...] | None) -> Li
     except OSError as exc:
         raise storage.storage_error(exc, location.uri) from None
     # macOS archivers add resource forks under __MACOSX/: metadata, not inputs.
-    macos = [n for n in names if n.startswith("__MACOSX/")]
-    names = [n for n in names if not n.startswith("__MACOSX/")]
-    if not names:
+    members = [n for n in names if not n.startswith("__MACOSX/")]
+    if not members:
         raise UserError(f"{location.uri}: the zip archive holds no files")
+    return members, len(names) - len(members)
+
+
+def _list_zip(location: storage.Location, classes: tuple[str, ...] | None) -> Listing:
+    names, macos = _zip_members(location)
     listing = _list_tree("zip", location.uri, names, classes,
                          lambda rel: f"{location.uri}!/{rel}", lambda rel: ("zip", location.uri, rel))
     if macos:
-        listing.ignored["macos_metadata"] = len(macos)
+        listing.ignored["macos_metadata"] = macos
     return listing
+
+
+def list_images(uri: str) -> Listing:
+    """Every file under a folder, an s3:// prefix or in a .zip, at any depth, for scoring.
+
+    No classes: items have label -1. Image files are items; anything else is a reject
+    (`unsupported_file`), so each file found is accounted for. Lung masks are skipped.
+    """
+    location = storage.resolve(uri)
+    storage.check_bucket(location)
+    info = storage.file_info(location)
+    if info.type == storage.pafs.FileType.File:
+        if location.path.lower().endswith(".zip"):
+            members, macos = _zip_members(location)
+            entries = [(m, f"{location.uri}!/{m}", ("zip", location.uri, m)) for m in members]
+            ignored = {"macos_metadata": macos} if macos else {}
+        else:
+            entries, ignored = [("", location.uri, ("file", location.uri, ""))], {}
+    else:
+        files = storage.list_files(location)
+        if not files:
+            raise UserError(f"{location.uri}: " + ("does not exist" if info.type == storage.pafs.FileType.NotFound
+                                                  else "the folder holds no files"))
+        prefix = location.path.rstrip("/") + "/"
+        entries = [(f.path[len(prefix):], location.join(f.path[len(prefix):]).uri,
+                    ("file", location.join(f.path[len(prefix):]).uri, "")) for f in files]
+        ignored = {}
+    items, rejects, masks = [], [], 0
+    for relative, source_uri, (kind, where, member) in entries:
+        name = source_uri.rsplit("/", 1)[-1]
+        if any(part in IGNORED_FOLDERS for part in relative.split("/")[:-1]):
+            masks += 1
+        elif name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+            items.append(item_row(source_uri, None, -1, kind, where, member))
+        else:
+            rejects.append(reject_row(source_uri, None, "unsupported_file", f"not a {'/'.join(IMAGE_EXTENSIONS)} file"))
+    if masks:
+        ignored["masks"] = masks
+    if not items:
+        raise UserError(f"{location.uri}: no {'/'.join(IMAGE_EXTENSIONS)} images found")
+    return Listing(kind="images", root=location.uri, class_names=(), items=items, rejects=rejects, ignored=ignored)
 
 
 def _strip_wrappers(paths: list[str]) -> tuple[str, list[str]]:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart: set up .venv if needed, then run the jobs.
-#   ./scripts/run.sh                     preprocess the embedded synthetic data (once) and train
-#                                        the scratch CNN on it, on a local Ray
-#   ./scripts/run.sh JOB [ARGS...]       run jobs/JOB.py with ARGS (preprocess, train)
+#   ./scripts/run.sh                     preprocess the embedded synthetic data (once), train the
+#                                        scratch CNN on it and evaluate it, on a local Ray
+#   ./scripts/run.sh JOB [ARGS...]       run jobs/JOB.py with ARGS (preprocess, train, evaluate, predict)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
@@ -15,4 +15,5 @@ fi
 if [ ! -f outputs/shards/synthetic/manifest.json ]; then
   "$VENV/bin/python" jobs/preprocess.py
 fi
-exec "$VENV/bin/python" jobs/train.py
+"$VENV/bin/python" jobs/train.py
+exec "$VENV/bin/python" jobs/evaluate.py --run outputs/runs/scratch_cnn

@@ -1,0 +1,222 @@
+"""Evaluation: score a held-out set three ways, then write the report and the model card.
+
+The held-out set is the test split named in the model's manifest (the default), the
+split of other shards (`--data` with a manifest.json), or a raw class-per-folder image
+tree preprocessed exactly as the training data. The operating threshold is chosen on
+the training data's validation split, never on the evaluated images. Each image is
+scored as it is, with its lung fields blacked out and with only its lungs left (see
+cxr.shortcuts); the report puts the three side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxr import runtime, sources, storage
+from cxr.errors import UserError
+from cxr.inference import Export, check_compatible, open_export, preprocess_config, preprocess_for_model, score
+from cxr.manifest import read_manifest
+from cxr.shortcuts import VARIANTS
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "model"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    run: str  # <storage>/<name> of a training run, or its model/ folder
+    data: str | None = None  # None: the training data's shards; or other shards; or a raw image tree
+    split: str = "test"
+    output: str | None = None  # None: <run>/report
+    resamples: int = 1000
+    gradcam_examples: int = 4  # per group: true positives, false positives, false negatives
+    gpu: bool = False
+    actors: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "val", "test"):
+            raise UserError(f"--split must be train, val or test, got {self.split!r}")
+        if self.resamples < 100:
+            raise UserError(f"--resamples must be at least 100, got {self.resamples}")
+        if self.gradcam_examples < 0:
+            raise UserError(f"--gradcam-examples must not be negative, got {self.gradcam_examples}")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A scored set: labels, probabilities per variant, and where each image came from."""
+
+    description: str
+    source_uris: list[str]
+    labels: np.ndarray
+    probs: dict[str, np.ndarray]
+    rejected: dict[str, int]
+    images: object  # callable: source_uris -> uint8 (n, H, W) images, for Grad-CAM
+
+
+def find_export(run_uri: str) -> Export:
+    """The export of a run folder, or the export folder itself."""
+    run = storage.resolve(run_uri)
+    storage.check_bucket(run)
+    if storage.file_info(run.join("model.keras")).type == storage.pafs.FileType.File:
+        return open_export(run.uri)
+    if storage.file_info(run).type == storage.pafs.FileType.NotFound:
+        raise UserError(f"{run.uri}: no such run")
+    return open_export(run.join(EXPORT_DIR).uri)
+
+
+def run_evaluation(config: EvaluateConfig) -> dict:
+    """Evaluate, write the report folder, return the report."""
+    from cxr.report import build_report, write_report
+
+    started = time.time()
+    export = find_export(config.run)
+    training_data = export.training.get("config", {}).get("data")
+    output = storage.resolve(config.output or export.uri.rstrip("/").rsplit("/", 1)[0] + "/report")
+    storage.check_bucket(output)
+    storage.check_writable(output)
+    runtime.ensure_ray()
+
+    threshold_source = _threshold_source(export, training_data)
+    validation = None
+    if threshold_source is not None:
+        log.info("choosing the operating threshold on %s (val split)", threshold_source)
+        validation = score_shards(export, threshold_source, "val", ("full",), config)
+    evaluated = (score_shards(export, training_data, config.split, VARIANTS, config) if config.data is None
+                 else score_data(export, config))
+    log.info("scored %d images of %s", len(evaluated.labels), evaluated.description)
+    report = build_report(export, evaluated, validation, config)
+    report["seconds"] = round(time.time() - started, 1)
+    report["output"] = output.uri
+    write_report(report, export, evaluated, output, config)
+    return report
+
+
+def _threshold_source(export: Export, training_data: str | None) -> str | None:
+    if len(export.class_names) != 2 or training_data is None:
+        return None
+    try:
+        read_manifest(training_data)
+    except UserError as exc:
+        log.warning("the training data is not readable (%s): the threshold stays at 0.5", exc)
+        return None
+    return training_data
+
+
+def score_data(export: Export, config: EvaluateConfig) -> Scored:
+    """`--data`: shards with a manifest, or a raw class-per-folder tree."""
+    location = storage.resolve(config.data)
+    storage.check_bucket(location)
+    if storage.file_info(location.join("manifest.json")).type == storage.pafs.FileType.File:
+        check_compatible(export, read_manifest(location.uri), location.uri)
+        return score_shards(export, location.uri, config.split, VARIANTS, config)
+    return score_raw(export, location.uri, config)
+
+
+def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str, ...],
+                 config: EvaluateConfig) -> Scored:
+    import ray
+    import pyarrow.parquet as pq
+
+    from cxr.train_data import split_paths
+
+    if data_uri is None:
+        raise UserError("the run does not name its training data; pass --data")
+    data = storage.resolve(data_uri)
+    manifest = read_manifest(data.uri)
+    check_compatible(export, manifest, data.uri)
+    paths = split_paths(data, manifest, split)
+    if not paths or manifest["counts"]["splits"][split]["total"] == 0:
+        raise UserError(f"{data.uri}: the {split} split is empty")
+    dataset = ray.data.read_parquet(paths, filesystem=data.fs).select_columns(["source_uri", "image_png", "label"])
+    dataset = dataset.map_batches(decode_shard_rows, batch_format="numpy")
+    rows = score(dataset, export, variants, gpu=config.gpu, actors=config.actors).take_all()
+
+    def images(uris: list[str]) -> np.ndarray:
+        from cxr.transforms import decode_png_gray
+
+        wanted, found = set(uris), {}
+        for path in paths:
+            table = pq.read_table(path, columns=["source_uri", "image_png"], filesystem=data.fs)
+            for uri, png in zip(table.column("source_uri").to_pylist(), table.column("image_png").to_pylist()):
+                if uri in wanted:
+                    found[uri] = decode_png_gray(png)
+        return np.stack([found[u] for u in uris])
+
+    return _scored(f"{data.uri}, {split} split", rows, variants, {}, images)
+
+
+def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
+    """A class-per-folder tree of raw images, preprocessed as the model's training data."""
+    import pyarrow as pa
+    import ray
+
+    from cxr.preprocess import block_count
+
+    pp = preprocess_config(export.manifest, source=uri, classes=tuple(export.class_names))
+    listing = sources.list_source(pp)
+    if not listing.items:
+        raise UserError(f"{listing.root}: no images in the class folders")
+    blocks = block_count(len(listing.items), int(ray.cluster_resources().get("CPU", 1)))
+    dataset = ray.data.from_items(listing.items, override_num_blocks=blocks)
+    dataset = dataset.map_batches(preprocess_for_model, batch_format="pyarrow", batch_size=None,
+                                  fn_kwargs={"config": pp})
+    rows = score(dataset, export, VARIANTS, gpu=config.gpu, actors=config.actors).take_all()
+    rejected: dict[str, int] = {}
+    for reject in listing.rejects:
+        rejected[reject["reason"]] = rejected.get(reject["reason"], 0) + 1
+    by_uri = {item["source_uri"]: item for item in listing.items}
+
+    def images(uris: list[str]) -> np.ndarray:
+        batch = preprocess_for_model(pa.Table.from_pylist([by_uri[u] for u in uris]), pp)
+        return batch["image"][..., 0]
+
+    return _scored(f"{listing.root} (raw images, preprocessed as the training data)", rows, VARIANTS,
+                   rejected, images)
+
+
+def decode_shard_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data stage: shard rows to what the Predictor scores."""
+    from cxr.train_data import decode_batch
+
+    decoded = decode_batch(batch)
+    return {"source_uri": batch["source_uri"], "label": decoded["label"], "image": decoded["image"],
+            "status": np.full(len(decoded["label"]), "ok", dtype=object)}
+
+
+def _scored(description: str, rows: list[dict], variants: tuple[str, ...], rejected: dict[str, int],
+            images) -> Scored:
+    rows = sorted(rows, key=lambda r: r["source_uri"])
+    rejected = dict(rejected)
+    # Only "ok": an image with markings of the kind preprocessing dropped from the training
+    # data is left out here too (and counted), as the test split would have left it out.
+    for row in rows:
+        if row["status"] != "ok":
+            rejected[row["status"]] = rejected.get(row["status"], 0) + 1
+    rows = [r for r in rows if r["status"] == "ok"]
+    if not rows:
+        raise UserError(f"{description}: no image could be scored ({rejected})")
+    return Scored(description=description, source_uris=[r["source_uri"] for r in rows],
+                  labels=np.array([r["label"] for r in rows], dtype=np.int64),
+                  probs={v: np.stack([r[f"probs_{v}"] for r in rows]).astype(np.float64) for v in variants},
+                  rejected=rejected, images=images)
+
+
+def format_summary(report: dict) -> str:
+    from cxr.report import format_ci
+
+    full = report["metrics"]
+    lines = [f"evaluated {report['data']['images']} images of {report['data']['evaluated']}",
+             f"  accuracy {format_ci(full['accuracy'])}  balanced accuracy {format_ci(full['balanced_accuracy'])}  "
+             f"AUC {format_ci(full['auc'])}  (95% CI)"]
+    if "shortcuts" in report:
+        masked = report["shortcuts"]["variants"]["lungs_masked"]["auc"]
+        lines.append(f"  AUC with the lungs blacked out {format_ci(masked)}: see the shortcut check in report.md")
+    lines.append(f"  report: {report['output']}/report.md, model card: {report['output']}/MODEL_CARD.md")
+    return "\n".join(lines)

@@ -1,0 +1,287 @@
+"""The evaluation report: report.json, report.md, MODEL_CARD.md and the figures.
+
+`build_report` turns scores into numbers (metrics with intervals for the full images and
+both shortcut variants, the threshold and where it came from); `write_report` draws the
+figures, explains a sample of decisions with Grad-CAM and writes everything under the
+output folder. The Markdown is generated from report.json's numbers only.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+
+from cxr import metrics, storage
+from cxr.shortcuts import LUNG_ELLIPSES, VARIANTS, verdict
+from cxr.train_loop import positive_label
+
+FIGURES = "figures"
+VARIANT_TITLES = {"full": "full image", "lungs_masked": "lung fields blacked out", "lungs_only": "lung fields only"}
+GRADCAM_GROUPS = (("true_positive", "true positives"), ("false_positive", "false positives"),
+                  ("false_negative", "false negatives"))
+
+
+def build_report(export, evaluated, validation, config) -> dict:
+    names = export.class_names
+    positive = positive_label(names)
+    threshold, threshold_note = _threshold(names, positive, validation, evaluated.description)
+    by_variant = {variant: metrics.evaluate(evaluated.labels, probs, names, positive, threshold,
+                                            n_resamples=config.resamples, seed=config.seed)
+                  for variant, probs in evaluated.probs.items()}
+    full = by_variant["full"]
+    report = {
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"export": export.uri, "architecture": export.training.get("model"),
+                  "image_size": export.image_size, "class_names": names,
+                  "training": {k: export.training.get(k) for k in ("epochs_trained", "best_epoch", "stopped_early",
+                                                                   "restarts", "config", "best")}},
+        "data": {"evaluated": evaluated.description, "images": len(evaluated.labels),
+                 "per_class": {name: int((evaluated.labels == i).sum()) for i, name in enumerate(names)},
+                 "not_scored": evaluated.rejected,
+                 "training_counts": export.manifest["counts"],
+                 "preprocessing": export.manifest["config"]},
+        "threshold": {"value": threshold, "note": threshold_note},
+        "metrics": full,
+    }
+    if "lungs_masked" in by_variant:
+        auc = {v: by_variant[v]["auc"] for v in VARIANTS}
+        report["shortcuts"] = {
+            "variants": {v: by_variant[v] for v in ("lungs_masked", "lungs_only")},
+            "verdict": verdict(auc["full"], auc["lungs_masked"], auc["lungs_only"]),
+            "lung_template": {"ellipses": [dict(zip(("centre_x", "centre_y", "half_width", "half_height"), e))
+                                           for e in LUNG_ELLIPSES],
+                              "units": "fractions of the image side"},
+        }
+    return report
+
+
+def _threshold(names: list[str], positive: int, validation, evaluated: str) -> tuple[float | None, str]:
+    if len(names) != 2:
+        return None, "more than two classes: the most probable class is predicted"
+    if validation is None:
+        return 0.5, "0.5: the training data's validation split was not available to choose one"
+    binary = (validation.labels == positive).astype(int)
+    value = metrics.choose_threshold(binary, validation.probs["full"][:, positive])
+    where = ("the evaluated images themselves, so these metrics are optimistic"
+             if validation.description == evaluated else "never on the evaluated images")
+    return value, (f"chosen on the validation split ({len(binary)} images, {validation.description}) by "
+                   f"Youden's J; {where}")
+
+
+def write_report(report: dict, export, evaluated, output: storage.Location, config) -> None:
+    from cxr import figures
+
+    names = report["model"]["class_names"]
+    positive = positive_label(names)
+    title = f"{report['model']['architecture']}, {len(evaluated.labels)} images"
+    binary = (evaluated.labels == positive).astype(int)
+    curves = {}
+    for variant, probs in evaluated.probs.items():
+        fpr, tpr, _ = metrics.roc_curve(binary, probs[:, positive])
+        curves[VARIANT_TITLES[variant]] = (fpr, tpr, metrics.roc_auc(binary, probs[:, positive]))
+    full = report["metrics"]
+    pictures = {
+        "roc.png": figures.roc_png(curves, f"ROC, {names[positive]} vs rest: {title}"),
+        "confusion_matrix.png": figures.confusion_png(full["confusion_matrix"], names, f"Confusion matrix: {title}"),
+        "reliability.png": figures.reliability_png(full["calibration"]["bins"], full["calibration"]["ece"],
+                                                   f"Reliability: {title}"),
+    }
+    learning_curve = storage.resolve(export.uri).join("learning_curve.png")
+    if storage.file_info(learning_curve).type == storage.pafs.FileType.File:
+        pictures["learning_curve.png"] = storage.read_bytes(learning_curve)
+    if config.gradcam_examples:
+        panels, report["gradcam"] = _gradcam_panels(export, evaluated, report, config.gradcam_examples)
+        if panels:
+            pictures["gradcam.png"] = figures.gradcam_grid_png(panels, f"Grad-CAM: {title}", columns=4)
+    for name, data in pictures.items():
+        storage.write_bytes(output.join(FIGURES, name), data)
+    report["figures"] = [f"{FIGURES}/{name}" for name in pictures]
+    storage.write_json(output.join("report.json"), report)
+    storage.write_bytes(output.join("report.md"), report_markdown(report).encode())
+    storage.write_bytes(output.join("MODEL_CARD.md"), model_card(report).encode())
+
+
+def _gradcam_panels(export, evaluated, report: dict, per_group: int) -> tuple[list, list[dict]]:
+    """The most confident true positives, false positives and false negatives, explained."""
+    from cxr.gradcam import grad_cam, overlay
+    from cxr.inference import load_export_model
+
+    names = report["model"]["class_names"]
+    positive = positive_label(names)
+    probs = evaluated.probs["full"]
+    predicted = metrics.predict_labels(probs, positive, report["threshold"]["value"])
+    is_pos, said_pos = evaluated.labels == positive, predicted == positive
+    chosen = []
+    for group, mask in (("true_positive", is_pos & said_pos), ("false_positive", ~is_pos & said_pos),
+                        ("false_negative", is_pos & ~said_pos)):
+        indices = np.flatnonzero(mask)
+        # Most confident first: a confident mistake is the one worth looking at.
+        confidence = probs[indices, positive] if group != "false_negative" else 1 - probs[indices, positive]
+        chosen += [(group, int(i)) for i in indices[np.argsort(-confidence)][:per_group]]
+    if not chosen:
+        return [], []
+    uris = [evaluated.source_uris[i] for _, i in chosen]
+    images = evaluated.images(uris)
+    model = load_export_model(export)
+    # HiResCAM for the Flatten head of scratch_cnn, whose Grad-CAM averages cancel (cxr.gradcam).
+    method = "hirescam" if report["model"]["architecture"] == "scratch_cnn" else "gradcam"
+    maps = grad_cam(model, images[..., None].astype(np.float32), np.full(len(chosen), positive), method=method)
+    panels, records = [], []
+    for (group, i), image, heat in zip(chosen, images, maps):
+        p = float(probs[i, positive])
+        panels.append((f"{group.replace('_', ' ')}, p={p:.2f}", overlay(image, heat)))
+        records.append({"group": group, "source_uri": evaluated.source_uris[i], "probability": p,
+                        "method": method})
+    return panels, records
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def format_ci(metric: dict | None, digits: int = 3) -> str:
+    if metric is None or metric.get("value") is None:
+        return "n/a"
+    if metric.get("ci_low") is None:
+        return f"{metric['value']:.{digits}f}"
+    return f"{metric['value']:.{digits}f} ({metric['ci_low']:.{digits}f}-{metric['ci_high']:.{digits}f})"
+
+
+def metrics_table(by_name: dict[str, dict], names: list[str]) -> list[str]:
+    """Rows of metrics with 95% intervals, one column per evaluated variant."""
+    header = "| metric | " + " | ".join(by_name) + " |"
+    lines = [header, "|" + " --- |" * (len(by_name) + 1)]
+    rows = [("accuracy", lambda m: m["accuracy"]), ("balanced accuracy", lambda m: m["balanced_accuracy"]),
+            ("ROC AUC", lambda m: m["auc"])]
+    for name in names:
+        for key in ("sensitivity", "specificity", "ppv", "npv", "f1"):
+            rows.append((f"{name} {key.upper() if key in ('ppv', 'npv') else key}",
+                         lambda m, n=name, k=key: m["per_class"][n][k]))
+    for label, get in rows:
+        lines.append(f"| {label} | " + " | ".join(format_ci(get(m)) for m in by_name.values()) + " |")
+    return lines
+
+
+def report_markdown(report: dict) -> str:
+    names = report["model"]["class_names"]
+    full = report["metrics"]
+    columns = {"full image": full}
+    if "shortcuts" in report:
+        columns.update({VARIANT_TITLES[v]: m for v, m in report["shortcuts"]["variants"].items()})
+    threshold = report["threshold"]
+    lines = [
+        f"# Evaluation: {report['model']['architecture']} ({report['model']['image_size']} px)",
+        "",
+        f"Model `{report['model']['export']}`, evaluated on {report['data']['evaluated']}: "
+        f"{report['data']['images']} images ("
+        + ", ".join(f"{n} {c}" for n, c in report["data"]["per_class"].items()) + ")."
+        + (f" Not scored: {report['data']['not_scored']}." if report["data"]["not_scored"] else ""),
+        "",
+        "Not for clinical use. See MODEL_CARD.md.",
+        "",
+        "## Metrics (95% stratified bootstrap intervals, "
+        f"{full['bootstrap']['n_resamples']} resamples)",
+        "",
+        f"Operating threshold: {_fmt_threshold(threshold['value'])} for {full['positive_class']}; "
+        f"{threshold['note']}.",
+        "",
+        *metrics_table(columns, names),
+        "",
+        "Confusion matrix (rows true, columns predicted):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|" + " --- |" * (len(names) + 1),
+        *[f"| {n} | " + " | ".join(str(v) for v in row) + " |" for n, row in zip(names, full["confusion_matrix"])],
+        "",
+        f"Calibration: expected calibration error {full['calibration']['ece']:.3f} "
+        f"({len(full['calibration']['bins'])} bins of top-class confidence); see figures/reliability.png.",
+        "",
+    ]
+    if "shortcuts" in report:
+        lines += ["## Shortcut check", "", report["shortcuts"]["verdict"], "",
+                  "The lung fields are a fixed template of two ellipses (report.json: shortcuts.lung_template); "
+                  "blacked-out pixels are 0. In this database class and source hospital are confounded "
+                  "(DeGrave et al. 2021), so this check matters more than the accuracy above.", ""]
+    if report.get("gradcam"):
+        lines += ["## Grad-CAM", "",
+                  f"figures/gradcam.png: the most confident true positives, false positives and false negatives "
+                  f"({report['gradcam'][0]['method']}, for {full['positive_class']}). A heatmap shows what the "
+                  f"model used, not where disease is; heat outside the lungs is a warning sign.", ""]
+    lines += ["## Figures", ""] + [f"- {path}" for path in report.get("figures", [])] + [""]
+    return "\n".join(lines)
+
+
+def _fmt_threshold(value: float | None) -> str:
+    return "argmax" if value is None else f"{value:.3f}"
+
+
+def model_card(report: dict) -> str:
+    model, data, full = report["model"], report["data"], report["metrics"]
+    training = model["training"] or {}
+    config = training.get("config") or {}
+    counts = data["training_counts"]
+    prep = data["preprocessing"]
+    split_lines = [f"- {split}: " + ", ".join(f"{n} {c[n]}" for n in model["class_names"]) + f" (total {c['total']})"
+                   for split, c in counts["splits"].items()]
+    rejected = ", ".join(f"{k} {v}" for k, v in counts.get("rejected_by_reason", {}).items()) or "none"
+    lines = [
+        f"# Model card: {model['architecture']} chest X-ray classifier ({', '.join(model['class_names'])})",
+        "",
+        "**Not for clinical use.** A research model trained on a public database whose classes are confounded "
+        "with their source hospitals; it has not been validated prospectively or on other populations, and it "
+        "must not inform any diagnosis or treatment.",
+        "",
+        "## Intended use",
+        "",
+        "Research and teaching: studying how image classifiers behave on chest X-rays, including their shortcuts. "
+        "Input: one frontal (PA/AP) chest X-ray, any size, PNG or JPEG, preprocessed by this project exactly as "
+        "the training data. Output: a probability per class.",
+        "",
+        "## Data",
+        "",
+        f"Source: `{prep.get('source')}`. Found {counts['found']} inputs, kept {counts['kept']}, "
+        f"rejected {counts['rejected']} ({rejected}). Splits are stratified by class and keyed by pixel content, "
+        "so exact duplicates never cross splits:",
+        "",
+        *split_lines,
+        "",
+        "## Preprocessing",
+        "",
+        f"Grayscale, images with burned-in markings handled by policy `{prep['markings']['policy']}` "
+        f"(score threshold {prep['markings']['threshold']}), CLAHE (clip limit {prep['clahe']['clip_limit']}), "
+        f"resized to {model['image_size']} x {model['image_size']} px.",
+        "",
+        "## Architecture and training",
+        "",
+        f"`{model['architecture']}` (see cxr/models.py). Trained for {training.get('epochs_trained')} epochs "
+        f"(best epoch {None if training.get('best_epoch') is None else training['best_epoch'] + 1}"
+        f"{', stopped early' if training.get('stopped_early') else ''}); batch {config.get('batch_size')}, "
+        f"learning rate {config.get('learning_rate')}, class weights {config.get('class_weights')}, "
+        f"augmentation {config.get('augment')}, seed {config.get('seed')}.",
+        "",
+        "## Performance",
+        "",
+        f"On {data['evaluated']} ({data['images']} images), threshold {_fmt_threshold(report['threshold']['value'])} "
+        f"({report['threshold']['note']}); 95% bootstrap intervals:",
+        "",
+        f"- accuracy {format_ci(full['accuracy'])}, balanced accuracy {format_ci(full['balanced_accuracy'])}, "
+        f"ROC AUC {format_ci(full['auc'])}",
+        *[f"- {n}: sensitivity {format_ci(full['per_class'][n]['sensitivity'])}, specificity "
+          f"{format_ci(full['per_class'][n]['specificity'])}" for n in model["class_names"]],
+        f"- expected calibration error {full['calibration']['ece']:.3f}",
+        "",
+        "## Known confounders and limits",
+        "",
+        "- In the COVID-19 Radiography Database the COVID images come mostly from other collections than the "
+        "Normal ones: hospital, device, exposure, borders and text differ with the class. A model can score well "
+        "by reading them (DeGrave et al. 2021, Nature Machine Intelligence).",
+    ]
+    if "shortcuts" in report:
+        lines.append(f"- Shortcut check on the evaluated images: {report['shortcuts']['verdict']}")
+    lines += [
+        "- The lung-field template of the shortcut check is fixed, not segmented per image.",
+        "- Near-duplicate images of one patient may sit in different splits; only exact pixel duplicates are removed.",
+        "- Performance on other hospitals, devices, children, or other lung diseases is unknown.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Score raw chest X-rays with an exported model: `python jobs/predict.py --help`.
+
+Locally: `python jobs/predict.py --model outputs/runs/scratch_cnn/model --input my_images/ --output preds/`.
+On a cluster: `ray job submit --working-dir . -- python jobs/predict.py --model s3://.../model
+--input s3://.../new-images/ --output s3://.../predictions/ --gpu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# `python jobs/predict.py` puts jobs/ on sys.path, not the repository (see jobs/preprocess.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cxr.config import PredictConfig  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Batch inference on raw chest X-rays with Ray Data.")
+    parser.add_argument("--model", required=True, help="an exported model folder: <storage>/<name>/model")
+    parser.add_argument("--input", required=True,
+                        help="a folder, s3:// prefix or .zip of images (.png, .jpg) at any depth")
+    parser.add_argument("--output", required=True,
+                        help="folder or s3:// prefix for predictions.parquet, predictions.csv and summary.json")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="predict the positive class (COVID) at or above this probability; "
+                             "default: the most probable class. evaluate.py's report states the threshold "
+                             "it chose on the validation split")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per model actor")
+    parser.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, or "
+                                                                 "half the CPUs, at most 4)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing predictions")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cxr import runtime
+    from cxr.batch_predict import format_summary, run_predict
+
+    runtime.setup_logging(args.verbose)
+    config = PredictConfig(model=args.model, input=args.input, output=args.output, threshold=args.threshold,
+                           gpu=args.gpu, actors=args.actors, overwrite=args.overwrite)
+    print(format_summary(run_predict(config)))
+    return 0
+
+
+if __name__ == "__main__":
+    from cxr.runtime import run_job
+
+    run_job(main)
