@@ -123,6 +123,25 @@ def gradcam_grid_png(panels: list[tuple[str, np.ndarray]], title: str, columns: 
     return _png(plt, figure)
 
 
+def learning_curve_png(rows: list[dict], title: str) -> bytes:
+    """Training and validation loss, accuracy and AUC per epoch (history.csv's rows), side by side."""
+    plotted = (("loss", "loss"), ("accuracy", "accuracy"), ("auc", "AUC"))
+    plt = _pyplot()
+    epochs = [row["epoch"] + 1 for row in rows]
+    figure, axes = plt.subplots(1, len(plotted), figsize=(4.2 * len(plotted), 3.4))
+    for axis, (key, label) in zip(axes, plotted):
+        for prefix, style in (("", "-o"), ("val_", "--s")):
+            values = [row.get(prefix + key) for row in rows]
+            if any(v is not None for v in values):
+                axis.plot(epochs, values, style, markersize=3, label="validation" if prefix else "training")
+        axis.set_xlabel("epoch")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    return _png(plt, figure)
+
+
 def _roc_points(name: str, curve) -> tuple[np.ndarray, np.ndarray, float | None]:
     if len(curve) != 3:
         raise ValueError(f"ROC curve {name!r} must be (fpr, tpr, auc)")

@@ -1,11 +1,9 @@
-"""The per-epoch training history as CSV and as a learning-curve figure."""
+"""The per-epoch training history as CSV (its figure: cxr.figures.learning_curve_png)."""
 
 from __future__ import annotations
 
 import csv
 import io
-
-PLOTTED = (("loss", "loss"), ("accuracy", "accuracy"), ("auc", "AUC"))
 
 
 def history_csv(rows: list[dict]) -> bytes:
@@ -15,29 +13,3 @@ def history_csv(rows: list[dict]) -> bytes:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode()
-
-
-def learning_curve_png(rows: list[dict], title: str) -> bytes:
-    """Training and validation loss, accuracy and AUC per epoch, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on a cluster node
-    from matplotlib import pyplot as plt
-
-    epochs = [row["epoch"] + 1 for row in rows]
-    figure, axes = plt.subplots(1, len(PLOTTED), figsize=(4.2 * len(PLOTTED), 3.4))
-    for axis, (key, label) in zip(axes, PLOTTED):
-        for prefix, style in (("", "-o"), ("val_", "--s")):
-            values = [row.get(prefix + key) for row in rows]
-            if any(v is not None for v in values):
-                axis.plot(epochs, values, style, markersize=3, label="validation" if prefix else "training")
-        axis.set_xlabel("epoch")
-        axis.set_title(label)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    return buffer.getvalue()

@@ -126,7 +126,8 @@ def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref
 
 def export(result, config: TrainConfig, manifest: dict, run: storage.Location) -> dict:
     """Copy the best checkpoint's model, the manifest and the history into `<run>/model/`."""
-    from cxr.history import history_csv, learning_curve_png
+    from cxr.figures import learning_curve_png
+    from cxr.history import history_csv
     from cxr.train_loop import MODEL_FILE, TrainingState
 
     latest = result.checkpoint

@@ -10,7 +10,8 @@ from PIL import Image
 
 from cxr.config import TrainConfig
 from cxr.errors import UserError
-from cxr.history import history_csv, learning_curve_png
+from cxr.figures import learning_curve_png
+from cxr.history import history_csv
 from cxr.train_data import class_weights, decode_batch
 from cxr.train_loop import TrainingState, positive_label
 from cxr.trainer import _cpus_per_worker

@@ -1,0 +1,238 @@
+"""Batch inference throughput: the Ray Data scoring pipeline vs. the model's plain `predict`.
+
+    python benchmarks/predict.py [--shards PATH] [--image-size 128] [--raw DIR] [--no-write]
+
+In one run, on the same preprocessed images (every split of the shards; by default the
+shared real chest X-rays, preprocessed into a temporary directory) and the same model
+(scratch_cnn; untrained weights cost what trained ones do):
+
+1. plain: the images decoded into one float32 array, then `model.predict` in a fresh
+   process, once with one TensorFlow thread (one core) and once with all cores;
+2. the scoring pipeline of evaluation and `jobs/predict.py` (`cxr.inference.score`): Ray
+   Data reads and decodes the shards in tasks and the model runs in actors, with 1 and
+   with 2 actors;
+3. for information, `jobs/predict.py`'s whole job (`run_predict`) on the raw images,
+   where preprocessing (markings, CLAHE) is most of the work.
+
+Goal: pipeline images/s per core >= 0.8 x plain images/s on one core.
+Results go to docs/benchmarks.md (section "predict") and docs/benchmarks/predict.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from time import perf_counter
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # as in benchmarks/preprocess.py
+
+from benchmarks import common  # noqa: E402
+
+SECTION = "predict"
+PACKAGES = ("ray", "tensorflow-cpu", "tf-keras", "numpy", "pyarrow")
+GOAL_PER_CORE = 0.8
+log = logging.getLogger("benchmark")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shards", default=None, help="an existing preprocess output (default: preprocess --raw)")
+    parser.add_argument("--raw", type=Path, default=common.REAL_SAMPLE,
+                        help="class-per-folder tree of raw images (default: the shared sample)")
+    parser.add_argument("--image-size", type=int, default=128, help="when preprocessing (default: %(default)s)")
+    parser.add_argument("--skip-raw", action="store_true", help="skip the whole job on raw images")
+    parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    parser.add_argument("--plain-worker", nargs=3, metavar=("EXPORT", "SHARDS", "THREADS"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def all_paths(shards: str, manifest: dict) -> list[str]:
+    from cxr import storage
+    from cxr.train_data import split_paths
+
+    return [p for split in ("train", "val", "test") for p in split_paths(storage.resolve(shards), manifest, split)]
+
+
+def plain_worker(export_uri: str, shards: str, threads: int) -> None:
+    """In a fresh process: decode everything, then time `model.predict` with `threads` threads."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    from cxr.inference import load_export_model, open_export
+    from cxr.manifest import read_manifest
+    from cxr.train_data import decode_batch
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    export = open_export(export_uri)
+    images = np.concatenate([decode_batch(pq.read_table(p, columns=["image_png", "label"]).to_pydict())["image"]
+                             for p in all_paths(shards, read_manifest(shards))]).astype(np.float32)
+    model = load_export_model(export)
+    model.predict(images[:256], batch_size=64, verbose=0)  # trace the graph outside the timing
+    start = perf_counter()
+    model.predict(images, batch_size=64, verbose=0)
+    print(json.dumps({"images": len(images), "seconds": perf_counter() - start}))
+
+
+def time_plain(export_uri: str, shards: str, threads: int) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--plain-worker", export_uri, shards, str(threads)],
+                            capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        common.fail(f"plain predict failed: {result.stderr.strip().splitlines()[-1]}")
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return {**measured, "threads": threads, "images_per_s": measured["images"] / measured["seconds"]}
+
+
+def time_pipeline(export, shards: str, manifest: dict, actors: int) -> dict:
+    import ray
+
+    from cxr import storage
+    from cxr.evaluate import decode_shard_rows
+    from cxr.inference import score
+
+    data = storage.resolve(shards)
+    with common.ProcessTreeMonitor() as processes:
+        start = perf_counter()
+        dataset = ray.data.read_parquet(all_paths(shards, manifest), filesystem=data.fs)
+        dataset = dataset.select_columns(["source_uri", "image_png", "label"]).map_batches(decode_shard_rows,
+                                                                                            batch_format="numpy")
+        rows = sum(len(batch["label"]) for batch in
+                   score(dataset, export, actors=actors).iter_batches(batch_size=None, batch_format="numpy"))
+        seconds = perf_counter() - start
+    return {"actors": actors, "images": rows, "seconds": seconds, "images_per_s": rows / seconds,
+            "cpu_seconds_by_title": processes.cpu_seconds_by_title, "peak_memory_mib": processes.peaks}
+
+
+def time_raw_job(export_uri: str, raw: Path, scratch: Path) -> dict:
+    from cxr.batch_predict import run_predict
+    from cxr.config import PredictConfig
+
+    start = perf_counter()
+    summary = run_predict(PredictConfig(model=export_uri, input=str(raw), output=str(scratch / "predictions")))
+    seconds = perf_counter() - start
+    return {"files": summary["files"], "seconds": seconds, "images_per_s": summary["files"] / seconds,
+            "status": summary["status"]}
+
+
+def make_export(shards: str, manifest: dict, scratch: Path) -> str:
+    """An export folder as the training job writes one, with an untrained scratch_cnn."""
+    from cxr import storage
+    from cxr.models import build_model
+
+    folder = scratch / "export"
+    folder.mkdir()
+    model = build_model("scratch_cnn", manifest["image"]["height"], len(manifest["class_names"]))
+    model.save(str(folder / "model.keras"))
+    storage.write_json(storage.resolve(str(folder / "manifest.json")), manifest)
+    storage.write_json(storage.resolve(str(folder / "training.json")),
+                       {"model": "scratch_cnn", "config": {"data": shards}})
+    return str(folder)
+
+
+def report(results: dict) -> str:
+    plain1, plain_all = results["plain_1_thread"], results["plain_all_threads"]
+    cores = results["machine"]["cpu_count"]
+    rows = [["plain `model.predict`, 1 thread (1 core)", f"{plain1['images_per_s']:.0f}", "1.00", "-"],
+            [f"plain `model.predict`, {plain_all['threads']} threads", f"{plain_all['images_per_s']:.0f}",
+             f"{plain_all['images_per_s'] / plain1['images_per_s']:.2f}", "-"]]
+    for run in results["pipeline"]:
+        ratio = run["images_per_s"] / plain1["images_per_s"]
+        rows.append([f"Ray Data scoring pipeline, {run['actors']} actor(s)", f"{run['images_per_s']:.0f}",
+                     f"{ratio:.2f}", f"{ratio / cores:.2f}"])
+    if "raw_job" in results:
+        raw = results["raw_job"]
+        rows.append([f"`jobs/predict.py` on {raw['files']} raw images (preprocessing included)",
+                     f"{raw['images_per_s']:.0f}", f"{raw['images_per_s'] / plain1['images_per_s']:.2f}", "-"])
+    best = max(results["pipeline"], key=lambda r: r["images_per_s"])
+    per_core = best["images_per_s"] / plain1["images_per_s"] / cores
+    lines = [
+        "## Batch inference: Ray Data scoring vs. plain `model.predict`",
+        "",
+        f"`python benchmarks/predict.py{results['arguments']}`, {results['date']}: scratch_cnn at "
+        f"{results['image_size']} px on {plain1['images']} preprocessed images ({results['shards_source']}).",
+        "",
+        common.markdown_table(["", "images/s", "x plain on 1 core", "per core"], rows),
+        "",
+        f"- **Per core: {per_core:.2f} of plain on one core** (best pipeline, {best['actors']} actor(s), "
+        f"{cores} cores); goal >= {GOAL_PER_CORE}: **{'met' if per_core >= GOAL_PER_CORE else 'NOT met'}**.",
+        f"- Pipeline wall times include starting the actors (importing TensorFlow, loading the model: "
+        f"a few seconds each) and reading and decoding the shards; the plain side's decoding and graph "
+        f"tracing are outside its timing.",
+        "- CPU-s by process, pipeline runs: " + "; ".join(
+            f"{run['actors']} actor(s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(
+                run["cpu_seconds_by_title"].items(), key=lambda kv: -kv[1])[:4]) for run in results["pipeline"]) + ".",
+        "",
+        "How it is measured: one process starts a local Ray once, before any timed run. The plain side "
+        "runs in a fresh process per thread count (TensorFlow fixes its thread pools at start), decodes "
+        "every image into one float32 array and times `model.predict(batch_size=64)` alone. The pipeline "
+        "is `cxr.inference.score` as evaluation uses it: Parquet read and PNG decode in Ray Data tasks, "
+        "the model in actors (each with its share of the cores as TensorFlow threads), batches of 64.",
+        "",
+        f"Machine (Ray sees {results['ray_cpus']:g} CPUs):",
+        "",
+        common.machine_markdown(results["machine"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cxr.keras_lib import configure_environment
+
+    configure_environment()
+    if args.plain_worker:
+        plain_worker(args.plain_worker[0], args.plain_worker[1], int(args.plain_worker[2]))
+        return 0
+    if os.environ.get("RAY_ADDRESS"):
+        common.fail("RAY_ADDRESS is set: this benchmark measures a Ray it starts itself; unset it")
+    import ray
+
+    from benchmarks.train import prepare_shards
+    from cxr import runtime
+    from cxr.inference import open_export
+    from cxr.manifest import read_manifest
+
+    runtime.setup_logging()
+    results: dict = {"date": datetime.date.today().isoformat(),
+                     "arguments": "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+                     "machine": common.machine_description(PACKAGES)}
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-predict-") as scratch:
+        scratch = Path(scratch)
+        shard_args = argparse.Namespace(shards=args.shards, data_source=args.raw, limit=None,
+                                        image_size=args.image_size)
+        shards, _ = prepare_shards(shard_args, scratch)
+        manifest = read_manifest(shards)
+        export_uri = make_export(shards, manifest, scratch)
+        results.update(image_size=manifest["image"]["height"],
+                       shards_source=f"`{args.shards}`" if args.shards else f"preprocessed from `{args.raw}`")
+        log.info("plain predict, 1 thread and all threads")
+        results["plain_1_thread"] = time_plain(export_uri, shards, 1)
+        results["plain_all_threads"] = time_plain(export_uri, shards, os.cpu_count() or 1)
+        runtime.ensure_ray()
+        results["ray_cpus"] = float(ray.cluster_resources().get("CPU", 1))
+        export = open_export(export_uri)
+        results["pipeline"] = []
+        for actors in (1, 2):
+            log.info("scoring pipeline, %d actor(s)", actors)
+            results["pipeline"].append(time_pipeline(export, shards, manifest, actors))
+        if not args.skip_raw and args.raw.is_dir():
+            log.info("jobs/predict.py on the raw images")
+            results["raw_job"] = time_raw_job(export_uri, args.raw, scratch)
+        ray.shutdown()
+    common.publish(SECTION, report(results), results, write=not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    from cxr.runtime import run_job
+
+    run_job(main)
