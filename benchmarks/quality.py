@@ -97,7 +97,8 @@ def evaluate_run(run: str, train_seconds: float | None = None) -> dict:
     """`run_evaluation` of a run, with its training settings and time (by default, its epochs' sum)."""
     import csv
 
-    from cxr.evaluate import EvaluateConfig, run_evaluation
+    from cxr.config import EvaluateConfig
+    from cxr.evaluate import run_evaluation
 
     report = run_evaluation(EvaluateConfig(run=run))
     training = report["model"]["training"]

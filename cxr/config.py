@@ -232,3 +232,22 @@ class PredictConfig:
     def __post_init__(self) -> None:
         _require(self.threshold is None or 0 < self.threshold < 1, f"--threshold must be in (0, 1), got {self.threshold}")
         _require(self.actors is None or self.actors >= 1, f"--actors must be at least 1, got {self.actors}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    run: str  # <storage>/<name> of a training run, or its model/ folder
+    data: str | None = None  # None: the training data's shards; or other shards; or a raw image tree
+    split: str = "test"
+    output: str | None = None  # None: <run>/report
+    resamples: int = 1000
+    gradcam_examples: int = 4  # per group: true positives, false positives, false negatives
+    gpu: bool = False
+    actors: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.split in ("train", "val", "test"), f"--split must be train, val or test, got {self.split!r}")
+        _require(self.resamples >= 100, f"--resamples must be at least 100, got {self.resamples}")
+        _require(self.gradcam_examples >= 0, f"--gradcam-examples must not be negative, got {self.gradcam_examples}")
+        _require(self.actors is None or self.actors >= 1, f"--actors must be at least 1, got {self.actors}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxr import runtime, sources, storage
+from cxr.config import EvaluateConfig
 from cxr.errors import UserError
 from cxr.inference import Export, check_compatible, open_export, preprocess_config, preprocess_for_model, score
 from cxr.manifest import read_manifest
@@ -25,27 +26,6 @@ from cxr.shortcuts import VARIANTS
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "model"
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    run: str  # <storage>/<name> of a training run, or its model/ folder
-    data: str | None = None  # None: the training data's shards; or other shards; or a raw image tree
-    split: str = "test"
-    output: str | None = None  # None: <run>/report
-    resamples: int = 1000
-    gradcam_examples: int = 4  # per group: true positives, false positives, false negatives
-    gpu: bool = False
-    actors: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.split not in ("train", "val", "test"):
-            raise UserError(f"--split must be train, val or test, got {self.split!r}")
-        if self.resamples < 100:
-            raise UserError(f"--resamples must be at least 100, got {self.resamples}")
-        if self.gradcam_examples < 0:
-            raise UserError(f"--gradcam-examples must not be negative, got {self.gradcam_examples}")
 
 
 @dataclass(frozen=True)

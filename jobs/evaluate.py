@@ -14,7 +14,7 @@ import sys
 # `python jobs/evaluate.py` puts jobs/ on sys.path, not the repository (see jobs/preprocess.py).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cxr.evaluate import EvaluateConfig  # noqa: E402
+from cxr.config import EvaluateConfig  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
