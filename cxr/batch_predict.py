@@ -99,7 +99,9 @@ def predictions_table(scored: list[dict], rejects: list[dict], class_names: list
     scores = [None if np.isnan(row["marking_score"]) else float(row["marking_score"]) for row in scored]
     columns["marking_score"] = pa.array(scores + [None] * len(rejects), type=pa.float32())
     columns["status"] = [row["status"] for row in scored] + [r["reason"] for r in rejects]
-    columns["detail"] = [row["detail"] for row in scored] + [r["detail"] for r in rejects]
+    # Ray Data turns a batch's all-None object column into NaN: a detail is text or nothing.
+    columns["detail"] = pa.array([row["detail"] if isinstance(row["detail"], str) else None for row in scored]
+                                 + [r["detail"] for r in rejects], type=pa.string())
     return pa.table(columns)
 
 

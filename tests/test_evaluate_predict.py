@@ -159,3 +159,20 @@ def test_bad_input_fails_in_one_line(trained, tmp_path):
                                   "--output", str(tmp_path / "out"), env=env), "no .png/.jpg/.jpeg images found")
     assert_one_line_error(run_job("predict", "--model", str(tmp_path / "empty"), "--input", str(tmp_path / "texts"),
                                   "--output", str(tmp_path / "out"), env=env), "no exported model")
+
+
+def test_predictions_table_takes_what_ray_data_returns_for_empty_details():
+    from cxr.batch_predict import predictions_table
+
+    scored = [{"source_uri": "b.png", "probs_full": np.array([0.2, 0.8]), "marking_score": 0.1,
+               "status": "ok", "detail": float("nan")},  # an all-None column of a batch, as Ray returns it
+              {"source_uri": "a.png", "probs_full": np.array([np.nan, np.nan]), "marking_score": np.nan,
+               "status": "undecodable", "detail": "cannot identify image file"}]
+    rejects = [{"source_uri": "c.txt", "reason": "unsupported_file", "detail": "not a .png/.jpg/.jpeg file"}]
+    table = predictions_table(scored, rejects, ["COVID", "Normal"], threshold=0.15)
+    rows = table.to_pylist()
+    assert [r["path"] for r in rows] == ["a.png", "b.png", "c.txt"]
+    assert [r["detail"] for r in rows] == ["cannot identify image file", None, "not a .png/.jpg/.jpeg file"]
+    # At threshold 0.15 a COVID probability of 0.2 is a COVID prediction, though Normal is likelier.
+    assert [r["predicted_class"] for r in rows] == [None, "COVID", None]
+    assert rows[1]["prob_Normal"] == pytest.approx(0.8) and rows[0]["prob_COVID"] is None
