@@ -45,6 +45,7 @@ ABLATIONS = {
     "job defaults": {},
     "constant learning rate (no cosine decay)": {"lr_schedule": "constant"},
     "no dropout": {"dropout": 0.0},
+    "dropout 0.5": {"dropout": 0.5},
     "no augmentation": {"augment": AugmentConfig(0, 0, 0)},
     "no class weights": {"class_weights": False},
     "paper: Adam 1e-3 constant, no dropout, no augmentation, no class weights":

@@ -22,12 +22,12 @@ import os
 from pathlib import Path
 
 from cxr import keras_lib
-from cxr.config import MODEL_NAMES  # noqa: F401  (re-exported: the models this module builds)
+from cxr.config import MODEL_NAMES, TrainConfig  # noqa: F401  (MODEL_NAMES re-exported: the models built here)
 from cxr.errors import UserError
 
 VGG_INPUT_SIZE = 224
 BN_MOMENTUM = 0.9
-DROPOUT = 0.5
+DROPOUT = TrainConfig.dropout
 VGG19_NOTOP_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 VGG19_NOTOP_MD5 = "253f8cb515780f3b799900260a226db6"
 
