@@ -104,7 +104,9 @@ def time_pipeline(export, shards: str, manifest: dict, actors: int, copies: int)
     data = storage.resolve(shards)
     with common.ProcessTreeMonitor() as processes:
         start = perf_counter()
-        dataset = ray.data.read_parquet(all_paths(shards, manifest) * copies, filesystem=data.fs)
+        dataset = ray.data.read_parquet(all_paths(shards, manifest), filesystem=data.fs)
+        # union, not repeated paths: read_parquet reads a path listed twice once.
+        dataset = dataset.union(*[dataset] * (copies - 1)) if copies > 1 else dataset
         dataset = dataset.select_columns(["source_uri", "image_png", "label"]).map_batches(decode_shard_rows,
                                                                                             batch_format="numpy")
         rows = sum(len(batch["label"]) for batch in
@@ -124,6 +126,9 @@ def time_pipelines(export, shards: str, manifest: dict, actors: int) -> dict:
     """
     once = time_pipeline(export, shards, manifest, actors, 1)
     repeated = time_pipeline(export, shards, manifest, actors, REPEAT)
+    if repeated["images"] != REPEAT * once["images"] or repeated["seconds"] <= once["seconds"]:
+        common.fail(f"pipeline runs not comparable: {once['images']} images in {once['seconds']:.1f} s, "
+                    f"{repeated['images']} in {repeated['seconds']:.1f} s")
     marginal = (repeated["images"] - once["images"]) / (repeated["seconds"] - once["seconds"])
     return {"actors": actors, "images_per_s": marginal, "wall_images_per_s": once["images"] / once["seconds"],
             "fixed_seconds": once["seconds"] - once["images"] / marginal, "runs": [once, repeated]}
