@@ -95,20 +95,15 @@ def time_plain(export_uri: str, shards: str, threads: int) -> dict:
 
 def time_pipeline(export, shards: str, manifest: dict, actors: int, copies: int) -> dict:
     """One run of the scoring pipeline over every image of `shards`, `copies` times over."""
-    import ray
-
     from cxr import storage
-    from cxr.evaluate import decode_shard_rows
+    from cxr.evaluate import shard_images
     from cxr.inference import score
 
-    data = storage.resolve(shards)
     with common.ProcessTreeMonitor() as processes:
         start = perf_counter()
-        dataset = ray.data.read_parquet(all_paths(shards, manifest), filesystem=data.fs)
+        dataset = shard_images(storage.resolve(shards), all_paths(shards, manifest))
         # union, not repeated paths: read_parquet reads a path listed twice once.
         dataset = dataset.union(*[dataset] * (copies - 1)) if copies > 1 else dataset
-        dataset = dataset.select_columns(["source_uri", "image_png", "label"]).map_batches(decode_shard_rows,
-                                                                                            batch_format="numpy")
         rows = sum(len(batch["label"]) for batch in
                    score(dataset, export, actors=actors).iter_batches(batch_size=None, batch_format="numpy"))
         seconds = perf_counter() - start

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from cxr import runtime, sources, storage
 from cxr.config import PredictConfig
 from cxr.errors import UserError
-from cxr.inference import SCORED, open_export, preprocess_config, preprocess_for_model, score
+from cxr.inference import SCORED, open_export, preprocess_config, preprocessed_images, score
 from cxr.metrics import predict_labels
 from cxr.train_loop import positive_label
 
@@ -42,15 +42,8 @@ def run_predict(config: PredictConfig) -> dict:
              ", ".join(export.class_names), export.image_size)
 
     runtime.ensure_ray()
-    import ray
-
-    from cxr.preprocess import block_count
-
-    blocks = block_count(len(listing.items), int(ray.cluster_resources().get("CPU", 1)))
-    dataset = ray.data.from_items(listing.items, override_num_blocks=blocks)
-    dataset = dataset.map_batches(preprocess_for_model, batch_format="pyarrow", batch_size=None,
-                                  fn_kwargs={"config": preprocess_config(export.manifest)})
-    dataset = score(dataset, export, gpu=config.gpu, actors=config.actors)
+    dataset = score(preprocessed_images(listing.items, preprocess_config(export.manifest)), export,
+                    gpu=config.gpu, actors=config.actors)
     scored = dataset.take_all()  # a few hundred bytes a row: the pixels stayed in the actors
 
     table = predictions_table(scored, listing.rejects, export.class_names, config.threshold)

@@ -19,7 +19,8 @@ import numpy as np
 from cxr import runtime, sources, storage
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
-from cxr.inference import Export, check_compatible, open_export, preprocess_config, preprocess_for_model, score
+from cxr.inference import (Export, check_compatible, open_export, preprocess_config, preprocess_for_model,
+                           preprocessed_images, score)
 from cxr.manifest import read_manifest
 from cxr.shortcuts import VARIANTS
 
@@ -94,14 +95,12 @@ def score_data(export: Export, config: EvaluateConfig) -> Scored:
     location = storage.resolve(config.data)
     storage.check_bucket(location)
     if storage.file_info(location.join("manifest.json")).type == storage.pafs.FileType.File:
-        check_compatible(export, read_manifest(location.uri), location.uri)
         return score_shards(export, location.uri, config.split, VARIANTS, config)
     return score_raw(export, location.uri, config)
 
 
 def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str, ...],
                  config: EvaluateConfig) -> Scored:
-    import ray
     import pyarrow.parquet as pq
 
     from cxr.train_data import split_paths
@@ -114,9 +113,7 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
     paths = split_paths(data, manifest, split)
     if not paths or manifest["counts"]["splits"][split]["total"] == 0:
         raise UserError(f"{data.uri}: the {split} split is empty")
-    dataset = ray.data.read_parquet(paths, filesystem=data.fs).select_columns(["source_uri", "image_png", "label"])
-    dataset = dataset.map_batches(decode_shard_rows, batch_format="numpy")
-    rows = score(dataset, export, variants, gpu=config.gpu, actors=config.actors).take_all()
+    rows = score(shard_images(data, paths), export, variants, gpu=config.gpu, actors=config.actors).take_all()
 
     def images(uris: list[str]) -> np.ndarray:
         from cxr.transforms import decode_png_gray
@@ -135,19 +132,12 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
 def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
     """A class-per-folder tree of raw images, preprocessed as the model's training data."""
     import pyarrow as pa
-    import ray
-
-    from cxr.preprocess import block_count
 
     pp = preprocess_config(export.manifest, source=uri, classes=tuple(export.class_names))
     listing = sources.list_source(pp)
     if not listing.items:
         raise UserError(f"{listing.root}: no images in the class folders")
-    blocks = block_count(len(listing.items), int(ray.cluster_resources().get("CPU", 1)))
-    dataset = ray.data.from_items(listing.items, override_num_blocks=blocks)
-    dataset = dataset.map_batches(preprocess_for_model, batch_format="pyarrow", batch_size=None,
-                                  fn_kwargs={"config": pp})
-    rows = score(dataset, export, VARIANTS, gpu=config.gpu, actors=config.actors).take_all()
+    rows = score(preprocessed_images(listing.items, pp), export, VARIANTS, gpu=config.gpu, actors=config.actors).take_all()
     rejected: dict[str, int] = {}
     for reject in listing.rejects:
         rejected[reject["reason"]] = rejected.get(reject["reason"], 0) + 1
@@ -159,6 +149,14 @@ def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
 
     return _scored(f"{listing.root} (raw images, preprocessed as the training data)", rows, VARIANTS,
                    rejected, images)
+
+
+def shard_images(data: storage.Location, paths: list[str]):
+    """Ray Data rows (source_uri, label, decoded image, status) of shard files, lazily."""
+    import ray
+
+    dataset = ray.data.read_parquet(paths, filesystem=data.fs).select_columns(["source_uri", "image_png", "label"])
+    return dataset.map_batches(decode_shard_rows, batch_format="numpy")
 
 
 def decode_shard_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

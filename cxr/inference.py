@@ -165,6 +165,17 @@ def score(dataset, export: Export, variants: tuple[str, ...] = ("full",), gpu: b
                                num_cpus=actor_cpus, num_gpus=1 if gpu else 0)
 
 
+def preprocessed_images(items: list[dict], config: PreprocessConfig):
+    """Ray Data rows of listed raw images, preprocessed as the model's training data, lazily."""
+    import ray
+
+    from cxr.preprocess import block_count
+
+    blocks = block_count(len(items), int(ray.cluster_resources().get("CPU", 1)))
+    return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        preprocess_for_model, batch_format="pyarrow", batch_size=None, fn_kwargs={"config": config})
+
+
 def preprocess_for_model(batch: pa.Table, config: PreprocessConfig) -> dict[str, np.ndarray]:
     """Ray Data stage: read listed raw images and preprocess them as the model's training data.
 
