@@ -242,6 +242,17 @@ def write_raw(name: str, results: dict) -> Path:
     return path
 
 
+def require_real_images(folder: Path) -> None:
+    if not folder.is_dir():
+        fail(f"{folder}: real images not found; pass --data <class-per-folder tree>")
+
+
+def require_own_ray() -> None:
+    """A benchmark measures a Ray it starts itself, never a cluster that RAY_ADDRESS names."""
+    if os.environ.get("RAY_ADDRESS"):
+        fail("RAY_ADDRESS is set: this benchmark measures a Ray it starts itself; unset it")
+
+
 def fail(message: str) -> None:
     """End a benchmark with one line on stderr, as the jobs do for user errors."""
     print(f"error: {message}", file=sys.stderr)

@@ -213,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plain_worker:
         plain_worker(args.plain_worker[0], args.plain_worker[1], int(args.plain_worker[2]))
         return 0
-    if os.environ.get("RAY_ADDRESS"):
-        common.fail("RAY_ADDRESS is set: this benchmark measures a Ray it starts itself; unset it")
+    common.require_own_ray()
     import ray
 
     from benchmarks.train import prepare_shards

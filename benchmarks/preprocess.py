@@ -217,10 +217,8 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.data.is_dir():
-        common.fail(f"{args.data}: real images not found; pass --data <class-per-folder tree>")
-    if os.environ.get("RAY_ADDRESS"):
-        common.fail("RAY_ADDRESS is set: this benchmark measures a Ray it starts itself; unset it")
+    common.require_real_images(args.data)
+    common.require_own_ray()
     if args.limit is not None and args.limit < 1:
         common.fail(f"--limit must be positive, got {args.limit}")
     from cxr import runtime, sources

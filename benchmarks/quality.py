@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import datetime
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -196,8 +195,7 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.environ.get("RAY_ADDRESS"):
-        common.fail("RAY_ADDRESS is set: this benchmark starts its own Ray; unset it")
+    common.require_own_ray()
     from cxr.keras_lib import configure_environment
 
     configure_environment()

@@ -297,8 +297,7 @@ def derive(plain: dict, runs: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.environ.get("RAY_ADDRESS"):
-        common.fail("RAY_ADDRESS is set: this benchmark measures a Ray it starts itself; unset it")
+    common.require_own_ray()
     if args.shards and args.limit is not None:
         common.fail("--limit applies to preprocessing; it cannot be combined with --shards")
     if args.limit is not None and args.limit < 1:

@@ -92,6 +92,66 @@ class SyntheticConfig:
             _require(0 <= value <= 1, f"synthetic {name} must be in [0, 1], got {value}")
 
 
+KAGGLE_SOURCE = "kaggle"
+# The source paper's data; `kaggle:<owner>/<dataset>` names another of the same layout.
+KAGGLE_DEFAULT_DATASET = "tawsifurrahman/covid19-radiography-database"
+# The paper's two classes, in this label order, unless --classes says otherwise.
+KAGGLE_DEFAULT_CLASSES = ("COVID", "Normal")
+
+
+def is_kaggle_source(source: str) -> bool:
+    return source == KAGGLE_SOURCE or source.startswith(KAGGLE_SOURCE + ":")
+
+
+def parse_classes(text: str | None, source: str) -> tuple[str, ...] | None:
+    """--classes: a comma-separated list in label order, or 'all' (every class folder, sorted).
+
+    Unset, Kaggle sources take the paper's two classes and other sources every class folder.
+    """
+    if text is None:
+        return KAGGLE_DEFAULT_CLASSES if is_kaggle_source(source) else None
+    if text.strip().lower() == "all":
+        return None
+    return tuple(c.strip() for c in text.split(","))
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """How a remote source's files are fetched: cache, concurrency, retries, failure budget."""
+
+    # Originals are kept here (local folder or s3:// prefix), one folder per dataset version;
+    # a rerun downloads only what is missing. None: nothing is kept.
+    raw_cache: str | None = None
+    # One download of the dataset's zip into raw_cache, whose members are then read in
+    # parallel; otherwise every file is downloaded on its own, by the Ray workers.
+    archive: bool = False
+    concurrency: int = 8  # downloads in flight at once, over the whole cluster
+    retries: int = 5  # per file, after the first attempt, for timeouts, 429 and 5xx
+    backoff_seconds: float = 0.5  # before the first retry; doubled for each next one
+    max_backoff_seconds: float = 60.0  # also caps a server's Retry-After
+    timeout_seconds: float = 60.0  # connect and per-read
+    # The job fails, with a summary, when more than this share of the downloads failed.
+    max_failed_share: float = 0.01
+    page_size: int = 200  # files per listing request
+
+    def __post_init__(self) -> None:
+        _require(self.raw_cache is None or bool(self.raw_cache), "--raw-cache must not be empty")
+        _require(self.concurrency >= 1, f"--download-concurrency must be at least 1, got {self.concurrency}")
+        _require(self.retries >= 0, f"--download-retries must not be negative, got {self.retries}")
+        _require(self.backoff_seconds >= 0 and self.max_backoff_seconds >= self.backoff_seconds,
+                 "download backoff must be non-negative and at most its maximum")
+        _require(self.timeout_seconds > 0, f"--download-timeout must be positive, got {self.timeout_seconds}")
+        _require(0 <= self.max_failed_share <= 1,
+                 f"--max-failed-share must be in [0, 1], got {self.max_failed_share}")
+        _require(1 <= self.page_size <= 1000, f"listing page size must be in [1, 1000], got {self.page_size}")
+        _require(not self.archive or self.raw_cache is not None,
+                 "--kaggle-archive needs --raw-cache: the zip is stored there for every worker to read")
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1, 2, ...), before jitter."""
+        return min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (retry - 1))
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     source: str = "synthetic"
@@ -103,6 +163,7 @@ class PreprocessConfig:
     markings: MarkingConfig = field(default_factory=MarkingConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
     # Larger images are rejected from their header, before any pixel is decoded.
     max_pixels: int = 50_000_000
     # Images are downscaled to this longest side before marking detection and CLAHE: both
@@ -123,6 +184,8 @@ class PreprocessConfig:
             _require(len(self.classes) >= 2, f"--classes needs at least two classes, got {list(self.classes)}")
             _require(len(set(self.classes)) == len(self.classes), f"--classes has duplicates: {list(self.classes)}")
             _require(all(c and "/" not in c for c in self.classes), f"bad class names in --classes: {list(self.classes)}")
+        _require(is_kaggle_source(self.source) or (self.download.raw_cache is None and not self.download.archive),
+                 "--raw-cache and --kaggle-archive apply to --source kaggle only")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

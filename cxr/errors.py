@@ -11,6 +11,10 @@ class UserError(Exception):
     exit_code = 2
 
 
+class DownloadFailed(Exception):
+    """A remote file that could not be had, after retries: that image's reject, not the job's end."""
+
+
 def one_line(exc: BaseException) -> str:
     """An unexpected per-item failure as one line, for a reject record rather than a traceback."""
     text = str(exc).strip().splitlines()

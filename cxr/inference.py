@@ -68,6 +68,8 @@ def open_export(uri: str) -> Export:
 def preprocess_config(manifest: dict, **overrides) -> PreprocessConfig:
     """The preprocessing settings an output was made with, from its manifest."""
     settings = dict(manifest["config"])
+    # How the training images were fetched is not how these are: only the image work carries over.
+    settings.pop("download", None)
     nested = {"clahe": ClaheConfig, "markings": MarkingConfig, "split": SplitConfig, "synthetic": SyntheticConfig}
     for name, cls in nested.items():
         settings[name] = cls(**settings[name])

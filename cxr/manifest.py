@@ -25,8 +25,8 @@ def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, st
 
 
 def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dict], assignment: dict[str, str],
-                   rejects: list[dict], shard_files: dict[str, list[dict]], stage_seconds: dict[str, float],
-                   wall_seconds: dict[str, float]) -> dict:
+                   rejects: list[dict], shard_files: dict[str, list[dict]], source_details: dict,
+                   stage_seconds: dict[str, float], wall_seconds: dict[str, float]) -> dict:
     splits = {split: {name: 0 for name in listing.class_names} for split in shards.SPLITS}
     for row in kept:
         splits[assignment[row["source_uri"]]][row["class_name"]] += 1
@@ -39,7 +39,7 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cxr_version": __version__,
         "packages": package_versions(),
-        "source": {"uri": config.source, "kind": listing.kind, "root": listing.root},
+        "source": {"uri": config.source, "kind": listing.kind, "root": listing.root, **source_details},
         "class_names": list(listing.class_names),
         "image": {"height": config.image_size, "width": config.image_size, "channels": 1, "format": "png"},
         "counts": {
@@ -82,7 +82,7 @@ def format_summary(manifest: dict, output_uri: str) -> str:
     """A table a person reads at the end of the job."""
     classes = manifest["class_names"]
     counts = manifest["counts"]
-    width = max(8, *(len(c) for c in classes))
+    width = max(8, *(len(c) + 2 for c in classes))  # two spaces between columns
     lines = [f"shards written to {output_uri}", "",
              "split  " + "".join(f"{c:>{width}}" for c in classes) + f"{'total':>{width}}"]
     for split in shards.SPLITS:
@@ -96,6 +96,13 @@ def format_summary(manifest: dict, output_uri: str) -> str:
         lines.append(f"  kept with markings inpainted: {counts['inpainted']}")
     for what, n in counts["ignored"].items():
         lines.append(f"  ignored {what}: {n}")
+    kaggle = manifest["source"].get("kaggle")
+    if kaggle:
+        how = Counter()
+        for per_class in kaggle["fetched"].values():
+            how.update(per_class)
+        lines.append(f"Kaggle {kaggle['dataset']} version {kaggle['version']}: "
+                     + ", ".join(f"{what} {n}" for what, n in sorted(how.items())))
     wall = manifest["timing"]["wall_seconds"]
     lines.append(f"took {wall['total']:.1f} s ({counts['found'] / max(wall['total'], 1e-9):.1f} inputs/s)")
     return "\n".join(lines)

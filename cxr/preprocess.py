@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from cxr import manifest as manifest_lib
-from cxr import runtime, shards, sources, storage
-from cxr.config import PreprocessConfig
-from cxr.errors import UserError, one_line
+from cxr import downloads, runtime, shards, sources, storage
+from cxr.config import PreprocessConfig, is_kaggle_source
+from cxr.errors import DownloadFailed, UserError, one_line
 from cxr.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
                             resize_square, to_grayscale, to_uint8)
 
@@ -89,14 +89,19 @@ def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
     rows = []
     with sources.BatchReader(config.synthetic) as reader:
         for item in batch.to_pylist():
-            row = {"source_uri": item["source_uri"], "class_name": item["class_name"], "label": item["label"]}
+            row = {"source_uri": item["source_uri"], "class_name": item["class_name"], "label": item["label"],
+                   "fetch": item.get("fetch")}
             start = perf_counter()
             try:
                 data, row["marking_truth"] = reader.read(item)
+            except DownloadFailed as exc:
+                rows.append({**row, "status": "download_failed", "detail": str(exc)})
+                continue
             except Exception as exc:  # noqa: BLE001 - any read failure is this image's reject
                 rows.append({**row, "status": "read_error", "detail": one_line(exc)})
                 continue
-            row["t_read"] = perf_counter() - start
+            # A fetched image's read is its download (or its read from the raw cache).
+            row["t_read"] = perf_counter() - start + (item.get("t_fetch") or 0.0)
             try:
                 row.update(process_image(data, config))
             except ImageRejected as exc:
@@ -137,7 +142,7 @@ def block_count(items: int, cpus: int) -> int:
 def run_preprocess(config: PreprocessConfig) -> dict:
     """Run the whole job; return the manifest it wrote."""
     started = time.time()
-    listing = sources.list_source(config)
+    listing = downloads.list_kaggle(config) if is_kaggle_source(config.source) else sources.list_source(config)
     if not listing.items:
         raise UserError(f"{listing.root}: no image files (.png, .jpg) in the class folders "
                         f"({len(listing.rejects)} other files)")
@@ -153,6 +158,11 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     num_blocks = block_count(len(listing.items), int(ray.cluster_resources().get("CPU", 1)))
     log.info("processing %d images in %d blocks", len(listing.items), num_blocks)
     dataset = ray.data.from_items(listing.items, override_num_blocks=num_blocks)
+    if listing.remote is not None:
+        tasks, threads = downloads.fetch_parallelism(config.download.concurrency)
+        dataset = dataset.map_batches(downloads.fetch_batch, batch_format="pyarrow", batch_size=None,
+                                      fn_kwargs={"remote": listing.remote, "threads": threads},
+                                      num_cpus=downloads.FETCH_CPUS, compute=ray.data.TaskPoolStrategy(size=tasks))
     dataset = dataset.map_batches(process_batch, batch_format="pyarrow", batch_size=None,
                                   fn_kwargs={"config": config})
     dataset.write_parquet(staging.path, filesystem=output.fs)
@@ -163,6 +173,16 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     ok_rows = [r for r in processed if r["status"] == "ok"]
     rejects = list(listing.rejects)
     rejects += [{**r, "reason": r["status"]} for r in processed if r["status"] != "ok"]
+    source_details = dict(listing.origin)
+    if "kaggle" in source_details:
+        source_details["kaggle"] = {**source_details["kaggle"],
+                                    "fetched": downloads.fetched_per_class(processed, listing.class_names)}
+        try:
+            downloads.check_failures(processed, config.download, output.join(shards.REJECTED_NAME).uri)
+        except UserError:
+            shards.write_rejects(rejects, output)  # so the user can see which, and why
+            storage.delete_tree(staging)
+            raise
     kept, duplicates = shards.remove_duplicates(ok_rows)
     rejects += duplicates
     assignment = shards.assign_splits(kept, config.split)
@@ -174,7 +194,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
 
     manifest = manifest_lib.build_manifest(
         config=config, listing=listing, kept=kept, assignment=assignment, rejects=rejects,
-        shard_files=shard_files, stage_seconds=_stage_seconds(processed),
+        shard_files=shard_files, source_details=source_details, stage_seconds=_stage_seconds(processed),
         wall_seconds={"process": processed_at - started, "total": time.time() - started})
     storage.write_json(output.join(shards.MANIFEST_NAME), manifest)
     storage.delete_tree(staging)

@@ -41,7 +41,8 @@ SHARD_SCHEMA = pa.schema([
 
 STAGES = ("read", "decode", "grayscale", "markings", "clahe", "resize", "encode")
 STAGING_SCHEMA = pa.schema(
-    list(SHARD_SCHEMA) + [("status", pa.string()), ("detail", pa.string())]
+    # fetch: how a remote source's image was had (downloaded, cached, failed); null otherwise.
+    list(SHARD_SCHEMA) + [("status", pa.string()), ("detail", pa.string()), ("fetch", pa.string())]
     + [(f"t_{stage}", pa.float32()) for stage in STAGES])
 
 REJECT_SCHEMA = pa.schema([
@@ -55,7 +56,7 @@ REJECT_SCHEMA = pa.schema([
 ])
 
 # What the driver reads back from the staging shards to decide duplicates and splits.
-METADATA_COLUMNS = ["source_uri", "label", "class_name", "content_hash", "status", "detail",
+METADATA_COLUMNS = ["source_uri", "label", "class_name", "content_hash", "status", "detail", "fetch",
                     "marking_score", "marking_truth"] + [f"t_{stage}" for stage in STAGES]
 
 

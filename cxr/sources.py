@@ -2,10 +2,11 @@
 
 A source is a class-per-folder tree (`<class>/*.png` or the Kaggle archive's
 `<class>/images/*.png`, with `masks/` beside `images/`) in a local folder or under an
-`s3://` prefix, a `.zip` of such a tree (local or on S3), or `synthetic`. Listing runs on
-the driver and is cheap; it returns one row per input found, each either readable or
-already rejected (unsupported file, wrong layout), so that nothing is silently lost.
-Reading runs in Ray workers, a batch at a time.
+`s3://` prefix, a `.zip` of such a tree (local or on S3), or `synthetic`; a Kaggle dataset
+(cxr.downloads) is listed with the same rules. Listing runs on the driver and is cheap; it
+returns one row per input found, each either readable or already rejected (unsupported
+file, wrong layout), so that nothing is silently lost. Reading runs in Ray workers, a
+batch at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from cxr import storage
 from cxr.config import PreprocessConfig, SyntheticConfig
-from cxr.errors import UserError
+from cxr.errors import DownloadFailed, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # The Kaggle archive keeps lung masks beside the images; they are not inputs.
@@ -36,6 +37,11 @@ class Listing:
     items: list[dict]
     rejects: list[dict]
     ignored: dict[str, int] = field(default_factory=dict)
+    # A remote source's files are fetched by a stage of their own first (cxr.downloads):
+    # this is what that stage needs (a kaggle_api.Remote), and `origin` what the manifest
+    # records about where they came from.
+    remote: object | None = None
+    origin: dict = field(default_factory=dict)
 
     @property
     def found(self) -> int:
@@ -62,7 +68,7 @@ def list_source(config: PreprocessConfig) -> Listing:
     if info.type == storage.pafs.FileType.File:
         if not location.path.lower().endswith(".zip"):
             raise UserError(f"{location.uri}: a file source must be a .zip archive of a class-per-folder tree")
-        return _list_zip(location, config.classes)
+        return list_zip(location, config.classes)
     files = storage.list_files(location)
     if not files:
         if info.type == storage.pafs.FileType.NotFound:
@@ -70,8 +76,8 @@ def list_source(config: PreprocessConfig) -> Listing:
         raise UserError(f"{location.uri}: source folder is empty")
     prefix = location.path.rstrip("/") + "/"
     relative = [f.path[len(prefix):] for f in files]
-    return _list_tree("folder", location.uri, relative, config.classes,
-                      lambda rel: location.join(rel).uri, lambda rel: ("file", location.join(rel).uri, ""))
+    return list_tree("folder", location.uri, relative, config.classes,
+                     lambda rel: location.join(rel).uri, lambda rel: ("file", location.join(rel).uri, ""))
 
 
 def _zip_members(location: storage.Location) -> tuple[list[str], int]:
@@ -90,10 +96,11 @@ def _zip_members(location: storage.Location) -> tuple[list[str], int]:
     return members, len(names) - len(members)
 
 
-def _list_zip(location: storage.Location, classes: tuple[str, ...] | None) -> Listing:
+def list_zip(location: storage.Location, classes: tuple[str, ...] | None, uri_of=None) -> Listing:
+    """A zip of a class-per-folder tree; `uri_of(member)` names its inputs (default: zip!/member)."""
     names, macos = _zip_members(location)
-    listing = _list_tree("zip", location.uri, names, classes,
-                         lambda rel: f"{location.uri}!/{rel}", lambda rel: ("zip", location.uri, rel))
+    listing = list_tree("zip", location.uri, names, classes, uri_of or (lambda rel: f"{location.uri}!/{rel}"),
+                        lambda rel: ("zip", location.uri, rel))
     if macos:
         listing.ignored["macos_metadata"] = macos
     return listing
@@ -156,8 +163,13 @@ def _strip_wrappers(paths: list[str]) -> tuple[str, list[str]]:
         wrapper, paths = wrapper + top + "/", inner
 
 
-def _list_tree(kind: str, root: str, relative: list[str], classes: tuple[str, ...] | None,
-               uri_of, read_spec_of) -> Listing:
+def list_tree(kind: str, root: str, relative: list[str], classes: tuple[str, ...] | None,
+              uri_of, read_spec_of) -> Listing:
+    """The inputs of a class-per-folder tree, given its files' paths relative to `root`.
+
+    `uri_of(path)` is an input's source_uri; `read_spec_of(path)` its (kind, location,
+    member) for BatchReader or the fetch stage.
+    """
     wrapper, stripped = _strip_wrappers(relative)
     found_classes = sorted({p.split("/", 1)[0] for p in stripped if "/" in p})
     if not found_classes:
@@ -239,6 +251,10 @@ class BatchReader:
 
     def read(self, item: dict) -> tuple[bytes, str | None]:
         """The item's bytes and, for synthetic images, the markings drawn on it."""
+        if item["kind"] == "fetched":  # by the download stage, which records failures
+            if item["data"] is None:
+                raise DownloadFailed(item["fetch_detail"])
+            return item["data"], None
         if item["kind"] == "file":
             return storage.read_bytes(storage.resolve(item["location"])), None
         if item["kind"] == "zip":

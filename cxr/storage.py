@@ -13,6 +13,8 @@ import functools
 import json
 import os
 import posixpath
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -161,6 +163,47 @@ def write_bytes(location: Location, data: bytes) -> None:
     ensure_parent(location)
     with location.fs.open_output_stream(location.path) as stream:
         stream.write(data)
+
+
+def write_bytes_atomically(location: Location, data: bytes) -> None:
+    """Write a file that no reader ever sees half-written, even if this process dies midway.
+
+    An S3 object of one upload appears whole or not at all; a local file is written under
+    a temporary name and renamed into place.
+    """
+    if location.is_s3:
+        write_bytes(location, data)
+    else:
+        write_stream_atomically(location, [data])
+
+
+def write_stream_atomically(location: Location, chunks: Iterable[bytes]) -> int:
+    """Write a stream under a temporary name, then move it into place; the bytes written.
+
+    On S3 too: a multipart upload that fails midway would otherwise be completed, partial,
+    when its stream is closed.
+    """
+    suffix = PARTIAL_MARK + uuid.uuid4().hex[:8]
+    partial_path = location.path + suffix
+    ensure_parent(location)
+    written = 0
+    try:
+        with location.fs.open_output_stream(partial_path) as stream:
+            for chunk in chunks:
+                stream.write(chunk)
+                written += len(chunk)
+        location.fs.move(partial_path, location.path)
+    except BaseException:
+        try:
+            location.fs.delete_file(partial_path)
+        except OSError:
+            pass
+        raise
+    return written
+
+
+# In the name of a file being written by write_stream_atomically; readers skip such files.
+PARTIAL_MARK = ".partial-"
 
 
 def write_json(location: Location, payload: dict) -> None:

@@ -1,6 +1,7 @@
 """Chest X-rays to Parquet shards: `python jobs/preprocess.py --help`.
 
 Locally: `python jobs/preprocess.py` (synthetic data, local Ray, ./outputs/shards/synthetic).
+From Kaggle: `python jobs/preprocess.py --source kaggle --raw-cache raw/ --output shards/covid`.
 On a cluster: `ray job submit --working-dir . -- python jobs/preprocess.py --source s3://... --output s3://...`.
 """
 
@@ -14,8 +15,9 @@ import sys
 # the same way whether or not the package is installed (a Ray job's working dir is not).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cxr.config import (DEFAULT_MARKING_THRESHOLD, MARKING_POLICIES, ClaheConfig, MarkingConfig,  # noqa: E402
-                        PreprocessConfig, SplitConfig, SyntheticConfig)
+from cxr.config import (DEFAULT_MARKING_THRESHOLD, KAGGLE_DEFAULT_CLASSES, KAGGLE_DEFAULT_DATASET,  # noqa: E402
+                        MARKING_POLICIES, ClaheConfig, DownloadConfig, MarkingConfig, PreprocessConfig,
+                        SplitConfig, SyntheticConfig, parse_classes)
 from cxr.errors import UserError  # noqa: E402
 
 
@@ -24,12 +26,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Decode, filter, CLAHE-normalise and shard chest X-rays with Ray Data.")
     parser.add_argument("--source", default="synthetic",
                         help="class-per-folder tree (local folder or s3:// prefix), a .zip of one, "
+                             f"'kaggle' ({KAGGLE_DEFAULT_DATASET}), kaggle:<owner>/<dataset>[/versions/<n>], "
                              "or 'synthetic' (default)")
     parser.add_argument("--output", default="outputs/shards/synthetic",
                         help="local folder or s3:// prefix for the shards (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--classes", default=None,
-                        help="comma-separated class folders to use, in label order (default: all, sorted)")
+                        help="comma-separated class folders to use, in label order, or 'all' (default: "
+                             f"{','.join(KAGGLE_DEFAULT_CLASSES)} for Kaggle, all (sorted) otherwise)")
     parser.add_argument("--image-size", type=int, default=299, help="output side in pixels (default: 299)")
     parser.add_argument("--markings", choices=MARKING_POLICIES, default="drop",
                         help="what to do with images carrying burned-in markings (default: drop)")
@@ -46,6 +50,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="larger images are rejected unread (default: %(default)s)")
     parser.add_argument("--synthetic-images", type=int, default=600)
     parser.add_argument("--synthetic-seed", type=int, default=0)
+    kaggle = parser.add_argument_group("Kaggle sources")
+    kaggle.add_argument("--raw-cache", default=None,
+                        help="local folder or s3:// prefix that keeps the downloaded originals; "
+                             "a rerun downloads only what is missing (default: none kept)")
+    kaggle.add_argument("--kaggle-archive", action="store_true",
+                        help="download the dataset's zip once into --raw-cache, then read its members "
+                             "in parallel (default: every file on its own, by the workers)")
+    kaggle.add_argument("--download-concurrency", type=int, default=8,
+                        help="downloads in flight at once, over the whole cluster (default: %(default)s)")
+    kaggle.add_argument("--download-retries", type=int, default=5,
+                        help="retries per file for timeouts, HTTP 429 and 5xx (default: %(default)s)")
+    kaggle.add_argument("--download-timeout", type=float, default=60.0,
+                        help="seconds to wait for a connection or a read (default: %(default)s)")
+    kaggle.add_argument("--max-failed-share", type=float, default=0.01,
+                        help="fail the job when more than this share of images could not be "
+                             "downloaded (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -57,7 +77,7 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
         raise UserError(f"--split must be three comma-separated numbers, got {args.split!r}") from None
     if len(ratios) != 3:
         raise UserError(f"--split must be three comma-separated numbers, got {args.split!r}")
-    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+    classes = parse_classes(args.classes, args.source)
     return PreprocessConfig(
         source=args.source, output=args.output, overwrite=args.overwrite, classes=classes,
         image_size=args.image_size, max_pixels=args.max_pixels, rows_per_shard=args.rows_per_shard,
@@ -65,7 +85,10 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
         clahe=ClaheConfig(kernel_size=args.clahe_kernel_size, clip_limit=args.clahe_clip_limit,
                           nbins=args.clahe_nbins),
         split=SplitConfig(*ratios, seed=args.split_seed),
-        synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed))
+        synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed),
+        download=DownloadConfig(raw_cache=args.raw_cache, archive=args.kaggle_archive,
+                                concurrency=args.download_concurrency, retries=args.download_retries,
+                                timeout_seconds=args.download_timeout, max_failed_share=args.max_failed_share))
 
 
 def main(argv: list[str] | None = None) -> int:

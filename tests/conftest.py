@@ -31,6 +31,30 @@ def real_sample() -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_real_kaggle(tmp_path_factory: pytest.TempPathFactory):
+    """Every Kaggle client in the tests, and in the jobs they start, talks to localhost:7777
+    (tests/kaggle_server.py), with no credentials but those a test gives."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+        patch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path_factory.mktemp("kaggle_config")))
+        for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+            patch.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture
+def fake_kaggle():
+    """A local Kaggle API serving a miniature COVID-19 Radiography Database (tests/kaggle_server.py)."""
+    from tests.kaggle_server import FakeKaggle
+
+    server = FakeKaggle().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_session(local_s3):
     """One local Ray for the whole session: starting Ray costs 3 to 15 s here.
