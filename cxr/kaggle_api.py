@@ -224,6 +224,13 @@ class Remote:
             return f"cannot reach Kaggle at {self.endpoint} ({describe(exc)}): no network, or a proxy in the way?"
         return f"Kaggle at {self.endpoint} failed {what}: {describe(exc)} after {attempts} attempt(s)"
 
+    def _request(self, request_type):
+        """A request of `request_type` for the pinned dataset version."""
+        request = request_type()
+        request.owner_slug, request.dataset_slug = self.dataset.owner, self.dataset.slug
+        request.dataset_version_number = self.dataset.version
+        return request
+
     def list_files(self) -> list[RemoteFile]:
         """Every file of the pinned version, page by page."""
         from kagglesdk.datasets.types.dataset_api_service import ApiListDatasetFilesRequest
@@ -231,9 +238,7 @@ class Remote:
         files, token, seen = [], "", set()
         with self.client() as client:
             while True:
-                request = ApiListDatasetFilesRequest()
-                request.owner_slug, request.dataset_slug = self.dataset.owner, self.dataset.slug
-                request.dataset_version_number = self.dataset.version
+                request = self._request(ApiListDatasetFilesRequest)
                 request.page_token, request.page_size = token, self.policy.page_size
                 try:
                     response = self.retrying(lambda: client.datasets.dataset_api_client.list_dataset_files(request))
@@ -260,9 +265,7 @@ class Remote:
         """One file's bytes, checked against the listed size; DownloadFailed when it cannot be had."""
         from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest
 
-        request = ApiDownloadDatasetRequest()
-        request.owner_slug, request.dataset_slug = self.dataset.owner, self.dataset.slug
-        request.dataset_version_number = self.dataset.version
+        request = self._request(ApiDownloadDatasetRequest)
         request.file_name = file.name
 
         def attempt() -> bytes:
@@ -283,9 +286,7 @@ class Remote:
         """The whole version as one zip, streamed into `target`; its size in bytes."""
         from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest
 
-        request = ApiDownloadDatasetRequest()
-        request.owner_slug, request.dataset_slug = self.dataset.owner, self.dataset.slug
-        request.dataset_version_number = self.dataset.version
+        request = self._request(ApiDownloadDatasetRequest)
 
         def attempt() -> int:
             with self.client() as client:
