@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cxr import runtime, sources, storage
+from cxr import progress, runtime, sources, storage
 from cxr.config import PredictConfig
 from cxr.errors import UserError
 from cxr.inference import SCORED, open_export, preprocess_config, preprocessed_images, score
@@ -42,9 +42,11 @@ def run_predict(config: PredictConfig) -> dict:
              ", ".join(export.class_names), export.image_size)
 
     runtime.ensure_ray()
-    dataset = score(preprocessed_images(listing.items, preprocess_config(export.manifest)), export,
-                    gpu=config.gpu, actors=config.actors)
-    scored = dataset.take_all()  # a few hundred bytes a row: the pixels stayed in the actors
+    with progress.Progress("predict", len(listing.items), "images",
+                           runtime.progress_style(ray_data_bars=True)) as shown:
+        dataset = score(preprocessed_images(listing.items, preprocess_config(export.manifest)), export,
+                        gpu=config.gpu, actors=config.actors, tally=shown.tally)
+        scored = dataset.take_all()  # a few hundred bytes a row: the pixels stayed in the actors
 
     table = predictions_table(scored, listing.rejects, export.class_names, config.threshold)
     if table.num_rows != listing.found:  # a bug, never the user's

@@ -103,6 +103,11 @@ def is_kaggle_source(source: str) -> bool:
     return source == KAGGLE_SOURCE or source.startswith(KAGGLE_SOURCE + ":")
 
 
+def parse_node_labels(texts: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """`--node-label KEY=VALUE` options as (key, value) pairs (TrainConfig checks them)."""
+    return tuple((key.strip(), value.strip()) for key, _, value in (text.partition("=") for text in texts or ()))
+
+
 def parse_classes(text: str | None, source: str) -> tuple[str, ...] | None:
     """--classes: a comma-separated list in label order, or 'all' (every class folder, sorted).
 
@@ -249,6 +254,9 @@ class TrainConfig:
     seed: int = 0
     # Resilience drill: one worker raises once, mid-epoch, in this epoch (>= 1).
     fail_at_epoch: int | None = None
+    # Ray node labels every worker's node must carry, as (key, value) pairs: on a cluster
+    # with GPU and CPU pools, ("cxr-pool", "gpu") keeps training on the GPU nodes.
+    node_labels: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.model in MODEL_NAMES, f"--model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
@@ -267,6 +275,8 @@ class TrainConfig:
                  "--fail-at-epoch must be at least 1 (after a first checkpoint) and below --epochs")
         _require(self.run_name.replace("-", "").replace("_", "").replace(".", "").isalnum(),
                  f"--name may hold letters, digits, '-', '_' and '.', got {self.run_name!r}")
+        for key, value in self.node_labels:
+            _require(bool(key and value), f"--node-label must be KEY=VALUE, got {key}={value}")
 
     @property
     def run_name(self) -> str:

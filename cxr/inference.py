@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from cxr import storage
+from cxr import progress, storage
 from cxr.config import ClaheConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.errors import UserError, one_line
 from cxr.manifest import read_manifest
@@ -108,7 +108,8 @@ class Predictor:
     drops the decoded pixels, which nothing downstream needs.
     """
 
-    def __init__(self, export: Export, variants: tuple[str, ...] = ("full",), threads: int | None = None):
+    def __init__(self, export: Export, variants: tuple[str, ...] = ("full",), threads: int | None = None,
+                 tally=None):
         if threads:
             import tensorflow as tf
 
@@ -117,6 +118,7 @@ class Predictor:
             tf.config.threading.set_intra_op_parallelism_threads(min(threads, os.cpu_count() or 1))
         self.model = load_export_model(export)
         self.variants = variants
+        self.tally = tally  # cxr.progress: each scored batch is counted there
         self.forward = _compiled_forward(self.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -128,6 +130,7 @@ class Predictor:
             if ok.any():
                 probs[ok] = self.forward(apply_variant(images[ok].astype(np.float32), variant)).numpy()
             batch[f"probs_{variant}"] = probs
+        progress.count(self.tally, len(images))
         return batch
 
 
@@ -144,8 +147,9 @@ def _compiled_forward(model):
 
 
 def score(dataset, export: Export, variants: tuple[str, ...] = ("full",), gpu: bool = False,
-          actors: int | None = None):
-    """`dataset` (with an `image` column of uint8 (H, W, 1)) plus probabilities, lazily."""
+          actors: int | None = None, tally=None):
+    """`dataset` (with an `image` column of uint8 (H, W, 1)) plus probabilities, lazily;
+    scored images are counted into `tally` (cxr.progress)."""
     import ray
 
     unknown = [v for v in variants if v not in VARIANTS]
@@ -162,7 +166,7 @@ def score(dataset, export: Export, variants: tuple[str, ...] = ("full",), gpu: b
     # holding every CPU would wait forever for their input.
     actor_cpus = 1.0 if gpu or actors < cpus else max(0.1, (cpus - 1) / actors) if cpus > 1 else 0.5
     return dataset.map_batches(Predictor, fn_constructor_kwargs={"export": export, "variants": variants,
-                                                                 "threads": threads},
+                                                                 "threads": threads, "tally": tally},
                                batch_size=PREDICT_BATCH, batch_format="numpy", concurrency=actors,
                                num_cpus=actor_cpus, num_gpus=1 if gpu else 0)
 

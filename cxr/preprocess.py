@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from cxr import manifest as manifest_lib
-from cxr import downloads, runtime, shards, sources, storage
+from cxr import downloads, progress, runtime, shards, sources, storage
 from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
 from cxr.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
@@ -80,11 +80,11 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
     return {**fields, **seconds, "image_png": png}
 
 
-def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
+def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None) -> pa.Table:
     """Ray Data stage: read and process a batch of listed inputs, one staging row each.
 
     Every failure is caught per image and becomes the row's status, so one bad file never
-    aborts the job and never vanishes.
+    aborts the job and never vanishes. The batch is counted into `tally` (cxr.progress).
     """
     rows = []
     with sources.BatchReader(config.synthetic) as reader:
@@ -109,6 +109,7 @@ def process_batch(batch: pa.Table, config: PreprocessConfig) -> pa.Table:
             except Exception as exc:  # noqa: BLE001 - recorded, counted and shown in the summary
                 row.update(status="processing_error", detail=one_line(exc))
             rows.append(row)
+    progress.count(tally, len(rows), **Counter(row["status"] for row in rows))
     return pa.Table.from_pylist(rows, schema=shards.STAGING_SCHEMA)
 
 
@@ -163,9 +164,11 @@ def run_preprocess(config: PreprocessConfig) -> dict:
         dataset = dataset.map_batches(downloads.fetch_batch, batch_format="pyarrow", batch_size=None,
                                       fn_kwargs={"remote": listing.remote, "threads": threads},
                                       num_cpus=downloads.FETCH_CPUS, compute=ray.data.TaskPoolStrategy(size=tasks))
-    dataset = dataset.map_batches(process_batch, batch_format="pyarrow", batch_size=None,
-                                  fn_kwargs={"config": config})
-    dataset.write_parquet(staging.path, filesystem=output.fs)
+    with progress.Progress("preprocess", len(listing.items), "images",
+                           runtime.progress_style(ray_data_bars=True)) as shown:
+        dataset = dataset.map_batches(process_batch, batch_format="pyarrow", batch_size=None,
+                                      fn_kwargs={"config": config, "tally": shown.tally})
+        dataset.write_parquet(staging.path, filesystem=output.fs)
     processed_at = time.time()
 
     metadata = _read_staging_metadata(staging)

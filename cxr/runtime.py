@@ -17,17 +17,27 @@ def interactive() -> bool:
     return sys.stderr.isatty() and os.environ.get("CI") is None
 
 
+def progress_style(ray_data_bars: bool = False) -> str:
+    """How cxr.progress shows a stage: a bar at a terminal (unless Ray Data's bars already
+    show it), lines in a log."""
+    if interactive():
+        return "quiet" if ray_data_bars else "bar"
+    return "lines"
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def ensure_ray() -> None:
+def ensure_ray() -> bool:
     """Connect to the cluster this runs on (RAY_ADDRESS, as `ray job submit` sets) or start a
-    local Ray; configure Ray Data for this kind of output."""
+    local Ray; configure Ray Data for this kind of output. True when this process started
+    the Ray it uses (so nothing but it will ever join)."""
     import ray
     from ray.data import DataContext
 
+    started = False
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(logging_level=logging.WARNING)
@@ -35,10 +45,12 @@ def ensure_ray() -> None:
             # A local Ray for this one job: without the dashboard's dozen processes, which
             # compete with the image work for a laptop's cores (`ray start --head` gives one).
             ray.init(logging_level=logging.WARNING, include_dashboard=False)
+            started = True
     context = DataContext.get_current()
     context.enable_progress_bars = interactive()
     # Per-operator progress lines ("Running Dataset ...") only help a person at a terminal.
     context.print_on_execution_start = interactive()
+    return started
 
 
 def run_job(main: Callable[[], int | None]) -> None:

@@ -19,12 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxr import progress
 from cxr.config import TrainConfig
 
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 # Validation loss must improve by more than this to count as an improvement.
 MIN_DELTA = 1e-4
+# Rank 0 tells the driver where training is at most this often (a call to a small actor).
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,14 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: TrainingState, train_images: int) -> list:
+def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: TrainingState, train_images: int,
+                     tally=None) -> list:
     """Keras callbacks of the one `fit` over all remaining epochs: time, checkpoint, report.
 
     One `fit` for the whole run rather than one per epoch: each call would rebuild the
     input pipeline and wait for its first batch again. The first callback's `state` is
-    the training state after the last finished epoch.
+    the training state after the last finished epoch. Rank 0 tells the driver's progress
+    `tally` where training is and each epoch's metrics.
     """
     import ray.train
 
@@ -121,9 +126,19 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
         def __init__(self):
             super().__init__()
             self.state = state
+            self.reported = 0.0
 
         def on_epoch_begin(self, epoch, logs=None):
             self.started, self.train_seconds = time.perf_counter(), None
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if rank == 0 and now - self.reported >= PROGRESS_SECONDS:
+                # Each step is one global batch, over all workers.
+                images = min((batch + 1) * config.batch_size, train_images)
+                progress.position(tally, self.state.next_epoch * train_images + images,
+                                  images / (now - self.started))
+                self.reported = now
 
         def on_test_begin(self, logs=None):
             # Training seconds of the epoch, without its validation pass.
@@ -138,6 +153,9 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
                    "images_per_s": round(train_images / (self.train_seconds or seconds), 2),
                    "attempt": self.state.attempt}
             self.state = state = self.state.after_epoch(row, config.patience)
+            if rank == 0:
+                progress.position(tally, state.next_epoch * train_images, row["images_per_s"])
+                progress.say(tally, epoch_line(row, config.epochs, state))
             with tempfile.TemporaryDirectory() as directory:
                 # Every rank saves: under MultiWorkerMirroredStrategy saving is a collective.
                 self.model.save(os.path.join(directory, MODEL_FILE))
@@ -162,6 +180,18 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
     if config.fail_at_epoch is not None and state.attempt == 0 and rank == world - 1:
         callbacks.append(FailOnce())
     return callbacks
+
+
+def epoch_line(row: dict, epochs: int, state: TrainingState) -> str:
+    """'epoch 3/20: loss 0.412 accuracy 0.830 ... val_auc 0.912; 310 images/s, 38.2 s, best so far'."""
+    metrics = " ".join(f"{key} {row[key]:.3f}" for key in
+                       ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc") if key in row)
+    text = f"epoch {row['epoch'] + 1}/{epochs}: {metrics}; {row['images_per_s']:.0f} images/s, {row['seconds']:.1f} s"
+    if state.best_epoch == row["epoch"]:
+        text += ", best so far"
+    if state.stopped_early:
+        text += f"; stopping early (no better val_loss for {state.epochs_without_improvement} epochs)"
+    return text
 
 
 def current_learning_rate(optimizer) -> float:
@@ -218,8 +248,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     weights = class_weights(manifest) if config.class_weights else None
     train_images = manifest["counts"]["splits"]["train"]["total"]
 
+    tally = loop_config.get("tally")
+    if rank == 0 and state.attempt > 0:
+        progress.say(tally, f"resuming from the checkpoint of epoch {state.next_epoch}"
+                     + (" (finished)" if state.finished(config.epochs) else ""))
     if not state.finished(config.epochs):
-        callbacks = _epoch_callbacks(config, rank, world, state, train_images)
+        callbacks = _epoch_callbacks(config, rank, world, state, train_images, tally)
         model.fit(train, validation_data=val, initial_epoch=state.next_epoch, epochs=config.epochs,
                   class_weight=weights, verbose=0, callbacks=callbacks)
         state = callbacks[0].state

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-from cxr import runtime, storage
+from cxr import progress, runtime, storage
 from cxr.config import TrainConfig
 from cxr.errors import UserError
 from cxr.manifest import read_manifest
@@ -33,10 +33,10 @@ def run_training(config: TrainConfig) -> dict:
     storage.check_writable(storage_root)
     run = storage_root.join(config.run_name)
 
-    runtime.ensure_ray()
+    started_ray = runtime.ensure_ray()
     import ray
 
-    cpus_per_worker = _cpus_per_worker(config, ray.cluster_resources())
+    cpus_per_worker = _worker_cpus(config, ray.nodes(), started_ray)
     weights = _checked_weights(config, manifest)
     result = _fit(config, manifest, data, storage_root, run, cpus_per_worker,
                   ray.put(weights) if weights else None)
@@ -50,23 +50,47 @@ def _check_splits(manifest: dict, uri: str) -> None:
             raise UserError(f"{uri}: the {split} split is empty; preprocess more images or change --split")
 
 
-def _cpus_per_worker(config: TrainConfig, resources: dict) -> float:
-    """CPUs each worker reserves; refuse a request the cluster cannot hold."""
+def _worker_cpus(config: TrainConfig, nodes: list[dict], started_ray: bool) -> float:
+    """CPUs each worker reserves, from the live nodes that may hold workers (`ray.nodes()`).
+
+    A Ray this job started is all there will be: a request it cannot hold is an error. On
+    a cluster, workers pinned to a node pool by --node-label may wait for the autoscaler
+    to start that pool's nodes (none may be running yet), so a shortage there is a warning.
+    """
+    eligible = [n for n in nodes if n.get("Alive") and all(n.get("Labels", {}).get(k) == v
+                                                             for k, v in config.node_labels)]
+    resources = {key: sum(n["Resources"].get(key, 0) for n in eligible) for key in ("CPU", "GPU")}
+    where = ("the nodes labelled " + ",".join(f"{k}={v}" for k, v in config.node_labels)
+             if config.node_labels else "the cluster")
+    try:
+        return _cpus_per_worker(config, resources, where)
+    except UserError as short:
+        if started_ray or not config.node_labels:
+            raise
+        log.warning("%s; waiting for the autoscaler to add nodes (`ray status` shows them; "
+                    "`ray job stop` cancels)", short)
+        return config.cpus_per_worker or 1.0
+
+
+def _cpus_per_worker(config: TrainConfig, resources: dict, where: str = "the cluster") -> float:
+    """CPUs each worker reserves; refuse a request `resources` cannot hold."""
     cpus = resources.get("CPU", 0)
     if config.gpu and resources.get("GPU", 0) < config.workers:
-        raise UserError(f"--workers {config.workers} --gpu needs {config.workers} GPUs; "
-                        f"the cluster has {int(resources.get('GPU', 0))}")
+        raise UserError(f"--workers {config.workers} --gpu needs {config.workers} GPUs, "
+                        f"found {int(resources.get('GPU', 0))} on {where}")
     if config.cpus_per_worker is not None:
         wanted = config.cpus_per_worker
     elif config.workers + 1 <= cpus:
         wanted = 1.0
-    else:
+    elif cpus > 0:
         # Whole CPUs for every worker would leave none for Ray Data to decode the stream,
         # and the run would wait forever for resources (GUIDE: 2 workers on 2 CPUs).
         wanted = max(cpus - 1, cpus / 2) / config.workers
+    else:
+        wanted = 1.0
     if wanted * config.workers > cpus:
-        raise UserError(f"--workers {config.workers} x {wanted:g} CPUs needs {wanted * config.workers:g} CPUs; "
-                        f"the cluster has {cpus:g}")
+        raise UserError(f"--workers {config.workers} x {wanted:g} CPUs needs {wanted * config.workers:g} CPUs, "
+                        f"found {cpus:g} on {where}")
     return wanted
 
 
@@ -101,27 +125,30 @@ def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref
 
     cache = cached_bytes_per_worker(manifest, config.workers) <= config.cache_mib * 2**20
     val = split_dataset(data, manifest, "val")
-
-    trainer = TensorflowTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config, "manifest": manifest, "weights": weights_ref, "run_uri": run.uri,
-                           "cache": cache},
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(
-            name=config.run_name, storage_path=storage_root.path, storage_filesystem=storage_root.fs,
-            failure_config=FailureConfig(max_failures=config.max_failures),
-            # The best by validation loss; Ray Train always keeps the latest too, to resume from.
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
-                                               checkpoint_score_order="min"),
-            worker_runtime_env={"env_vars": TF_ENVIRONMENT}),
-        # Without the workers' cache, validation (read every epoch) is decoded once into the
-        # object store rather than re-read and re-decoded by a new stream each time.
-        datasets={"train": split_dataset(data, manifest, "train"), "val": val if cache else val.materialize()})
+    # Without the workers' cache, validation (read every epoch) is decoded once into the
+    # object store rather than re-read and re-decoded by a new stream each time.
+    datasets = {"train": split_dataset(data, manifest, "train"), "val": val if cache else val.materialize()}
     log.info("training %s on %d worker(s) (%s, %g CPU each), %s, run %s", config.model, config.workers,
              "GPU" if config.gpu else "CPU", cpus_per_worker,
              "decoded images kept in memory after epoch 1" if cache else "streaming every epoch", run.uri)
-    return trainer.fit()
+    total_images = config.epochs * manifest["counts"]["splits"]["train"]["total"]
+    with progress.Progress("train", total_images, "images", runtime.progress_style()) as shown:
+        trainer = TensorflowTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": config, "manifest": manifest, "weights": weights_ref, "run_uri": run.uri,
+                               "cache": cache, "tally": shown.tally},
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
+                                         resources_per_worker={"CPU": cpus_per_worker},
+                                         label_selector=dict(config.node_labels) or None),
+            run_config=RunConfig(
+                name=config.run_name, storage_path=storage_root.path, storage_filesystem=storage_root.fs,
+                failure_config=FailureConfig(max_failures=config.max_failures),
+                # The best by validation loss; Ray Train always keeps the latest too, to resume from.
+                checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+                                                   checkpoint_score_order="min"),
+                worker_runtime_env={"env_vars": TF_ENVIRONMENT}),
+            datasets=datasets)
+        return trainer.fit()
 
 
 def export(result, config: TrainConfig, manifest: dict, run: storage.Location) -> dict:

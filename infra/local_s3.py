@@ -168,11 +168,11 @@ def _check_port_choice(port: int) -> None:
     if port in _RAY_WORKER_PORTS or grpc in _RAY_WORKER_PORTS:
         raise ValueError(f"s3_port {port}: it or its gRPC port {grpc} falls in Ray's worker ports "
                          f"10002-19999; choose one in {_BASE_PORTS[0]}-{_BASE_PORTS[1]}")
-    if not (_port_free(port) and _port_free(grpc)):
+    if not (port_free(port) and port_free(grpc)):
         raise OSError(f"s3_port {port} or its gRPC port {grpc} is already in use on {HOST}")
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # SO_REUSEADDR as Go's listeners set it, so connections lingering in TIME_WAIT (which
         # do not stop weed from binding) do not count as busy; a live listener still does.
@@ -193,7 +193,7 @@ def _pick_ports(s3_port: int | None) -> dict[str, int]:
         tries = 0
         while name not in ports:
             port = rng.randint(*_BASE_PORTS)
-            if port not in ports.values() and _port_free(port) and _port_free(port + _GRPC_OFFSET):
+            if port not in ports.values() and port_free(port) and port_free(port + _GRPC_OFFSET):
                 ports[name] = port
             tries += 1
             if tries > 200:
@@ -337,6 +337,15 @@ def _tail(path: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _create_bucket(server: LocalS3, name: str) -> None:
+    import boto3  # the CLI's convenience only: starting a server needs no AWS client
+
+    client = boto3.client("s3", endpoint_url=server.endpoint_url, region_name=REGION,
+                          aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key)
+    client.create_bucket(Bucket=name)
+    print(f"# bucket s3://{name} created", flush=True)
+
+
 # --- CLI --------------------------------------------------------------------------------------
 
 def _main(argv: list[str] | None = None) -> int:
@@ -348,6 +357,8 @@ def _main(argv: list[str] | None = None) -> int:
     start.add_argument("--dir", required=True, help="parent directory; each start uses a fresh subdirectory")
     start.add_argument("--port", type=int, default=None,
                        help=f"S3 port (default: a free one in {_BASE_PORTS[0]}-{_BASE_PORTS[1]})")
+    start.add_argument("--bucket", action="append", default=[],
+                       help="create this bucket once the server is up (repeatable)")
     args = parser.parse_args(argv)
 
     def _interrupt(signum, frame):
@@ -365,6 +376,8 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"local_s3: {err}", file=sys.stderr)
         return 1
     try:
+        for bucket in args.bucket:
+            _create_bucket(server, bucket)
         # The one place secrets are printed: the developer asked for them, to paste.
         for name, value in server.env().items():
             print(f"export {name}={shlex.quote(value)}")
@@ -376,6 +389,9 @@ def _main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except Exception as err:  # noqa: BLE001 - a refused bucket name, say: one line, then stop the server
+        print(f"local_s3: {err}", file=sys.stderr)
+        return 1
     finally:
         # A second Ctrl-C must not cut the shutdown short and orphan the server.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -14,7 +14,7 @@ import sys
 # `python jobs/train.py` puts jobs/ on sys.path, not the repository (see jobs/preprocess.py).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cxr.config import LR_SCHEDULES, MODEL_NAMES, AugmentConfig, TrainConfig  # noqa: E402
+from cxr.config import LR_SCHEDULES, MODEL_NAMES, AugmentConfig, TrainConfig, parse_node_labels  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--cpus-per-worker", type=float, default=None)
+    parser.add_argument("--node-label", action="append", metavar="KEY=VALUE",
+                        help="run the workers only on nodes with this Ray node label (repeatable); "
+                             "on the cluster configs in this repository: cxr-pool=gpu")
     parser.add_argument("--max-failures", type=int, default=defaults.max_failures,
                         help="worker failures survived by resuming from the latest checkpoint")
     parser.add_argument("--cache-mib", type=int, default=defaults.cache_mib,
@@ -64,7 +67,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         class_weights=not args.no_class_weights,
         augment=AugmentConfig(0, 0, 0) if args.no_augment else AugmentConfig(),
         workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
-        max_failures=args.max_failures, cache_mib=args.cache_mib, seed=args.seed, fail_at_epoch=args.fail_at_epoch)
+        max_failures=args.max_failures, cache_mib=args.cache_mib, seed=args.seed, fail_at_epoch=args.fail_at_epoch,
+        node_labels=parse_node_labels(args.node_label))
 
 
 def main(argv: list[str] | None = None) -> int:

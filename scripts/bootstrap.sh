@@ -35,7 +35,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
   "$PY" -m venv "$VENV"
   LOG="$VENV/install.log"
   if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
-         "$VENV/bin/python" -m pip install -c "$ROOT/constraints.txt" -e "$ROOT[test]"; } >"$LOG" 2>&1; then
+         "$VENV/bin/python" -m pip install -c "$ROOT/constraints.txt" -e "$ROOT[cpu,test]"; } >"$LOG" 2>&1; then
     tail -n 30 "$LOG" >&2
     echo "error: installing the dependencies failed (full log: $LOG)" >&2
     exit 1

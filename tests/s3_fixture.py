@@ -68,17 +68,28 @@ def s3_bucket(local_s3: LocalS3) -> str:
     return name
 
 
-@pytest.fixture
-def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Point every AWS client built during this test (boto3, pyarrow, cxr.storage) at the server."""
-    for name in _SHADOWING_ENV:
-        monkeypatch.delenv(name, raising=False)
-    env = local_s3.env()
+def isolated_env(server: LocalS3) -> dict[str, str]:
+    """The variables that point every AWS client at server, and at nothing of the developer's."""
+    env = server.env()
     # botocore reads the region from AWS_DEFAULT_REGION only; keep both in step.
     env["AWS_DEFAULT_REGION"] = REGION
     # Empty AWS config and credentials files: nothing from the developer's ~/.aws applies.
     for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         env[name] = os.devnull
+    return env
+
+
+def without_aws(env: dict[str, str]) -> dict[str, str]:
+    """env with no AWS settings at all, not even the developer's (shadowing) ones."""
+    return {k: v for k, v in env.items() if not k.startswith("AWS_")}
+
+
+@pytest.fixture
+def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point every AWS client built during this test (boto3, pyarrow, cxr.storage) at the server."""
+    for name in _SHADOWING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    env = isolated_env(local_s3)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

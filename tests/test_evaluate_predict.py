@@ -118,6 +118,8 @@ def test_predict_scores_every_file_as_training_preprocessed_it(trained, tmp_path
     assert len(rows) == len(paths) + 2
     assert rows["readme.txt"]["status"] == "unsupported_file" and rows["readme.txt"]["prob_COVID"] is None
     assert rows["corrupt.png"]["status"] == "undecodable" and rows["corrupt.png"]["predicted_class"] is None
+    # Every listed image went through the scoring actors, and the log says so.
+    assert f"predict: {len(paths) + 1}/{len(paths) + 1} images (100%)" in result.stdout
     scored = [r for r in rows.values() if r["status"] == "ok"]
     assert len(scored) == len(paths)
     for row in scored:

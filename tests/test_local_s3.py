@@ -142,7 +142,7 @@ def test_start_survives_a_lost_port_and_stop_frees_everything(tmp_path, monkeypa
     assert not _pid_exists(server.pid)
     assert _http_status(server.endpoint_url + "/") is None
     for _, port in server.ports:
-        assert local_s3_module._port_free(port) and local_s3_module._port_free(port + 10_000)
+        assert local_s3_module.port_free(port) and local_s3_module.port_free(port + 10_000)
         assert not list(Path("/tmp").glob(f"seaweedfs-*-{port}.sock"))
         assert not list(Path("/tmp").glob(f"seaweedfs-*-grpc-{port + 10_000}.sock"))
 
@@ -155,13 +155,13 @@ def test_a_server_left_running_is_stopped_when_python_exits(tmp_path):
     pid, ports = int(out[0]), [int(p) for p in out[1:]]
     assert not _is_weed(pid)
     for port in ports:
-        assert local_s3_module._port_free(port) and local_s3_module._port_free(port + 10_000)
+        assert local_s3_module.port_free(port) and local_s3_module.port_free(port + 10_000)
         assert not list(Path("/tmp").glob(f"seaweedfs-*-{port}.sock"))
 
 
 def test_cli_prints_exports_and_stops_cleanly_on_sigterm(tmp_path):
-    cli = subprocess.Popen([sys.executable, str(REPO / "infra" / "local_s3.py"), "start", "--dir", str(tmp_path)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen([sys.executable, str(REPO / "infra" / "local_s3.py"), "start", "--dir", str(tmp_path),
+                            "--bucket", "cxr"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     weed_pid = None
     try:
         lines = _read_until(cli, "# Ctrl-C", timeout=30)
@@ -171,6 +171,13 @@ def test_cli_prints_exports_and_stops_cleanly_on_sigterm(tmp_path):
         assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
         assert exports["AWS_SECRET_ACCESS_KEY"] == "testsecret"
         assert _http_status(exports["AWS_ENDPOINT_URL"] + "/") == 403
+        assert "# bucket s3://cxr created\n" in lines
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=exports["AWS_ENDPOINT_URL"], region_name=exports["AWS_REGION"],
+                              aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"])
+        assert [b["Name"] for b in client.list_buckets()["Buckets"]] == ["cxr"]
         cli.send_signal(signal.SIGTERM)
         assert cli.wait(timeout=15) == 0
         assert not _is_weed(weed_pid)

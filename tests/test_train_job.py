@@ -101,7 +101,7 @@ def test_bad_input_fails_before_training(ray_session, shards, tmp_path):
                           "Cannot create directory")
 
     assert_one_line_error(run_train_job("--data", shards, "--storage", storage, "--workers", "3",
-                                        "--cpus-per-worker", "1", env=address), "the cluster has 2")
+                                        "--cpus-per-worker", "1", env=address), "found 2 on the cluster")
 
     from cxr.models import build_model
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.config import TrainConfig
+from cxr.config import TrainConfig, parse_node_labels
 from cxr.errors import UserError
 from cxr.figures import learning_curve_png
 from cxr.history import history_csv
 from cxr.train_data import class_weights, decode_batch
 from cxr.train_loop import TrainingState, positive_label
-from cxr.trainer import _cpus_per_worker
+from cxr.trainer import _cpus_per_worker, _worker_cpus
 from cxr.transforms import encode_png
 
 
@@ -67,10 +67,42 @@ def test_workers_leave_a_cpu_for_the_data(workers, cpus, expected):
 
 
 def test_more_workers_than_the_cluster_holds_is_a_user_error():
-    with pytest.raises(UserError, match="needs 4 GPUs; the cluster has 1"):
+    with pytest.raises(UserError, match="needs 4 GPUs, found 1 on the cluster"):
         _cpus_per_worker(TrainConfig(workers=4, gpu=True), {"CPU": 16, "GPU": 1})
-    with pytest.raises(UserError, match="the cluster has 2"):
+    with pytest.raises(UserError, match="found 2 on the cluster"):
         _cpus_per_worker(TrainConfig(workers=3, cpus_per_worker=1), {"CPU": 2})
+    with pytest.raises(UserError, match="found 0 on the cluster"):
+        _cpus_per_worker(TrainConfig(workers=1), {"CPU": 0})
+
+
+def _node(cpus: int, gpus: int = 0, alive: bool = True, **labels: str) -> dict:
+    return {"Alive": alive, "Labels": {"ray.io/node-id": "x", **labels},
+            "Resources": {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}}
+
+
+def test_node_labels_pick_the_nodes_that_may_hold_workers(caplog):
+    gpu_pool = TrainConfig(workers=4, gpu=True, node_labels=(("cxr-pool", "gpu"),))
+    head, cpu_node = _node(0), _node(16, **{"cxr-pool": "cpu"})
+    gpu_node, dead_gpu_node = _node(48, 4, **{"cxr-pool": "gpu"}), _node(48, 4, alive=False, **{"cxr-pool": "gpu"})
+    # Only the labelled, live nodes count: 48 CPUs for 4 workers.
+    assert _worker_cpus(gpu_pool, [head, cpu_node, gpu_node, dead_gpu_node], started_ray=False) == 1.0
+    # Not started yet on a cluster: wait for the autoscaler, one whole CPU each, and say so.
+    with caplog.at_level("WARNING", logger="cxr.trainer"):
+        assert _worker_cpus(gpu_pool, [head, cpu_node, dead_gpu_node], started_ray=False) == 1.0
+    assert "found 0 on the nodes labelled cxr-pool=gpu; waiting for the autoscaler" in caplog.text
+    # A Ray the job started itself never grows, and without labels nothing is waited for.
+    with pytest.raises(UserError, match="found 0 on the nodes labelled cxr-pool=gpu"):
+        _worker_cpus(gpu_pool, [_node(8)], started_ray=True)
+    with pytest.raises(UserError, match="found 0 on the cluster"):
+        _worker_cpus(TrainConfig(workers=4, gpu=True), [head, cpu_node], started_ray=False)
+
+
+def test_node_labels_are_key_value_pairs():
+    assert parse_node_labels(["cxr-pool=gpu", " zone = a "]) == (("cxr-pool", "gpu"), ("zone", "a"))
+    assert parse_node_labels(None) == ()
+    for bad in ("cxr-pool", "=gpu", "cxr-pool="):
+        with pytest.raises(UserError, match="--node-label must be KEY=VALUE"):
+            TrainConfig(node_labels=parse_node_labels([bad]))
 
 
 def test_config_rejects_impossible_settings():
