@@ -94,18 +94,22 @@ class Progress:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        import ray
+
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        counts = self._poll()
+        # After a failure or Ctrl-C, no last line: the error is what the reader needs.
+        counts = self._poll() if exc_type is None else None
         if self._bar is not None:
             self._bar.close()
-        if counts is not None and exc[0] is None:
+        if counts is not None:
             self._print(self.line(counts, time.monotonic() - self._started, final=True))
-        import ray
-
-        ray.kill(self.tally)
+        try:
+            ray.kill(self.tally)
+        except Exception:  # noqa: BLE001 - Ray may already be gone with the failure that ended the stage
+            pass
 
     def _show(self) -> None:
         wait = BAR_SECONDS if self.style == "bar" else self.line_seconds

@@ -4,8 +4,10 @@ exactly what it started.
 - Its own temp dir and ports, chosen at random among free ones in 40000-59999: outside Ray's
   worker ports (10002-19999, which the head's own workers get from --min/--max-worker-port
   here too) and away from the local S3 server's 20000-39999.
-- Token auth off (RAY_AUTH_MODE=disabled for the head and its clients): the cluster listens on
-  loopback only for the test's lifetime.
+- Loopback where Ray lets us choose (--node-ip-address, the dashboard's host); Ray still
+  binds some internal ports on every interface and reports the host's address as the node's.
+  Token auth is off (RAY_AUTH_MODE=disabled for the head and its clients) for the test's
+  lifetime; the README's clusters keep it on.
 - `ray stop` would kill every Ray process of the host, including a developer's own cluster or
   another test session's. Ray's workers put themselves into sessions of their own, so neither
   the process group of `ray start` nor the process tree finds them all. Instead, every process

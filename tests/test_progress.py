@@ -54,3 +54,16 @@ def test_quiet_style_prints_messages_and_the_final_line_only(ray_session):
     lines = out.getvalue().splitlines()
     assert lines[0] == "preprocess: hello"
     assert len(lines) == 2 and lines[1].startswith("preprocess: 5/5 images (100%)")
+
+
+def test_bar_style_draws_a_bar_and_keeps_messages_on_lines_of_their_own(ray_session):
+    out = io.StringIO()
+    with Progress("train", 64, "images", "bar", out=out) as shown:
+        progress.position(shown.tally, 32, rate=16.0)
+        progress.say(shown.tally, "epoch 1/2: loss 0.500")
+        time.sleep(1.5)  # a redraw
+    text = out.getvalue()
+    assert "train:  50%" in text and "32/64" in text  # tqdm's bar, as drawn at its last update
+    lines = text.replace("\r", "\n").splitlines()
+    assert "train: epoch 1/2: loss 0.500" in lines
+    assert lines[-1].startswith("train: 32/64 images (50%), 16.0 images/s, done in ")

@@ -33,7 +33,7 @@ def small_config(shards: str, storage: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**settings, **overrides})
 
 
-def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path):
+def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path, capsys):
     config = small_config(shards, str(tmp_path / "runs"), name="drill", workers=2, epochs=3, fail_at_epoch=1,
                           patience=5)
     summary = run_training(config)
@@ -43,6 +43,11 @@ def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path):
     # Each epoch reported once; epoch 0 was not trained again after the failure in epoch 1.
     assert epochs_and_attempts == [(0, 0), (1, 1), (2, 1)]
     assert summary["restarts"] == 1 and summary["epochs_trained"] == 3
+    # What the log says: each epoch with its metrics, and the restart.
+    shown = capsys.readouterr().out.splitlines()
+    assert "train: resuming from the checkpoint of epoch 1" in shown
+    assert [line.split(":")[1] for line in shown if line.startswith("train: epoch ")] == [
+        " epoch 1/3", " epoch 2/3", " epoch 3/3"]
     val_losses = [float(r.split(",")[history[0].split(",").index("val_loss")]) for r in history[1:]]
     assert summary["best_epoch"] == int(np.argmin(val_losses))
     # Ray Train keeps the best checkpoint by validation loss and the latest one.
@@ -66,6 +71,7 @@ def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path):
     # The same command again: it resumes at the end and trains nothing more.
     again = run_training(small_config(shards, str(tmp_path / "runs"), name="drill", workers=2, epochs=3, patience=5))
     assert again["epochs_trained"] == 3
+    assert "train: resuming from the checkpoint of epoch 3 (finished)" in capsys.readouterr().out.splitlines()
     assert (run / "model" / "history.csv").read_text().splitlines() == history
 
 
