@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 import time
-from cxr.manifest import package_versions
+from cxr.preprocess.manifest import package_versions
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent

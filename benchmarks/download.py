@@ -64,7 +64,7 @@ def dataset_files(root: Path) -> dict[str, bytes]:
 
 
 def timed_run(config, server) -> dict:
-    from cxr.preprocess import run_preprocess
+    from cxr.preprocess.pipeline import run_preprocess
 
     before = sum(server.downloads().values())
     with common.ProcessTreeMonitor() as processes:

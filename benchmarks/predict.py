@@ -8,7 +8,7 @@ shared real chest X-rays, preprocessed into a temporary directory) and the same 
 
 1. plain: the images decoded into one float32 array, then `model.predict` in a fresh
    process, once with one TensorFlow thread (one core) and once with all cores;
-2. the scoring pipeline of evaluation and `jobs/predict.py` (`cxr.inference.score`): Ray
+2. the scoring pipeline of evaluation and `jobs/predict.py` (`cxr.scoring.export.score`): Ray
    Data reads and decodes the shards in tasks and the model runs in actors, with 1 and
    with 2 actors, each over the data once and three times over (its marginal rate);
 3. for information, `jobs/predict.py`'s whole job (`run_predict`) on the raw images,
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def all_paths(shards: str, manifest: dict) -> list[str]:
     from cxr import storage
-    from cxr.train_data import split_paths
+    from cxr.train.data import split_paths
 
     return [p for split in ("train", "val", "test") for p in split_paths(storage.resolve(shards), manifest, split)]
 
@@ -68,9 +68,9 @@ def plain_worker(export_uri: str, shards: str, threads: int) -> None:
     import pyarrow.parquet as pq
     import tensorflow as tf
 
-    from cxr.inference import load_export_model, open_export
-    from cxr.manifest import read_manifest
-    from cxr.train_data import decode_batch
+    from cxr.scoring.export import load_export_model, open_export
+    from cxr.preprocess.manifest import read_manifest
+    from cxr.train.data import decode_batch
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -96,8 +96,8 @@ def time_plain(export_uri: str, shards: str, threads: int) -> dict:
 def time_pipeline(export, shards: str, manifest: dict, actors: int, copies: int) -> dict:
     """One run of the scoring pipeline over every image of `shards`, `copies` times over."""
     from cxr import storage
-    from cxr.evaluate import shard_images
-    from cxr.inference import score
+    from cxr.evaluate.job import shard_images
+    from cxr.scoring.export import score
 
     with common.ProcessTreeMonitor() as processes:
         start = perf_counter()
@@ -130,7 +130,7 @@ def time_pipelines(export, shards: str, manifest: dict, actors: int) -> dict:
 
 
 def time_raw_job(export_uri: str, raw: Path, scratch: Path) -> dict:
-    from cxr.batch_predict import run_predict
+    from cxr.predict.job import run_predict
     from cxr.config import PredictConfig
 
     start = perf_counter()
@@ -143,7 +143,7 @@ def time_raw_job(export_uri: str, raw: Path, scratch: Path) -> dict:
 def make_export(shards: str, manifest: dict, scratch: Path) -> str:
     """An export folder as the training job writes one, with an untrained scratch_cnn."""
     from cxr import storage
-    from cxr.models import build_model
+    from cxr.train.models import build_model
 
     folder = scratch / "export"
     folder.mkdir()
@@ -195,7 +195,7 @@ def report(results: dict) -> str:
         "How it is measured: one process starts a local Ray once, before any timed run. The plain side "
         "runs in a fresh process per thread count (TensorFlow fixes its thread pools at start), decodes "
         "every image into one float32 array and times `model.predict(batch_size=64)` alone. The pipeline "
-        "is `cxr.inference.score` as evaluation uses it: Parquet read and PNG decode in Ray Data tasks, "
+        "is `cxr.scoring.export.score` as evaluation uses it: Parquet read and PNG decode in Ray Data tasks, "
         "the model in actors (each with its share of the cores as TensorFlow threads), batches of 64.",
         "",
         f"Machine (Ray sees {results['ray_cpus']:g} CPUs):",
@@ -207,7 +207,7 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cxr.keras_lib import configure_environment
+    from cxr.train.keras_lib import configure_environment
 
     configure_environment()
     if args.plain_worker:
@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.train import prepare_shards
     from cxr import runtime
-    from cxr.inference import open_export
-    from cxr.manifest import read_manifest
+    from cxr.scoring.export import open_export
+    from cxr.preprocess.manifest import read_manifest
 
     runtime.setup_logging()
     results: dict = {"date": datetime.date.today().isoformat(),

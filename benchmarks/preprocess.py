@@ -83,9 +83,10 @@ def run_loop(config: PreprocessConfig, parquet_path: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cxr import shards, sources
-    from cxr.preprocess import process_image
-    from cxr.transforms import ImageRejected
+    from cxr.ingest import sources
+    from cxr.preprocess import shards
+    from cxr.preprocess.pipeline import process_image
+    from cxr.preprocess.transforms import ImageRejected
 
     start = perf_counter()
     listing = sources.list_source(config)
@@ -112,7 +113,7 @@ def run_loop(config: PreprocessConfig, parquet_path: Path) -> dict:
 
 
 def run_pipeline(config: PreprocessConfig) -> dict:
-    from cxr.preprocess import run_preprocess
+    from cxr.preprocess.pipeline import run_preprocess
 
     with common.ProcessTreeMonitor() as processes:
         start = perf_counter()
@@ -221,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     common.require_own_ray()
     if args.limit is not None and args.limit < 1:
         common.fail(f"--limit must be positive, got {args.limit}")
-    from cxr import runtime, sources
-    from cxr.preprocess import ROWS_PER_BLOCK
+    from cxr import runtime
+    from cxr.ingest import sources
+    from cxr.preprocess.pipeline import ROWS_PER_BLOCK
 
     runtime.setup_logging()
     results: dict = {"data": str(args.data), "date": datetime.date.today().isoformat(),

@@ -85,7 +85,7 @@ def shards_for(path: str | None, size: int, source: Path, scratch: Path) -> str:
 
 
 def headline(shards: str, epochs: int, scratch: Path) -> dict:
-    from cxr.trainer import run_training
+    from cxr.train.job import run_training
 
     config = TrainConfig(data=shards, storage=str(scratch / "runs"), name="headline", epochs=epochs)
     start = perf_counter()
@@ -98,7 +98,7 @@ def evaluate_run(run: str, train_seconds: float | None = None) -> dict:
     import csv
 
     from cxr.config import EvaluateConfig
-    from cxr.evaluate import run_evaluation
+    from cxr.evaluate.job import run_evaluation
 
     report = run_evaluation(EvaluateConfig(run=run))
     training = report["model"]["training"]
@@ -113,10 +113,10 @@ def ablation_run(shards: str, manifest: dict, name: str, changes: dict, epochs: 
     import numpy as np
 
     from benchmarks.train import load_split
-    from cxr import metrics
-    from cxr.models import load_model
-    from cxr.train_loop import positive_label
-    from cxr.trainer import run_training
+    from cxr.evaluate import metrics
+    from cxr.train.models import load_model
+    from cxr.train.loop import positive_label
+    from cxr.train.job import run_training
 
     run_name = "ablation-" + "".join(c if c.isalnum() else "-" for c in name)[:40]
     config = dataclasses.replace(TrainConfig(data=shards, storage=str(scratch / "runs"), name=run_name,
@@ -144,7 +144,7 @@ def _val_accuracies(run: Path) -> list[float]:
 
 
 def report(results: dict) -> str:
-    from cxr.report import format_ci
+    from cxr.evaluate.report import format_ci
 
     lines = ["## Model quality: the scratch CNN on the real sample", ""]
     if "headline" in results:
@@ -196,13 +196,13 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.require_own_ray()
-    from cxr.keras_lib import configure_environment
+    from cxr.train.keras_lib import configure_environment
 
     configure_environment()
     import ray
 
     from cxr import runtime
-    from cxr.manifest import read_manifest
+    from cxr.preprocess.manifest import read_manifest
 
     runtime.setup_logging()
     results: dict = {"date": datetime.date.today().isoformat(),

@@ -71,8 +71,8 @@ def prepare_shards(args: argparse.Namespace, scratch: Path) -> tuple[str, float 
         return args.shards, None
     if not args.data_source.is_dir():
         common.fail(f"{args.data_source}: real images not found; pass --data-source DIR or --shards PATH")
-    from cxr import sources
-    from cxr.preprocess import run_preprocess
+    from cxr.ingest import sources
+    from cxr.preprocess.pipeline import run_preprocess
 
     source = str(args.data_source)
     if args.limit is not None:
@@ -92,7 +92,7 @@ def load_split(shards: str, manifest: dict, split: str) -> tuple:
     import pyarrow.parquet as pq
 
     from cxr import storage
-    from cxr.train_data import FEATURE, LABEL, decode_batch, split_paths
+    from cxr.train.data import FEATURE, LABEL, decode_batch, split_paths
 
     batches = [decode_batch(pq.read_table(path, columns=["image_png", "label"]).to_pydict())
                for path in split_paths(storage.resolve(shards), manifest, split)]
@@ -101,10 +101,10 @@ def load_split(shards: str, manifest: dict, split: str) -> tuple:
 
 
 def train_plain(shards: str, manifest: dict, config: TrainConfig) -> dict:
-    from cxr.keras_lib import keras
-    from cxr.models import build_model
-    from cxr.train_data import class_weights
-    from cxr.train_loop import compile_model, steps_per_epoch
+    from cxr.train.keras_lib import keras
+    from cxr.train.models import build_model
+    from cxr.train.data import class_weights
+    from cxr.train.loop import compile_model, steps_per_epoch
 
     start = perf_counter()
     x, y = load_split(shards, manifest, "train")
@@ -149,7 +149,7 @@ def train_plain(shards: str, manifest: dict, config: TrainConfig) -> dict:
 
 def train_ray(config: TrainConfig) -> dict:
     """One run of the job; its per-epoch numbers come from the exported history.csv."""
-    from cxr.trainer import run_training
+    from cxr.train.job import run_training
 
     log.info("Ray Train: %s, %d worker(s)%s", config.run_name, config.workers,
              f", failure in epoch {config.fail_at_epoch}" if config.fail_at_epoch else "")
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         common.fail(f"--limit must be positive, got {args.limit}")
     if args.epochs < 2 and not args.skip_failure:
         common.fail("the failure drill fails in epoch 2: pass --epochs 2 or more, or --skip-failure")
-    from cxr.keras_lib import configure_environment
+    from cxr.train.keras_lib import configure_environment
 
     # Before anything imports tf.keras or ray.train.tensorflow: this process must get Keras 2.
     configure_environment()
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from cxr import runtime
-    from cxr.manifest import read_manifest
+    from cxr.preprocess.manifest import read_manifest
 
     runtime.setup_logging()
     started = perf_counter()

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from cxr.errors import UserError
-from cxr.markings import DEFAULT_MARKING_THRESHOLD
+from cxr.preprocess.markings import DEFAULT_MARKING_THRESHOLD
 
 MARKING_POLICIES = ("drop", "keep", "inpaint")
 
@@ -73,7 +73,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The embedded default source: generated chest-X-ray-like images (see cxr.synthetic)."""
+    """The embedded default source: generated chest-X-ray-like images (see cxr.ingest.synthetic)."""
 
     images: int = 600
     seed: int = 0
@@ -240,7 +240,7 @@ class TrainConfig:
     # "cosine": from learning_rate down to 0 over --epochs (a planned end, so the last
     # epochs fine-tune instead of bouncing); "constant": the paper's fixed rate.
     lr_schedule: str = "cosine"
-    dropout: float = 0.2  # around the dense head (cxr.models); 0 for none, as in the paper
+    dropout: float = 0.2  # around the dense head (cxr.train.models); 0 for none, as in the paper
     class_weights: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     workers: int = 1

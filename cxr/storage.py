@@ -124,6 +124,20 @@ def file_info(location: Location) -> pafs.FileInfo:
         raise storage_error(exc, location.uri) from None
 
 
+def is_file(location: Location | str) -> bool:
+    """True when a file (an object, on S3) is there; a folder, a prefix or nothing is False."""
+    return file_info(_located(location)).type == pafs.FileType.File
+
+
+def exists(location: Location | str) -> bool:
+    """True when a file or a folder (a prefix, on S3) is there."""
+    return file_info(_located(location)).type != pafs.FileType.NotFound
+
+
+def _located(location: Location | str) -> Location:
+    return resolve(location) if isinstance(location, str) else location
+
+
 def check_bucket(location: Location) -> None:
     """Fail early and clearly on a missing bucket or refused credentials."""
     if not location.is_s3:
@@ -229,7 +243,7 @@ def delete_tree(location: Location, keep_root: bool = False) -> None:
     try:
         if keep_root:
             location.fs.delete_dir_contents(location.path, missing_dir_ok=True)
-        elif file_info(location).type != pafs.FileType.NotFound:
+        elif exists(location):
             location.fs.delete_dir(location.path)
     except (OSError, ValueError) as exc:
         raise storage_error(exc, location.uri) from None

@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cxr import runtime
-    from cxr.evaluate import format_summary, run_evaluation
+    from cxr.evaluate.job import format_summary, run_evaluation
 
     runtime.setup_logging(args.verbose)
     config = EvaluateConfig(run=args.run, data=args.data, split=args.split, output=args.output,

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cxr import runtime
-    from cxr.batch_predict import format_summary, run_predict
+    from cxr.predict.job import format_summary, run_predict
 
     runtime.setup_logging(args.verbose)
     config = PredictConfig(model=args.model, input=args.input, output=args.output, threshold=args.threshold,

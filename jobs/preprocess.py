@@ -94,8 +94,8 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cxr import runtime
-    from cxr.manifest import format_summary
-    from cxr.preprocess import run_preprocess
+    from cxr.preprocess.manifest import format_summary
+    from cxr.preprocess.pipeline import run_preprocess
 
     runtime.setup_logging(args.verbose)
     config = build_config(args)

@@ -74,7 +74,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cxr import runtime
-    from cxr.trainer import format_summary, run_training
+    from cxr.train.job import format_summary, run_training
 
     runtime.setup_logging(args.verbose)
     summary = run_training(build_config(args))

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from cxr.config import AugmentConfig, PreprocessConfig, SyntheticConfig, TrainConfig
-from cxr.preprocess import run_preprocess
-from cxr.synthetic import render_synthetic
-from cxr.trainer import run_training
-from cxr.transforms import encode_png
+from cxr.preprocess.pipeline import run_preprocess
+from cxr.ingest.synthetic import render_synthetic
+from cxr.train.job import run_training
+from cxr.preprocess.transforms import encode_png
 from tests.cli import assert_one_line_error, run_job
 
 pytestmark = pytest.mark.slow
@@ -131,9 +131,9 @@ def test_predict_scores_every_file_as_training_preprocessed_it(trained, tmp_path
     assert len(csv.strip().splitlines()) == len(rows) + 1
 
     # The job's probabilities are the model's on the image preprocessed as its training data.
-    from cxr.inference import open_export, preprocess_config
-    from cxr.models import load_model
-    from cxr.preprocess import process_image
+    from cxr.scoring.export import open_export, preprocess_config
+    from cxr.train.models import load_model
+    from cxr.preprocess.pipeline import process_image
 
     export = open_export(str(trained["run"] / "model"))
     image = process_image(paths[0].read_bytes(), preprocess_config(export.manifest))["image_png"]
@@ -164,7 +164,7 @@ def test_bad_input_fails_in_one_line(trained, tmp_path):
 
 
 def test_predictions_table_takes_what_ray_data_returns_for_empty_details():
-    from cxr.batch_predict import predictions_table
+    from cxr.predict.job import predictions_table
 
     scored = [{"source_uri": "b.png", "probs_full": np.array([0.2, 0.8]), "marking_score": 0.1,
                "status": "ok", "detail": float("nan")},  # an all-None column of a batch, as Ray returns it

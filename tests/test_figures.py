@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr import figures
+from cxr.evaluate import figures
 
 
 def decoded(png: bytes) -> np.ndarray:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr import gradcam, keras_lib, models
+from cxr.evaluate import gradcam
+from cxr.train import keras_lib, models
 
 SIZE = 64
 
@@ -205,7 +206,7 @@ def test_trained_scratch_cnn_grad_cam_finds_the_blob(keras):
 def test_trained_scratch_cnn_hirescam_finds_where_the_blob_is(keras):
     # Here both classes have a blob and only its position tells them apart. scratch_cnn's
     # Flatten-Dense head then weighs positions against each other, and Grad-CAM's spatial
-    # mean of the gradients cancels out: its maps came out all zero (see cxr.gradcam).
+    # mean of the gradients cancels out: its maps came out all zero (see cxr.evaluate.gradcam).
     model, positives = trained_on_blobs(keras, class_0_blob=True)
     maps = gradcam.grad_cam(model, positives, np.ones(len(positives), int), method="hirescam")
     assert_heatmaps(maps, len(positives))

@@ -1,4 +1,4 @@
-"""cxr.kaggle_api with the real Kaggle client against a local server (tests/kaggle_server.py)."""
+"""cxr.ingest.kaggle_api with the real Kaggle client against a local server (tests/kaggle_server.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from cxr.config import DownloadConfig, PreprocessConfig, parse_classes
 from cxr.errors import DownloadFailed, UserError
-from cxr.kaggle_api import DatasetRef, RemoteFile, find_credentials, open_dataset
+from cxr.ingest.kaggle_api import DatasetRef, RemoteFile, find_credentials, open_dataset
 from tests.kaggle_server import image_name
 
 DATASET = "kaggle:tawsifurrahman/covid19-radiography-database"
@@ -131,7 +131,7 @@ def test_the_lookup_explains_each_failure_in_one_line(fake_kaggle, credentials, 
 
 
 def fetch_rows(remote, names, cached=()) -> pa.Table:
-    """Listed items as the fetch stage receives them (cxr.downloads.list_kaggle's rows)."""
+    """Listed items as the fetch stage receives them (cxr.ingest.downloads.list_kaggle's rows)."""
     return pa.Table.from_pylist([
         {"source_uri": remote.dataset.file_uri(n), "class_name": "COVID", "label": 0,
          "kind": "file" if n in cached else "kaggle", "location": f"/cache/{n}" if n in cached else n,
@@ -142,7 +142,7 @@ def fetch_rows(remote, names, cached=()) -> pa.Table:
 def test_fetch_stage_fills_the_raw_cache_and_passes_cached_files_on(fake_kaggle, credentials, tmp_path):
     from dataclasses import replace
 
-    from cxr.downloads import RawCache, fetch_batch
+    from cxr.ingest.downloads import RawCache, fetch_batch
 
     remote = open_dataset(DATASET, replace(FAST, raw_cache=str(tmp_path / "raw")))
     names = [image_name("COVID", i) for i in (1, 2, 3, 4)]
@@ -157,7 +157,7 @@ def test_fetch_stage_fills_the_raw_cache_and_passes_cached_files_on(fake_kaggle,
 
 
 def test_fetch_stage_stops_trying_after_failures_in_a_row(fake_kaggle, credentials):
-    from cxr.downloads import GIVE_UP_AFTER, fetch_batch
+    from cxr.ingest.downloads import GIVE_UP_AFTER, fetch_batch
 
     remote = open_dataset(DATASET, DownloadConfig(retries=0))
     names = [image_name("Normal", i) for i in range(1, 10)]
@@ -171,7 +171,7 @@ def test_fetch_stage_stops_trying_after_failures_in_a_row(fake_kaggle, credentia
 
 
 def test_downloads_in_flight_never_exceed_the_concurrency():
-    from cxr.downloads import THREADS_PER_TASK, fetch_parallelism
+    from cxr.ingest.downloads import THREADS_PER_TASK, fetch_parallelism
 
     for concurrency in range(1, 40):
         tasks, threads = fetch_parallelism(concurrency)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cxr.config import DownloadConfig, PreprocessConfig
-from cxr.preprocess import run_preprocess
+from cxr.preprocess.pipeline import run_preprocess
 from tests.cli import assert_one_line_error, run_job
 from tests.conftest import REPO
 from tests.kaggle_server import CLASS_SIZES, WRAPPER, image_name

@@ -192,8 +192,8 @@ def test_dockerfile_installs_the_project_with_the_constraints_where_the_jobs_run
             assert re.search(r"(^|\s)-c constraints\.txt\s", rest), rest
             assert ".[${CXR_EXTRA}]" in rest, rest
             installed_in.append(workdir)
-    needed = {"pyproject.toml", "constraints.txt", PROJECT["readme"], *PYPROJECT["tool"]["setuptools"]["packages"],
-              "jobs"}
+    packages = {name.split(".")[0] for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    needed = {"pyproject.toml", "constraints.txt", PROJECT["readme"], *packages, "jobs"}
     assert set(copied.values()) == needed
     assert installed_in == [workdir], "one pip install, in the working directory the jobs run from"
     for name in needed:

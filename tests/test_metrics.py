@@ -1,4 +1,4 @@
-"""cxr.metrics against values worked out by hand on small fixed arrays (the working is in comments)."""
+"""cxr.evaluate.metrics against values worked out by hand on small fixed arrays (the working is in comments)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from cxr.metrics import (_resample_indices, calibration, choose_threshold, confusion_matrix, evaluate,
+from cxr.evaluate.metrics import (_resample_indices, calibration, choose_threshold, confusion_matrix, evaluate,
                          point_metrics, predict_labels, roc_auc, roc_curve)
 
 CLASSES = ["COVID", "Normal"]

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from cxr import keras_lib, models
+from cxr.train import keras_lib, models
 from cxr.errors import UserError
 
 SMALL = 64  # px: the tests' image size (vgg19_head resizes it to 224 itself)
@@ -109,11 +109,11 @@ def test_saved_model_loads_with_identical_predictions(saved_model, keras):
 
 @pytest.mark.parametrize("saved_model", ["vgg19_head"], indirect=True)  # the one with a custom layer
 def test_saved_model_loads_in_a_fresh_process(saved_model, tmp_path):
-    """The evaluator loads what the trainer saved, in another process: cxr.models.load_model
+    """The evaluator loads what the trainer saved, in another process: cxr.train.models.load_model
     must make the custom layer known there before Keras looks it up."""
     model, path, images = saved_model
     np.save(tmp_path / "images.npy", images)
-    code = ("import sys, numpy as np; from cxr.models import load_model; model, images, out = sys.argv[1:]; "
+    code = ("import sys, numpy as np; from cxr.train.models import load_model; model, images, out = sys.argv[1:]; "
             "np.save(out, load_model(model).predict(np.load(images), verbose=0))")
     subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
                    check=True, capture_output=True, timeout=120)

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cxr import preprocess
+from cxr.preprocess import pipeline
 from cxr.config import MarkingConfig, PreprocessConfig, SyntheticConfig
 from cxr.errors import UserError
-from cxr.preprocess import run_preprocess
-from cxr.shards import SPLITS
+from cxr.preprocess.pipeline import run_preprocess
+from cxr.preprocess.shards import SPLITS
 from tests.trees import broken_files, class_tree, png_bytes, write_tree, write_zip
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def test_synthetic_job_end_to_end_and_stable_split(ray_session, tmp_path, monkey
     with pytest.raises(UserError, match="already holds a finished output"):
         run_preprocess(config)
     # Rerun with another block layout: every image lands in the same split.
-    monkeypatch.setattr(preprocess, "ROWS_PER_BLOCK", 7)
+    monkeypatch.setattr(pipeline, "ROWS_PER_BLOCK", 7)
     _, again, _ = run_and_read(PreprocessConfig(**{**config.__dict__, "overwrite": True}))
     assert split_of(again) == split_of(splits)
 

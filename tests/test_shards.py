@@ -8,7 +8,7 @@ import random
 import pytest
 
 from cxr.config import SplitConfig
-from cxr.shards import assign_splits, plan_shards, remove_duplicates
+from cxr.preprocess.shards import assign_splits, plan_shards, remove_duplicates
 
 
 def row(uri: str, label: int, content: str) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr.shortcuts import apply_variant, lung_field_mask, verdict
+from cxr.evaluate.shortcuts import apply_variant, lung_field_mask, verdict
 
 
 def test_lung_template_covers_two_lungs_and_spares_the_midline_and_borders():

@@ -6,7 +6,7 @@ import pytest
 
 from cxr.config import PreprocessConfig, SyntheticConfig
 from cxr.errors import UserError
-from cxr.sources import BatchReader, list_source, list_synthetic
+from cxr.ingest.sources import BatchReader, list_source, list_synthetic
 from tests.trees import class_tree, write_tree, write_zip
 
 

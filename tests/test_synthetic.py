@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxr.synthetic import (
+from cxr.ingest.synthetic import (
     HEAVY_MARKING_KINDS,
     MARKING_KINDS,
     SYNTHETIC_CLASSES,

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from cxr.config import AugmentConfig, PreprocessConfig, SyntheticConfig, TrainConfig
-from cxr.preprocess import run_preprocess
-from cxr.trainer import run_training
+from cxr.preprocess.pipeline import run_preprocess
+from cxr.train.job import run_training
 from tests.cli import assert_one_line_error, run_job
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path, capsys)
     assert json.loads((exported / "manifest.json").read_text()) == json.loads(
         open(os.path.join(shards, "manifest.json")).read())
     assert Image.open(exported / "learning_curve.png").format == "PNG"
-    from cxr.models import load_model
+    from cxr.train.models import load_model
 
     model = load_model(str(exported / "model.keras"))
     shard = os.path.join(shards, json.loads((exported / "manifest.json").read_text())["shards"]["test"][0]["path"])
@@ -109,7 +109,7 @@ def test_bad_input_fails_before_training(ray_session, shards, tmp_path):
     assert_one_line_error(run_train_job("--data", shards, "--storage", storage, "--workers", "3",
                                         "--cpus-per-worker", "1", env=address), "found 2 on the cluster")
 
-    from cxr.models import build_model
+    from cxr.train.models import build_model
 
     three_classes = str(tmp_path / "three.weights.h5")
     build_model("scratch_cnn", 64, 3).save_weights(three_classes)

@@ -10,12 +10,12 @@ from PIL import Image
 
 from cxr.config import TrainConfig, parse_node_labels
 from cxr.errors import UserError
-from cxr.figures import learning_curve_png
-from cxr.history import history_csv
-from cxr.train_data import class_weights, decode_batch
-from cxr.train_loop import TrainingState, positive_label
-from cxr.trainer import _cpus_per_worker, _worker_cpus
-from cxr.transforms import encode_png
+from cxr.evaluate.figures import learning_curve_png
+from cxr.train.history import history_csv
+from cxr.train.data import class_weights, decode_batch
+from cxr.train.loop import TrainingState, positive_label
+from cxr.train.job import _cpus_per_worker, _worker_cpus
+from cxr.preprocess.transforms import encode_png
 
 
 def row(epoch: int, val_loss: float) -> dict:
@@ -87,7 +87,7 @@ def test_node_labels_pick_the_nodes_that_may_hold_workers(caplog):
     # Only the labelled, live nodes count: 48 CPUs for 4 workers.
     assert _worker_cpus(gpu_pool, [head, cpu_node, gpu_node, dead_gpu_node], started_ray=False) == 1.0
     # Not started yet on a cluster: wait for the autoscaler, one whole CPU each, and say so.
-    with caplog.at_level("WARNING", logger="cxr.trainer"):
+    with caplog.at_level("WARNING", logger="cxr.train.job"):
         assert _worker_cpus(gpu_pool, [head, cpu_node, dead_gpu_node], started_ray=False) == 1.0
     assert "found 0 on the nodes labelled cxr-pool=gpu; waiting for the autoscaler" in caplog.text
     # A Ray the job started itself never grows, and without labels nothing is waited for.
@@ -127,10 +127,10 @@ def test_history_csv_and_learning_curve():
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_worker_dataset_reshuffles_training_epochs_and_keeps_every_image(ray_session, cache):
-    from cxr.keras_lib import keras
+    from cxr.train.keras_lib import keras
 
     keras()
-    from cxr.train_data import worker_dataset
+    from cxr.train.data import worker_dataset
 
     # Each image's pixels carry its index, so every epoch's order is visible.
     rows = [{"image": np.full((8, 8, 1), i, dtype=np.uint8), "label": i % 2} for i in range(100)]
@@ -151,7 +151,7 @@ def test_worker_dataset_reshuffles_training_epochs_and_keeps_every_image(ray_ses
 
 
 def test_cached_bytes_per_worker_counts_train_and_val_images():
-    from cxr.train_data import cached_bytes_per_worker
+    from cxr.train.data import cached_bytes_per_worker
 
     manifest = {"image": {"height": 299, "width": 299},
                 "counts": {"splits": {"train": {"total": 1001}, "val": {"total": 100}}}}

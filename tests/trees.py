@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr.synthetic import render_synthetic
+from cxr.ingest.synthetic import render_synthetic
 
 
 def png_bytes(pixels: np.ndarray, **kwargs) -> bytes:

@@ -12,9 +12,10 @@ import datetime
 
 import numpy as np
 
-from cxr import metrics, storage
-from cxr.shortcuts import LUNG_ELLIPSES, VARIANTS, verdict
-from cxr.train_loop import positive_label
+from cxr import storage
+from cxr.evaluate import metrics
+from cxr.evaluate.shortcuts import LUNG_ELLIPSES, VARIANTS, verdict
+from cxr.train.loop import positive_label
 
 FIGURES = "figures"
 VARIANT_TITLES = {"full": "full image", "lungs_masked": "lung fields blacked out", "lungs_only": "lung fields only"}
@@ -70,7 +71,7 @@ def _threshold(names: list[str], positive: int, validation, evaluated: str) -> t
 
 
 def write_report(report: dict, export, evaluated, output: storage.Location, config) -> None:
-    from cxr import figures
+    from cxr.evaluate import figures
 
     names = report["model"]["class_names"]
     positive = positive_label(names)
@@ -104,8 +105,8 @@ def write_report(report: dict, export, evaluated, output: storage.Location, conf
 
 def _gradcam_panels(export, evaluated, report: dict, per_group: int) -> tuple[list, list[dict]]:
     """The most confident true positives, false positives and false negatives, explained."""
-    from cxr.gradcam import grad_cam, overlay
-    from cxr.inference import load_export_model
+    from cxr.evaluate.gradcam import grad_cam, overlay
+    from cxr.scoring.export import load_export_model
 
     names = report["model"]["class_names"]
     positive = positive_label(names)
@@ -124,7 +125,7 @@ def _gradcam_panels(export, evaluated, report: dict, per_group: int) -> tuple[li
     uris = [evaluated.source_uris[i] for _, i in chosen]
     images = evaluated.images(uris)
     model = load_export_model(export)
-    # HiResCAM for the Flatten head of scratch_cnn, whose Grad-CAM averages cancel (cxr.gradcam).
+    # HiResCAM for the Flatten head of scratch_cnn, whose Grad-CAM averages cancel (cxr.evaluate.gradcam).
     method = "hirescam" if report["model"]["architecture"] == "scratch_cnn" else "gradcam"
     maps = grad_cam(model, images[..., None].astype(np.float32), np.full(len(chosen), positive), method=method)
     panels, records = [], []
@@ -253,7 +254,7 @@ def model_card(report: dict) -> str:
         "",
         "## Architecture and training",
         "",
-        f"`{model['architecture']}` (see cxr/models.py). Trained for {training.get('epochs_trained')} epochs "
+        f"`{model['architecture']}` (see cxr/train/models.py). Trained for {training.get('epochs_trained')} epochs "
         f"(best epoch {None if training.get('best_epoch') is None else training['best_epoch'] + 1}"
         f"{', stopped early' if training.get('stopped_early') else ''}); batch {config.get('batch_size')}, "
         f"learning rate {config.get('learning_rate')}, class weights {config.get('class_weights')}, "

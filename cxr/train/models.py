@@ -1,4 +1,4 @@
-"""The two classifiers of the source paper, in Keras 2 (`tf_keras`, see cxr.keras_lib).
+"""The two classifiers of the source paper, in Keras 2 (`tf_keras`, see cxr.train.keras_lib).
 
 Both take what the shards hold: gray images as float tensors of 0-255 values, shape
 (size, size, 1), and end in a softmax over the classes. Each model carries its own input
@@ -21,7 +21,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from cxr import keras_lib
+from cxr.train import keras_lib
 from cxr.config import MODEL_NAMES, TrainConfig  # noqa: F401  (MODEL_NAMES re-exported: the models built here)
 from cxr.errors import UserError
 
@@ -144,7 +144,7 @@ def _vgg19_head(keras, image_size: int, num_classes: int, dropout: float):
 
 @functools.cache
 def _vgg19_preprocess_class():
-    """The `Vgg19Preprocess` layer class, defined on first use so importing cxr.models stays free.
+    """The `Vgg19Preprocess` layer class, defined on first use so importing cxr.train.models stays free.
 
     A registered Layer rather than a Lambda: a saved model then names it ("cxr>Vgg19Preprocess")
     instead of pickling Python bytecode, and loads without `safe_mode=False`.

@@ -1,7 +1,7 @@
 """A Kaggle dataset into the preprocessing pipeline: listing, raw cache, download stage.
 
-Two modes. Per file (the default): the driver lists the dataset's files (cxr.kaggle_api)
-by the class-folder rules of cxr.sources, and a Ray Data stage ahead of the image work
+Two modes. Per file (the default): the driver lists the dataset's files (cxr.ingest.kaggle_api)
+by the class-folder rules of cxr.ingest.sources, and a Ray Data stage ahead of the image work
 downloads them, at most `DownloadConfig.concurrency` at a time over the whole cluster,
 each worker fetching its own share. Archive (`--kaggle-archive`): the driver downloads the
 dataset's zip once into the raw cache, and its members are read in parallel like those of
@@ -25,7 +25,8 @@ from time import perf_counter
 
 import pyarrow as pa
 
-from cxr import kaggle_api, sources, storage
+from cxr import storage
+from cxr.ingest import kaggle_api, sources
 from cxr.config import DownloadConfig, PreprocessConfig
 from cxr.errors import DownloadFailed, UserError
 

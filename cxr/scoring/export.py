@@ -19,8 +19,8 @@ import pyarrow as pa
 from cxr import progress, storage
 from cxr.config import ClaheConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.errors import UserError, one_line
-from cxr.manifest import read_manifest
-from cxr.shortcuts import VARIANTS, apply_variant
+from cxr.preprocess.manifest import read_manifest
+from cxr.evaluate.shortcuts import VARIANTS, apply_variant
 
 MODEL_FILE = "model.keras"
 TRAINING_FILE = "training.json"
@@ -89,10 +89,10 @@ def check_compatible(export: Export, manifest: dict, uri: str) -> None:
 
 def load_export_model(export: Export):
     """The exported model, loaded in this process (from local storage or S3)."""
-    from cxr.keras_lib import configure_environment
+    from cxr.train.keras_lib import configure_environment
 
     configure_environment()
-    from cxr.models import load_model
+    from cxr.train.models import load_model
 
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, MODEL_FILE)
@@ -175,7 +175,7 @@ def preprocessed_images(items: list[dict], config: PreprocessConfig):
     """Ray Data rows of listed raw images, preprocessed as the model's training data, lazily."""
     import ray
 
-    from cxr.preprocess import block_count
+    from cxr.preprocess.pipeline import block_count
 
     blocks = block_count(len(items), int(ray.cluster_resources().get("CPU", 1)))
     return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
@@ -188,9 +188,9 @@ def preprocess_for_model(batch: pa.Table, config: PreprocessConfig) -> dict[str,
     Every image gets a row: `status` "ok", "marking" (scored, but it carries burned-in
     markings of a kind the training data excluded) or why it could not be read.
     """
-    from cxr import sources
-    from cxr.preprocess import process_image
-    from cxr.transforms import ImageRejected, decode_png_gray
+    from cxr.ingest import sources
+    from cxr.preprocess.pipeline import process_image
+    from cxr.preprocess.transforms import ImageRejected, decode_png_gray
 
     size = config.image_size
     # Training dropped marked images; scoring still scores them, flagged.

@@ -3,7 +3,7 @@
 A source is a class-per-folder tree (`<class>/*.png` or the Kaggle archive's
 `<class>/images/*.png`, with `masks/` beside `images/`) in a local folder or under an
 `s3://` prefix, a `.zip` of such a tree (local or on S3), or `synthetic`; a Kaggle dataset
-(cxr.downloads) is listed with the same rules. Listing runs on the driver and is cheap; it
+(cxr.ingest.downloads) is listed with the same rules. Listing runs on the driver and is cheap; it
 returns one row per input found, each either readable or already rejected (unsupported
 file, wrong layout), so that nothing is silently lost. Reading runs in Ray workers, a
 batch at a time.
@@ -37,7 +37,7 @@ class Listing:
     items: list[dict]
     rejects: list[dict]
     ignored: dict[str, int] = field(default_factory=dict)
-    # A remote source's files are fetched by a stage of their own first (cxr.downloads):
+    # A remote source's files are fetched by a stage of their own first (cxr.ingest.downloads):
     # this is what that stage needs (a kaggle_api.Remote), and `origin` what the manifest
     # records about where they came from.
     remote: object | None = None
@@ -223,7 +223,7 @@ def list_synthetic(spec: SyntheticConfig) -> Listing:
         # A copy renders the same picture as another image of its class.
         peers = [i for i, c in enumerate(classes) if c == classes[copy] and i != copy]
         render_index[copy] = render_index[int(rng.choice(peers))]
-    from cxr.synthetic import SYNTHETIC_CLASSES
+    from cxr.ingest.synthetic import SYNTHETIC_CLASSES
 
     label_of = {name: i for i, name in enumerate(SYNTHETIC_CLASSES)}
     items = [item_row(f"synthetic://seed-{spec.seed}/{c}/{i:05d}.png", c, label_of[c], "synthetic",
@@ -262,8 +262,8 @@ class BatchReader:
         return self._render_synthetic(item)
 
     def _render_synthetic(self, item: dict) -> tuple[bytes, str]:
-        from cxr import synthetic
-        from cxr.transforms import encode_png
+        from cxr.ingest import synthetic
+        from cxr.preprocess.transforms import encode_png
 
         image = synthetic.render_synthetic(
             item["class_name"], item["synthetic_index"], seed=self._synthetic.seed,

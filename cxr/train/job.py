@@ -15,7 +15,7 @@ import os
 from cxr import progress, runtime, storage
 from cxr.config import TrainConfig
 from cxr.errors import UserError
-from cxr.manifest import read_manifest
+from cxr.preprocess.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _checked_weights(config: TrainConfig, manifest: dict) -> tuple[str, bytes] |
     spec = config.weights_spec
     if spec == "none":
         return None
-    from cxr.models import build_model, resolve_weights
+    from cxr.train.models import build_model, resolve_weights
 
     path = resolve_weights(config.model, spec)
     if not os.path.isfile(path):
@@ -114,14 +114,14 @@ def _checked_weights(config: TrainConfig, manifest: dict) -> tuple[str, bytes] |
 
 
 def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref):
-    from cxr.keras_lib import TF_ENVIRONMENT, configure_environment
+    from cxr.train.keras_lib import TF_ENVIRONMENT, configure_environment
 
     configure_environment()  # before Ray's TensorFlow trainer imports tf.keras
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from cxr.train_data import cached_bytes_per_worker, split_dataset
-    from cxr.train_loop import train_loop_per_worker
+    from cxr.train.data import cached_bytes_per_worker, split_dataset
+    from cxr.train.loop import train_loop_per_worker
 
     cache = cached_bytes_per_worker(manifest, config.workers) <= config.cache_mib * 2**20
     val = split_dataset(data, manifest, "val")
@@ -153,9 +153,9 @@ def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref
 
 def export(result, config: TrainConfig, manifest: dict, run: storage.Location) -> dict:
     """Copy the best checkpoint's model, the manifest and the history into `<run>/model/`."""
-    from cxr.figures import learning_curve_png
-    from cxr.history import history_csv
-    from cxr.train_loop import MODEL_FILE, TrainingState
+    from cxr.evaluate.figures import learning_curve_png
+    from cxr.train.history import history_csv
+    from cxr.train.loop import MODEL_FILE, TrainingState
 
     latest = result.checkpoint
     if latest is None:

@@ -19,11 +19,13 @@ from time import perf_counter
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from cxr import manifest as manifest_lib
-from cxr import downloads, progress, runtime, shards, sources, storage
+from cxr.preprocess import manifest as manifest_lib
+from cxr import progress, runtime, storage
+from cxr.ingest import downloads, sources
+from cxr.preprocess import shards
 from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
-from cxr.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
+from cxr.preprocess.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
                             resize_square, to_grayscale, to_uint8)
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
     Raises ImageRejected when the image cannot be used; a marking drop is not an error
     but a status, so its score and hash still reach rejected.parquet.
     """
-    from cxr.markings import detect_markings, inpaint_markings  # scikit-image heavy; workers only
+    from cxr.preprocess.markings import detect_markings, inpaint_markings  # scikit-image heavy; workers only
 
     seconds: dict[str, float] = {}
     clock = perf_counter()

@@ -1,4 +1,4 @@
-"""The per-epoch training history as CSV (its figure: cxr.figures.learning_curve_png)."""
+"""The per-epoch training history as CSV (its figure: cxr.evaluate.figures.learning_curve_png)."""
 
 from __future__ import annotations
 

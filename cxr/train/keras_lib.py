@@ -47,5 +47,5 @@ def keras():
     if tf.keras.layers.Layer is not tf_keras.layers.Layer:
         raise RuntimeError(
             "tf.keras is Keras 3 in this process, not tf_keras: set TF_USE_LEGACY_KERAS=1 "
-            "(or call cxr.keras_lib.keras()) before anything uses tf.keras")
+            "(or call cxr.train.keras_lib.keras()) before anything uses tf.keras")
     return tf_keras

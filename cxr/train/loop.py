@@ -74,7 +74,7 @@ def positive_label(class_names: list[str]) -> int:
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
     """Adam's learning rate: constant, or a cosine decay over all the run's steps."""
-    from cxr.keras_lib import keras
+    from cxr.train.keras_lib import keras
 
     if config.lr_schedule == "constant":
         return config.learning_rate
@@ -87,7 +87,7 @@ def steps_per_epoch(manifest: dict, batch_size: int) -> int:
 
 def compile_model(model, config: TrainConfig, class_names: list[str], steps: int) -> None:
     """Adam, cross-entropy, and the metrics each epoch reports; `steps` is steps per epoch."""
-    from cxr.keras_lib import keras
+    from cxr.train.keras_lib import keras
 
     metrics = keras().metrics
     positive = positive_label(class_names)
@@ -120,7 +120,7 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
     """
     import ray.train
 
-    from cxr.keras_lib import keras
+    from cxr.train.keras_lib import keras
 
     class EpochReporter(keras().callbacks.Callback):
         def __init__(self):
@@ -196,7 +196,7 @@ def epoch_line(row: dict, epochs: int, state: TrainingState) -> str:
 
 def current_learning_rate(optimizer) -> float:
     """The rate the optimizer applies now, whether a constant or a schedule of the step."""
-    from cxr.keras_lib import keras
+    from cxr.train.keras_lib import keras
 
     rate = optimizer.learning_rate
     if callable(rate):
@@ -209,9 +209,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import tensorflow as tf
 
-    from cxr.keras_lib import keras
-    from cxr.models import build_model, load_model
-    from cxr.train_data import class_weights, worker_dataset
+    from cxr.train.keras_lib import keras
+    from cxr.train.models import build_model, load_model
+    from cxr.train.data import class_weights, worker_dataset
 
     config: TrainConfig = loop_config["config"]
     manifest: dict = loop_config["manifest"]

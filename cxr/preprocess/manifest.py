@@ -6,10 +6,11 @@ import datetime
 from collections import Counter
 from importlib import metadata
 
-from cxr import __version__, shards, storage
+from cxr import __version__, storage
+from cxr.preprocess import shards
 from cxr.config import PreprocessConfig
 from cxr.errors import UserError
-from cxr.sources import Listing
+from cxr.ingest.sources import Listing
 
 RECORDED_PACKAGES = ("ray", "scikit-image", "pyarrow", "numpy", "pillow")
 

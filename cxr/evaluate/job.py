@@ -5,7 +5,7 @@ split of other shards (`--data` with a manifest.json), or a raw class-per-folder
 tree preprocessed exactly as the training data. The operating threshold is chosen on
 the training data's validation split, never on the evaluated images. Each image is
 scored as it is, with its lung fields blacked out and with only its lungs left (see
-cxr.shortcuts); the report puts the three side by side.
+cxr.evaluate.shortcuts); the report puts the three side by side.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxr import runtime, sources, storage
+from cxr import runtime, storage
+from cxr.ingest import sources
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
-from cxr.inference import (Export, check_compatible, open_export, preprocess_config, preprocess_for_model,
+from cxr.scoring.export import (Export, check_compatible, open_export, preprocess_config, preprocess_for_model,
                            preprocessed_images, score)
-from cxr.manifest import read_manifest
-from cxr.shortcuts import VARIANTS
+from cxr.preprocess.manifest import read_manifest
+from cxr.evaluate.shortcuts import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def find_export(run_uri: str) -> Export:
 
 def run_evaluation(config: EvaluateConfig) -> dict:
     """Evaluate, write the report folder, return the report."""
-    from cxr.report import build_report, write_report
+    from cxr.evaluate.report import build_report, write_report
 
     started = time.time()
     export = find_export(config.run)
@@ -103,7 +104,7 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
                  config: EvaluateConfig) -> Scored:
     import pyarrow.parquet as pq
 
-    from cxr.train_data import split_paths
+    from cxr.train.data import split_paths
 
     if data_uri is None:
         raise UserError("the run does not name its training data; pass --data")
@@ -116,7 +117,7 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
     rows = score(shard_images(data, paths), export, variants, gpu=config.gpu, actors=config.actors).take_all()
 
     def images(uris: list[str]) -> np.ndarray:
-        from cxr.transforms import decode_png_gray
+        from cxr.preprocess.transforms import decode_png_gray
 
         wanted, found = set(uris), {}
         for path in paths:
@@ -161,7 +162,7 @@ def shard_images(data: storage.Location, paths: list[str]):
 
 def decode_shard_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data stage: shard rows to what the Predictor scores."""
-    from cxr.train_data import decode_batch
+    from cxr.train.data import decode_batch
 
     decoded = decode_batch(batch)
     return {"source_uri": batch["source_uri"], "label": decoded["label"], "image": decoded["image"],
@@ -187,7 +188,7 @@ def _scored(description: str, rows: list[dict], variants: tuple[str, ...], rejec
 
 
 def format_summary(report: dict) -> str:
-    from cxr.report import format_ci
+    from cxr.evaluate.report import format_ci
 
     full = report["metrics"]
     lines = [f"evaluated {report['data']['images']} images of {report['data']['evaluated']}",

@@ -11,7 +11,7 @@ anatomy and hardware do not make: rows of three or more sharp-edged characters, 
 axis-aligned lines carrying evenly spaced ticks, and solid, flat-valued, head-heavy arrow
 shapes. The score saturates with the image fraction covered by what they find. Each
 constant was tuned on the 3,800 real images of the shared sample, with markings drawn
-onto them by cxr.synthetic.draw_marking, and checked on synthetic images.
+onto them by cxr.ingest.synthetic.draw_marking, and checked on synthetic images.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def worker_dataset(shard, batch_size: int, num_classes: int, seed: int, training
     """
     import tensorflow as tf
 
-    from cxr.keras_lib import keras
+    from cxr.train.keras_lib import keras
 
     dataset = shard.to_tf(feature_columns=FEATURE, label_columns=LABEL, batch_size=batch_size).unbatch()
     if cache:

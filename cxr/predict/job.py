@@ -19,12 +19,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cxr import progress, runtime, sources, storage
+from cxr import progress, runtime, storage
+from cxr.ingest import sources
 from cxr.config import PredictConfig
 from cxr.errors import UserError
-from cxr.inference import SCORED, open_export, preprocess_config, preprocessed_images, score
-from cxr.metrics import predict_labels
-from cxr.train_loop import positive_label
+from cxr.scoring.export import SCORED, open_export, preprocess_config, preprocessed_images, score
+from cxr.evaluate.metrics import predict_labels
+from cxr.train.loop import positive_label
 
 log = logging.getLogger(__name__)
 

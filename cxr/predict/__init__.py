@@ -1,0 +1,1 @@
+"""Batch prediction (jobs/predict.py): raw images in, one row of probabilities per file out."""
