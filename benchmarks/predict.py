@@ -8,7 +8,7 @@ shared real chest X-rays, preprocessed into a temporary directory) and the same 
 
 1. plain: the images decoded into one float32 array, then `model.predict` in a fresh
    process, once with one TensorFlow thread (one core) and once with all cores;
-2. the scoring pipeline of evaluation and `jobs/predict.py` (`cxr.scoring.export.score`): Ray
+2. the scoring pipeline of evaluation and `jobs/predict.py` (`cxr.scoring.predictor.score`): Ray
    Data reads and decodes the shards in tasks and the model runs in actors, with 1 and
    with 2 actors, each over the data once and three times over (its marginal rate);
 3. for information, `jobs/predict.py`'s whole job (`run_predict`) on the raw images,
@@ -55,11 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def all_paths(shards: str, manifest: dict) -> list[str]:
+def all_paths(shards: str, manifest) -> list[str]:
     from cxr import storage
-    from cxr.train.data import split_paths
+    from cxr.artifacts import SPLITS
 
-    return [p for split in ("train", "val", "test") for p in split_paths(storage.resolve(shards), manifest, split)]
+    return [p for split in SPLITS for p in manifest.split_paths(storage.resolve(shards), split)]
 
 
 def plain_worker(export_uri: str, shards: str, threads: int) -> None:
@@ -68,8 +68,8 @@ def plain_worker(export_uri: str, shards: str, threads: int) -> None:
     import pyarrow.parquet as pq
     import tensorflow as tf
 
+    from cxr.artifacts import read_manifest
     from cxr.scoring.export import load_export_model, open_export
-    from cxr.preprocess.manifest import read_manifest
     from cxr.train.data import decode_batch
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -93,11 +93,11 @@ def time_plain(export_uri: str, shards: str, threads: int) -> dict:
     return {**measured, "threads": threads, "images_per_s": measured["images"] / measured["seconds"]}
 
 
-def time_pipeline(export, shards: str, manifest: dict, actors: int, copies: int) -> dict:
+def time_pipeline(export, shards: str, manifest, actors: int, copies: int) -> dict:
     """One run of the scoring pipeline over every image of `shards`, `copies` times over."""
     from cxr import storage
-    from cxr.evaluate.job import shard_images
-    from cxr.scoring.export import score
+    from cxr.scoring.datasets import shard_images
+    from cxr.scoring.predictor import score
 
     with common.ProcessTreeMonitor() as processes:
         start = perf_counter()
@@ -111,7 +111,7 @@ def time_pipeline(export, shards: str, manifest: dict, actors: int, copies: int)
             "cpu_seconds_by_title": processes.cpu_seconds_by_title, "peak_memory_mib": processes.peaks}
 
 
-def time_pipelines(export, shards: str, manifest: dict, actors: int) -> dict:
+def time_pipelines(export, shards: str, manifest, actors: int) -> dict:
     """The pipeline's marginal images/s: extra images over extra seconds, one pass vs. REPEAT passes.
 
     Starting the actors (importing TensorFlow, loading the model) is a fixed cost of each
@@ -140,19 +140,19 @@ def time_raw_job(export_uri: str, raw: Path, scratch: Path) -> dict:
             "status": summary["status"]}
 
 
-def make_export(shards: str, manifest: dict, scratch: Path) -> str:
+def make_export(shards: str, manifest, scratch: Path) -> str:
     """An export folder as the training job writes one, with an untrained scratch_cnn."""
     from cxr import storage
+    from cxr.artifacts import ExportLayout
     from cxr.train.models import build_model
 
-    folder = scratch / "export"
-    folder.mkdir()
-    model = build_model("scratch_cnn", manifest["image"]["height"], len(manifest["class_names"]))
-    model.save(str(folder / "model.keras"))
-    storage.write_json(storage.resolve(str(folder / "manifest.json")), manifest)
-    storage.write_json(storage.resolve(str(folder / "training.json")),
-                       {"model": "scratch_cnn", "config": {"data": shards}})
-    return str(folder)
+    layout = ExportLayout.at(str(scratch / "export"))
+    storage.ensure_parent(layout.model)
+    model = build_model("scratch_cnn", manifest.image_size, len(manifest.class_names))
+    model.save(layout.model.path)
+    storage.write_json(layout.manifest, manifest.to_dict())
+    storage.write_json(layout.training, {"model": "scratch_cnn", "config": {"data": shards}})
+    return layout.root.uri
 
 
 def report(results: dict) -> str:
@@ -195,7 +195,7 @@ def report(results: dict) -> str:
         "How it is measured: one process starts a local Ray once, before any timed run. The plain side "
         "runs in a fresh process per thread count (TensorFlow fixes its thread pools at start), decodes "
         "every image into one float32 array and times `model.predict(batch_size=64)` alone. The pipeline "
-        "is `cxr.scoring.export.score` as evaluation uses it: Parquet read and PNG decode in Ray Data tasks, "
+        "is `cxr.scoring.predictor.score` as evaluation uses it: Parquet read and PNG decode in Ray Data tasks, "
         "the model in actors (each with its share of the cores as TensorFlow threads), batches of 64.",
         "",
         f"Machine (Ray sees {results['ray_cpus']:g} CPUs):",
@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.train import prepare_shards
     from cxr import runtime
+    from cxr.artifacts import read_manifest
     from cxr.scoring.export import open_export
-    from cxr.preprocess.manifest import read_manifest
 
     runtime.setup_logging()
     results: dict = {"date": datetime.date.today().isoformat(),
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         shards, _ = prepare_shards(shard_args, scratch)
         manifest = read_manifest(shards)
         export_uri = make_export(shards, manifest, scratch)
-        results.update(image_size=manifest["image"]["height"],
+        results.update(image_size=manifest.image_size,
                        shards_source=f"`{args.shards}`" if args.shards else f"preprocessed from `{args.raw}`")
         log.info("plain predict, 1 thread and all threads")
         results["plain_1_thread"] = time_plain(export_uri, shards, 1)

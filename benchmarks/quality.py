@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # as in benchmarks/preprocess.py
 
 from benchmarks import common  # noqa: E402
+from cxr.artifacts import RunLayout  # noqa: E402
 from cxr.config import AugmentConfig, TrainConfig  # noqa: E402
 
 SECTION = "quality"
@@ -103,20 +104,19 @@ def evaluate_run(run: str, train_seconds: float | None = None) -> dict:
     report = run_evaluation(EvaluateConfig(run=run))
     training = report["model"]["training"]
     if train_seconds is None:
-        with open(Path(run) / "model" / "history.csv") as handle:
+        with open(RunLayout.at(run).export.history.path) as handle:
             train_seconds = sum(float(row["seconds"]) for row in csv.DictReader(handle))
     return {"config": training["config"], "train_seconds": train_seconds,
             "epochs_trained": training["epochs_trained"], "best_epoch": training["best_epoch"], "report": report}
 
 
-def ablation_run(shards: str, manifest: dict, name: str, changes: dict, epochs: int, scratch: Path) -> dict:
+def ablation_run(shards: str, manifest, name: str, changes: dict, epochs: int, scratch: Path) -> dict:
     import numpy as np
 
     from benchmarks.train import load_split
     from cxr.evaluate import metrics
-    from cxr.train.models import load_model
-    from cxr.train.loop import positive_label
     from cxr.train.job import run_training
+    from cxr.train.models import load_model
 
     run_name = "ablation-" + "".join(c if c.isalnum() else "-" for c in name)[:40]
     config = dataclasses.replace(TrainConfig(data=shards, storage=str(scratch / "runs"), name=run_name,
@@ -125,10 +125,10 @@ def ablation_run(shards: str, manifest: dict, name: str, changes: dict, epochs: 
     summary = run_training(config)
     seconds = perf_counter() - start
     images, labels = load_split(shards, manifest, "test")
-    model = load_model(str(scratch / "runs" / run_name / "model" / "model.keras"))
+    model = load_model(RunLayout.at(str(scratch / "runs" / run_name)).export.model.path)
     probs = model.predict(images, batch_size=128, verbose=0).astype(np.float64)
-    names = manifest["class_names"]
-    scores = metrics.evaluate(labels, probs, names, positive_label(names), 0.5, n_resamples=500)
+    names = manifest.class_names
+    scores = metrics.evaluate(labels, probs, names, manifest.positive_label, 0.5, n_resamples=500)
     history = summary["best"]
     return {"name": name, "changes": {k: str(v) for k, v in changes.items()}, "seconds": seconds,
             "best_epoch": summary["best_epoch"], "best_val_loss": history["val_loss"],
@@ -139,7 +139,7 @@ def ablation_run(shards: str, manifest: dict, name: str, changes: dict, epochs: 
 def _val_accuracies(run: Path) -> list[float]:
     import csv
 
-    with open(run / "model" / "history.csv") as handle:
+    with open(RunLayout.at(str(run)).export.history.path) as handle:
         return [round(float(row["val_accuracy"]), 3) for row in csv.DictReader(handle)]
 
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from cxr import runtime
-    from cxr.preprocess.manifest import read_manifest
+    from cxr.artifacts import read_manifest
 
     runtime.setup_logging()
     results: dict = {"date": datetime.date.today().isoformat(),
@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, changes in chosen.items():
                 log.info("ablation: %s", name)
                 runs.append(ablation_run(shards, manifest, name, changes, args.ablation_epochs, scratch))
-            results["ablation"] = {"image_size": manifest["image"]["height"], "epochs": args.ablation_epochs,
-                                   "test_images": manifest["counts"]["splits"]["test"]["total"], "runs": runs}
+            results["ablation"] = {"image_size": manifest.image_size, "epochs": args.ablation_epochs,
+                                   "test_images": manifest.splits["test"].total, "runs": runs}
         ray.shutdown()
     common.publish(SECTION, report(results), results, write=not args.no_write)
     return 0

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))  # as in benchmarks/preprocess.py
 
 from benchmarks import common  # noqa: E402
 from benchmarks.preprocess import link_subset, spread  # noqa: E402
+from cxr.artifacts import MANIFEST_FILE, RunLayout  # noqa: E402
 from cxr.config import AugmentConfig, PreprocessConfig, TrainConfig  # noqa: E402
 
 SECTION = "train"
@@ -66,8 +67,8 @@ def median_after_first(values: list[float]) -> float:
 def prepare_shards(args: argparse.Namespace, scratch: Path) -> tuple[str, float | None]:
     """The shards path and the preprocessing wall time (None when given --shards)."""
     if args.shards:
-        if not (Path(args.shards) / "manifest.json").is_file():
-            common.fail(f"{args.shards}: no manifest.json; pass the output of jobs/preprocess.py")
+        if not (Path(args.shards) / MANIFEST_FILE).is_file():
+            common.fail(f"{args.shards}: no {MANIFEST_FILE}; pass the output of jobs/preprocess.py")
         return args.shards, None
     if not args.data_source.is_dir():
         common.fail(f"{args.data_source}: real images not found; pass --data-source DIR or --shards PATH")
@@ -86,33 +87,33 @@ def prepare_shards(args: argparse.Namespace, scratch: Path) -> tuple[str, float 
 # ---------------------------------------------------------------- plain: in-memory arrays, one process
 
 
-def load_split(shards: str, manifest: dict, split: str) -> tuple:
+def load_split(shards: str, manifest, split: str) -> tuple:
     """A split as float32 (n, H, W, 1) images and int labels, decoded as Ray Data's tasks do."""
     import numpy as np
     import pyarrow.parquet as pq
 
     from cxr import storage
-    from cxr.train.data import FEATURE, LABEL, decode_batch, split_paths
+    from cxr.train.data import FEATURE, LABEL, decode_batch
 
     batches = [decode_batch(pq.read_table(path, columns=["image_png", "label"]).to_pydict())
-               for path in split_paths(storage.resolve(shards), manifest, split)]
+               for path in manifest.split_paths(storage.resolve(shards), split)]
     return (np.concatenate([b[FEATURE] for b in batches]).astype(np.float32),
             np.concatenate([b[LABEL] for b in batches]))
 
 
-def train_plain(shards: str, manifest: dict, config: TrainConfig) -> dict:
-    from cxr.train.keras_lib import keras
-    from cxr.train.models import build_model
+def train_plain(shards: str, manifest, config: TrainConfig) -> dict:
     from cxr.train.data import class_weights
+    from cxr.train.keras_lib import keras
     from cxr.train.loop import compile_model, steps_per_epoch
+    from cxr.train.models import build_model
 
     start = perf_counter()
     x, y = load_split(shards, manifest, "train")
     val_x, val_y = load_split(shards, manifest, "val")
     decode_seconds = perf_counter() - start
-    names, tf_keras = manifest["class_names"], keras()
+    names, tf_keras = manifest.class_names, keras()
     one_hot = tf_keras.utils.to_categorical
-    model = build_model(config.model, manifest["image"]["height"], len(names), dropout=config.dropout)
+    model = build_model(config.model, manifest.image_size, len(names), dropout=config.dropout)
     compile_model(model, config, names, steps_per_epoch(manifest, config.batch_size))
     train_seconds: list[float] = []
     epoch_seconds: list[float] = []
@@ -157,7 +158,7 @@ def train_ray(config: TrainConfig) -> dict:
         start = perf_counter()
         summary = run_training(config)
         wall = perf_counter() - start
-    with open(Path(config.storage) / config.run_name / "model" / "history.csv") as handle:
+    with open(RunLayout.at(str(Path(config.storage) / config.run_name)).export.history.path) as handle:
         rows = list(csv.DictReader(handle))
     rates = [float(r["images_per_s"]) for r in rows]
     return {"wall_seconds": wall, "restarts": summary["restarts"], "epochs": [int(r["epoch"]) for r in rows],
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from cxr import runtime
-    from cxr.preprocess.manifest import read_manifest
+    from cxr.artifacts import read_manifest
 
     runtime.setup_logging()
     started = perf_counter()
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(scratch)
         shards, results["preprocess_seconds"] = prepare_shards(args, scratch)
         manifest = read_manifest(shards)
-        results.update(image_size=manifest["image"]["height"], counts=manifest["counts"]["splits"],
+        results.update(image_size=manifest.image_size, counts=manifest.counts_record()["splits"],
                        shards_source=f"`{args.shards}`" if args.shards else
                        f"preprocessed from `{args.data_source}`" + (f", {args.limit} of them" if args.limit else ""))
         base = TrainConfig(data=shards, storage=str(scratch / "runs"), model=MODEL, epochs=args.epochs,

@@ -94,13 +94,14 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cxr import runtime
+    from cxr.artifacts import Manifest
     from cxr.preprocess.manifest import format_summary
     from cxr.preprocess.pipeline import run_preprocess
 
     runtime.setup_logging(args.verbose)
     config = build_config(args)
     manifest = run_preprocess(config)
-    print(format_summary(manifest, config.output))
+    print(format_summary(Manifest.from_dict(manifest), config.output))
     return 0
 
 

@@ -131,12 +131,12 @@ def test_predict_scores_every_file_as_training_preprocessed_it(trained, tmp_path
     assert len(csv.strip().splitlines()) == len(rows) + 1
 
     # The job's probabilities are the model's on the image preprocessed as its training data.
-    from cxr.scoring.export import open_export, preprocess_config
-    from cxr.train.models import load_model
     from cxr.preprocess.pipeline import process_image
+    from cxr.scoring.export import open_export
+    from cxr.train.models import load_model
 
     export = open_export(str(trained["run"] / "model"))
-    image = process_image(paths[0].read_bytes(), preprocess_config(export.manifest))["image_png"]
+    image = process_image(paths[0].read_bytes(), export.manifest.preprocess_config())["image_png"]
     pixels = np.asarray(Image.open(io.BytesIO(image)), dtype=np.float32)[None, ..., None]
     expected = load_model(str(trained["run"] / "model" / "model.keras")).predict(pixels, verbose=0)[0]
     row = rows[f"{paths[0].parent.name}-{paths[0].name}"]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.preprocess.markings import DEFAULT_MARKING_THRESHOLD, MarkingResult, detect_markings, inpaint_markings
+from cxr.config import DEFAULT_MARKING_THRESHOLD
+from cxr.preprocess.markings import MarkingResult, detect_markings, inpaint_markings
 from cxr.ingest.synthetic import HEAVY_MARKING_KINDS, SYNTHETIC_CLASSES, draw_marking, render_synthetic
 
 REAL_SAMPLE_SIZE = 80

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cxr.preprocess import pipeline
+from cxr.artifacts import SPLITS
 from cxr.config import MarkingConfig, PreprocessConfig, SyntheticConfig
 from cxr.errors import UserError
+from cxr.preprocess import pipeline
 from cxr.preprocess.pipeline import run_preprocess
-from cxr.preprocess.shards import SPLITS
 from tests.trees import broken_files, class_tree, png_bytes, write_tree, write_zip
 
 pytestmark = pytest.mark.slow

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr.artifacts import positive_label
 from cxr.config import TrainConfig, parse_node_labels
 from cxr.errors import UserError
-from cxr.evaluate.figures import learning_curve_png
-from cxr.train.history import history_csv
-from cxr.train.data import class_weights, decode_batch
-from cxr.train.loop import TrainingState, positive_label
-from cxr.train.job import _cpus_per_worker, _worker_cpus
 from cxr.preprocess.transforms import encode_png
+from cxr.train.data import class_weights, decode_batch
+from cxr.train.history import history_csv, learning_curve_png
+from cxr.train.job import _cpus_per_worker, _worker_cpus
+from cxr.train.loop import TrainingState
+from tests.manifests import as_manifest
 
 
 def row(epoch: int, val_loss: float) -> dict:
@@ -42,8 +43,8 @@ def test_state_survives_a_checkpoint_round_trip(tmp_path):
 
 
 def test_class_weights_balance_the_training_counts():
-    manifest = {"class_names": ["COVID", "Normal"],
-                "counts": {"splits": {"train": {"COVID": 100, "Normal": 280, "total": 380}}}}
+    manifest = as_manifest({"class_names": ["COVID", "Normal"],
+                            "counts": {"splits": {"train": {"COVID": 100, "Normal": 280, "total": 380}}}})
     weights = class_weights(manifest)
     assert weights[0] * 100 == pytest.approx(weights[1] * 280)
     assert (weights[0] * 100 + weights[1] * 280) / 380 == pytest.approx(1.0)
@@ -153,7 +154,7 @@ def test_worker_dataset_reshuffles_training_epochs_and_keeps_every_image(ray_ses
 def test_cached_bytes_per_worker_counts_train_and_val_images():
     from cxr.train.data import cached_bytes_per_worker
 
-    manifest = {"image": {"height": 299, "width": 299},
-                "counts": {"splits": {"train": {"total": 1001}, "val": {"total": 100}}}}
+    manifest = as_manifest({"image": {"height": 299, "width": 299},
+                            "counts": {"splits": {"train": {"total": 1001}, "val": {"total": 100}}}})
     assert cached_bytes_per_worker(manifest, 1) == 1101 * 299 * 299
     assert cached_bytes_per_worker(manifest, 2) == 551 * 299 * 299

@@ -8,12 +8,12 @@ fit together raise ValueError rather than drawing something misleading.
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 
-DPI = 110
+from cxr.plotting import png, pyplot
+
 BIN_KEYS = ("low", "high", "count", "confidence", "accuracy")
 
 
@@ -27,7 +27,7 @@ def roc_png(curves: dict[str, tuple], title: str) -> bytes:
     if not curves:
         raise ValueError("roc_png needs at least one curve")
     checked = {name: _roc_points(name, curve) for name, curve in curves.items()}
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(5.2, 5.0))
     axis.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="chance")
     for name, (fpr, tpr, auc) in checked.items():
@@ -36,7 +36,7 @@ def roc_png(curves: dict[str, tuple], title: str) -> bytes:
              title=title, aspect="equal")
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=8)
-    return _png(plt, figure)
+    return png(plt, figure)
 
 
 def confusion_png(matrix: list[list[int]], class_names: list[str], title: str) -> bytes:
@@ -53,7 +53,7 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str) -
         raise ValueError("confusion matrix entries must be non-negative integers")
     totals = counts.sum(axis=1, keepdims=True)
     fractions = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    plt = _pyplot()
+    plt = pyplot()
     side = 2.2 + 1.1 * n
     figure, axis = plt.subplots(figsize=(side + 1.0, side))
     image = axis.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
@@ -67,7 +67,7 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str) -
     axis.set(xticks=range(n), yticks=range(n), xticklabels=class_names, yticklabels=class_names,
              xlabel="predicted", ylabel="true", title=title)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the true class")
-    return _png(plt, figure)
+    return png(plt, figure)
 
 
 def reliability_png(bins: list[dict], ece: float, title: str) -> bytes:
@@ -79,7 +79,7 @@ def reliability_png(bins: list[dict], ece: float, title: str) -> bytes:
     checked = [_bin(i, b) for i, b in enumerate(bins)]
     if not checked:
         raise ValueError("reliability_png needs at least one bin")
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(5.2, 5.0))
     axis.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
     filled = [b for b in checked if b["count"]]
@@ -96,7 +96,7 @@ def reliability_png(bins: list[dict], ece: float, title: str) -> bytes:
              title=f"{title}\nECE {_fmt(ece)} (numbers: images per bin)", aspect="equal")
     axis.grid(alpha=0.3)
     axis.legend(loc="upper left", fontsize=8)
-    return _png(plt, figure)
+    return png(plt, figure)
 
 
 def gradcam_grid_png(panels: list[tuple[str, np.ndarray]], title: str, columns: int = 4) -> bytes:
@@ -112,7 +112,7 @@ def gradcam_grid_png(panels: list[tuple[str, np.ndarray]], title: str, columns: 
                              f"got {image.dtype} of shape {image.shape}")
     columns = min(columns, len(panels))
     rows = math.ceil(len(panels) / columns)
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows + 0.4), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
@@ -120,26 +120,7 @@ def gradcam_grid_png(panels: list[tuple[str, np.ndarray]], title: str, columns: 
         axis.imshow(np.asarray(image))
         axis.set_title(caption, fontsize=8)
     figure.suptitle(title)
-    return _png(plt, figure)
-
-
-def learning_curve_png(rows: list[dict], title: str) -> bytes:
-    """Training and validation loss, accuracy and AUC per epoch (history.csv's rows), side by side."""
-    plotted = (("loss", "loss"), ("accuracy", "accuracy"), ("auc", "AUC"))
-    plt = _pyplot()
-    epochs = [row["epoch"] + 1 for row in rows]
-    figure, axes = plt.subplots(1, len(plotted), figsize=(4.2 * len(plotted), 3.4))
-    for axis, (key, label) in zip(axes, plotted):
-        for prefix, style in (("", "-o"), ("val_", "--s")):
-            values = [row.get(prefix + key) for row in rows]
-            if any(v is not None for v in values):
-                axis.plot(epochs, values, style, markersize=3, label="validation" if prefix else "training")
-        axis.set_xlabel("epoch")
-        axis.set_title(label)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle(title)
-    return _png(plt, figure)
+    return png(plt, figure)
 
 
 def _roc_points(name: str, curve) -> tuple[np.ndarray, np.ndarray, float | None]:
@@ -168,22 +149,3 @@ def _bin(index: int, b: dict) -> dict:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on a cluster node
-    from matplotlib import pyplot as plt
-
-    return plt
-
-
-def _png(plt, figure) -> bytes:
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, format="png", dpi=DPI)
-    finally:
-        plt.close(figure)  # pyplot keeps every open figure alive otherwise
-    return buffer.getvalue()

@@ -10,6 +10,7 @@ cxr.evaluate.shortcuts); the report puts the three side by side.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,17 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxr import runtime, storage
-from cxr.ingest import sources
+from cxr.artifacts import MODEL_CARD_FILE, REPORT_MARKDOWN_FILE, ReportLayout, ShardsLayout, read_manifest
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
-from cxr.scoring.export import (Export, check_compatible, open_export, preprocess_config, preprocess_for_model,
-                           preprocessed_images, score)
-from cxr.preprocess.manifest import read_manifest
-from cxr.evaluate.shortcuts import VARIANTS
+from cxr.evaluate.report import build_report, format_ci, write_report
+from cxr.evaluate.shortcuts import VARIANTS, variant_functions
+from cxr.ingest import sources
+from cxr.scoring.datasets import preprocessed_images, raw_pixels, shard_images, shard_pixels
+from cxr.scoring.export import Export, check_compatible, find_export
+from cxr.scoring.predictor import score
 
 log = logging.getLogger(__name__)
-
-EXPORT_DIR = "model"
 
 
 @dataclass(frozen=True)
@@ -42,27 +43,14 @@ class Scored:
     images: object  # callable: source_uris -> uint8 (n, H, W) images, for Grad-CAM
 
 
-def find_export(run_uri: str) -> Export:
-    """The export of a run folder, or the export folder itself."""
-    run = storage.resolve(run_uri)
-    storage.check_bucket(run)
-    if storage.file_info(run.join("model.keras")).type == storage.pafs.FileType.File:
-        return open_export(run.uri)
-    if storage.file_info(run).type == storage.pafs.FileType.NotFound:
-        raise UserError(f"{run.uri}: no such run")
-    return open_export(run.join(EXPORT_DIR).uri)
-
-
 def run_evaluation(config: EvaluateConfig) -> dict:
     """Evaluate, write the report folder, return the report."""
-    from cxr.evaluate.report import build_report, write_report
-
     started = time.time()
     export = find_export(config.run)
     training_data = export.training.get("config", {}).get("data")
-    output = storage.resolve(config.output or export.uri.rstrip("/").rsplit("/", 1)[0] + "/report")
-    storage.check_bucket(output)
-    storage.check_writable(output)
+    output = ReportLayout.at(config.output) if config.output else export.layout.run.report
+    storage.check_bucket(output.root)
+    storage.check_writable(output.root)
     runtime.ensure_ray()
 
     threshold_source = _threshold_source(export, training_data)
@@ -75,7 +63,7 @@ def run_evaluation(config: EvaluateConfig) -> dict:
     log.info("scored %d images of %s", len(evaluated.labels), evaluated.description)
     report = build_report(export, evaluated, validation, config)
     report["seconds"] = round(time.time() - started, 1)
-    report["output"] = output.uri
+    report["output"] = output.root.uri
     write_report(report, export, evaluated, output, config)
     return report
 
@@ -95,78 +83,44 @@ def score_data(export: Export, config: EvaluateConfig) -> Scored:
     """`--data`: shards with a manifest, or a raw class-per-folder tree."""
     location = storage.resolve(config.data)
     storage.check_bucket(location)
-    if storage.file_info(location.join("manifest.json")).type == storage.pafs.FileType.File:
+    if storage.is_file(ShardsLayout(location).manifest):
         return score_shards(export, location.uri, config.split, VARIANTS, config)
     return score_raw(export, location.uri, config)
 
 
 def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str, ...],
                  config: EvaluateConfig) -> Scored:
-    import pyarrow.parquet as pq
-
-    from cxr.train.data import split_paths
-
     if data_uri is None:
         raise UserError("the run does not name its training data; pass --data")
     data = storage.resolve(data_uri)
     manifest = read_manifest(data.uri)
     check_compatible(export, manifest, data.uri)
-    paths = split_paths(data, manifest, split)
-    if not paths or manifest["counts"]["splits"][split]["total"] == 0:
+    paths = manifest.split_paths(data, split)
+    if not paths or manifest.splits[split].total == 0:
         raise UserError(f"{data.uri}: the {split} split is empty")
-    rows = score(shard_images(data, paths), export, variants, gpu=config.gpu, actors=config.actors).take_all()
-
-    def images(uris: list[str]) -> np.ndarray:
-        from cxr.preprocess.transforms import decode_png_gray
-
-        wanted, found = set(uris), {}
-        for path in paths:
-            table = pq.read_table(path, columns=["source_uri", "image_png"], filesystem=data.fs)
-            for uri, png in zip(table.column("source_uri").to_pylist(), table.column("image_png").to_pylist()):
-                if uri in wanted:
-                    found[uri] = decode_png_gray(png)
-        return np.stack([found[u] for u in uris])
-
-    return _scored(f"{data.uri}, {split} split", rows, variants, {}, images)
+    rows = score(shard_images(data, paths), export, variant_functions(variants), gpu=config.gpu,
+                 actors=config.actors).take_all()
+    return _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths))
 
 
 def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
     """A class-per-folder tree of raw images, preprocessed as the model's training data."""
-    import pyarrow as pa
-
-    pp = preprocess_config(export.manifest, source=uri, classes=tuple(export.class_names))
+    pp = export.manifest.preprocess_config(source=uri, classes=export.class_names)
     listing = sources.list_source(pp)
     if not listing.items:
         raise UserError(f"{listing.root}: no images in the class folders")
-    rows = score(preprocessed_images(listing.items, pp), export, VARIANTS, gpu=config.gpu, actors=config.actors).take_all()
+    rows = score(preprocessed_images(listing.items, pp), export, variant_functions(VARIANTS), gpu=config.gpu,
+                 actors=config.actors).take_all()
     rejected: dict[str, int] = {}
     for reject in listing.rejects:
         rejected[reject["reason"]] = rejected.get(reject["reason"], 0) + 1
     by_uri = {item["source_uri"]: item for item in listing.items}
 
     def images(uris: list[str]) -> np.ndarray:
-        batch = preprocess_for_model(pa.Table.from_pylist([by_uri[u] for u in uris]), pp)
-        return batch["image"][..., 0]
+        return raw_pixels([by_uri[u] for u in uris], pp)
 
     return _scored(f"{listing.root} (raw images, preprocessed as the training data)", rows, VARIANTS,
                    rejected, images)
-
-
-def shard_images(data: storage.Location, paths: list[str]):
-    """Ray Data rows (source_uri, label, decoded image, status) of shard files, lazily."""
-    import ray
-
-    dataset = ray.data.read_parquet(paths, filesystem=data.fs).select_columns(["source_uri", "image_png", "label"])
-    return dataset.map_batches(decode_shard_rows, batch_format="numpy")
-
-
-def decode_shard_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data stage: shard rows to what the Predictor scores."""
-    from cxr.train.data import decode_batch
-
-    decoded = decode_batch(batch)
-    return {"source_uri": batch["source_uri"], "label": decoded["label"], "image": decoded["image"],
-            "status": np.full(len(decoded["label"]), "ok", dtype=object)}
 
 
 def _scored(description: str, rows: list[dict], variants: tuple[str, ...], rejected: dict[str, int],
@@ -188,14 +142,14 @@ def _scored(description: str, rows: list[dict], variants: tuple[str, ...], rejec
 
 
 def format_summary(report: dict) -> str:
-    from cxr.evaluate.report import format_ci
-
     full = report["metrics"]
     lines = [f"evaluated {report['data']['images']} images of {report['data']['evaluated']}",
              f"  accuracy {format_ci(full['accuracy'])}  balanced accuracy {format_ci(full['balanced_accuracy'])}  "
              f"AUC {format_ci(full['auc'])}  (95% CI)"]
     if "shortcuts" in report:
         masked = report["shortcuts"]["variants"]["lungs_masked"]["auc"]
-        lines.append(f"  AUC with the lungs blacked out {format_ci(masked)}: see the shortcut check in report.md")
-    lines.append(f"  report: {report['output']}/report.md, model card: {report['output']}/MODEL_CARD.md")
+        lines.append(f"  AUC with the lungs blacked out {format_ci(masked)}: see the shortcut check in "
+                     f"{REPORT_MARKDOWN_FILE}")
+    lines.append(f"  report: {report['output']}/{REPORT_MARKDOWN_FILE}, "
+                 f"model card: {report['output']}/{MODEL_CARD_FILE}")
     return "\n".join(lines)

@@ -13,18 +13,20 @@ import datetime
 import numpy as np
 
 from cxr import storage
-from cxr.evaluate import metrics
+from cxr.artifacts import (CONFUSION_FIGURE, GRADCAM_FIGURE, LEARNING_CURVE_FILE, MODEL_CARD_FILE, RELIABILITY_FIGURE,
+                           REPORT_FILE, ROC_FIGURE, ReportLayout, figure_path, positive_label)
+from cxr.evaluate import figures, metrics
+from cxr.evaluate.gradcam import grad_cam, overlay
 from cxr.evaluate.shortcuts import LUNG_ELLIPSES, VARIANTS, verdict
-from cxr.train.loop import positive_label
+from cxr.scoring.export import load_export_model
 
-FIGURES = "figures"
 VARIANT_TITLES = {"full": "full image", "lungs_masked": "lung fields blacked out", "lungs_only": "lung fields only"}
 GRADCAM_GROUPS = (("true_positive", "true positives"), ("false_positive", "false positives"),
                   ("false_negative", "false negatives"))
 
 
 def build_report(export, evaluated, validation, config) -> dict:
-    names = export.class_names
+    names = list(export.class_names)
     positive = positive_label(names)
     threshold, threshold_note = _threshold(names, positive, validation, evaluated.description)
     by_variant = {variant: metrics.evaluate(evaluated.labels, probs, names, positive, threshold,
@@ -40,8 +42,8 @@ def build_report(export, evaluated, validation, config) -> dict:
         "data": {"evaluated": evaluated.description, "images": len(evaluated.labels),
                  "per_class": {name: int((evaluated.labels == i).sum()) for i, name in enumerate(names)},
                  "not_scored": evaluated.rejected,
-                 "training_counts": export.manifest["counts"],
-                 "preprocessing": export.manifest["config"]},
+                 "training_counts": export.manifest.counts_record(),
+                 "preprocessing": export.manifest.config_record()},
         "threshold": {"value": threshold, "note": threshold_note},
         "metrics": full,
     }
@@ -70,9 +72,7 @@ def _threshold(names: list[str], positive: int, validation, evaluated: str) -> t
                    f"Youden's J; {where}")
 
 
-def write_report(report: dict, export, evaluated, output: storage.Location, config) -> None:
-    from cxr.evaluate import figures
-
+def write_report(report: dict, export, evaluated, output: ReportLayout, config) -> None:
     names = report["model"]["class_names"]
     positive = positive_label(names)
     title = f"{report['model']['architecture']}, {len(evaluated.labels)} images"
@@ -83,31 +83,27 @@ def write_report(report: dict, export, evaluated, output: storage.Location, conf
         curves[VARIANT_TITLES[variant]] = (fpr, tpr, metrics.roc_auc(binary, probs[:, positive]))
     full = report["metrics"]
     pictures = {
-        "roc.png": figures.roc_png(curves, f"ROC, {names[positive]} vs rest: {title}"),
-        "confusion_matrix.png": figures.confusion_png(full["confusion_matrix"], names, f"Confusion matrix: {title}"),
-        "reliability.png": figures.reliability_png(full["calibration"]["bins"], full["calibration"]["ece"],
-                                                   f"Reliability: {title}"),
+        ROC_FIGURE: figures.roc_png(curves, f"ROC, {names[positive]} vs rest: {title}"),
+        CONFUSION_FIGURE: figures.confusion_png(full["confusion_matrix"], names, f"Confusion matrix: {title}"),
+        RELIABILITY_FIGURE: figures.reliability_png(full["calibration"]["bins"], full["calibration"]["ece"],
+                                                    f"Reliability: {title}"),
     }
-    learning_curve = storage.resolve(export.uri).join("learning_curve.png")
-    if storage.file_info(learning_curve).type == storage.pafs.FileType.File:
-        pictures["learning_curve.png"] = storage.read_bytes(learning_curve)
+    if storage.is_file(export.layout.learning_curve):
+        pictures[LEARNING_CURVE_FILE] = storage.read_bytes(export.layout.learning_curve)
     if config.gradcam_examples:
         panels, report["gradcam"] = _gradcam_panels(export, evaluated, report, config.gradcam_examples)
         if panels:
-            pictures["gradcam.png"] = figures.gradcam_grid_png(panels, f"Grad-CAM: {title}", columns=4)
+            pictures[GRADCAM_FIGURE] = figures.gradcam_grid_png(panels, f"Grad-CAM: {title}", columns=4)
     for name, data in pictures.items():
-        storage.write_bytes(output.join(FIGURES, name), data)
-    report["figures"] = [f"{FIGURES}/{name}" for name in pictures]
-    storage.write_json(output.join("report.json"), report)
-    storage.write_bytes(output.join("report.md"), report_markdown(report).encode())
-    storage.write_bytes(output.join("MODEL_CARD.md"), model_card(report).encode())
+        storage.write_bytes(output.figure(name), data)
+    report["figures"] = [figure_path(name) for name in pictures]
+    storage.write_json(output.report, report)
+    storage.write_bytes(output.markdown, report_markdown(report).encode())
+    storage.write_bytes(output.model_card, model_card(report).encode())
 
 
 def _gradcam_panels(export, evaluated, report: dict, per_group: int) -> tuple[list, list[dict]]:
     """The most confident true positives, false positives and false negatives, explained."""
-    from cxr.evaluate.gradcam import grad_cam, overlay
-    from cxr.scoring.export import load_export_model
-
     names = report["model"]["class_names"]
     positive = positive_label(names)
     probs = evaluated.probs["full"]
@@ -178,7 +174,7 @@ def report_markdown(report: dict) -> str:
         + ", ".join(f"{n} {c}" for n, c in report["data"]["per_class"].items()) + ")."
         + (f" Not scored: {report['data']['not_scored']}." if report["data"]["not_scored"] else ""),
         "",
-        "Not for clinical use. See MODEL_CARD.md.",
+        f"Not for clinical use. See {MODEL_CARD_FILE}.",
         "",
         "## Metrics (95% stratified bootstrap intervals, "
         f"{full['bootstrap']['n_resamples']} resamples)",
@@ -195,17 +191,17 @@ def report_markdown(report: dict) -> str:
         *[f"| {n} | " + " | ".join(str(v) for v in row) + " |" for n, row in zip(names, full["confusion_matrix"])],
         "",
         f"Calibration: expected calibration error {full['calibration']['ece']:.3f} "
-        f"({len(full['calibration']['bins'])} bins of top-class confidence); see figures/reliability.png.",
+        f"({len(full['calibration']['bins'])} bins of top-class confidence); see {figure_path(RELIABILITY_FIGURE)}.",
         "",
     ]
     if "shortcuts" in report:
         lines += ["## Shortcut check", "", report["shortcuts"]["verdict"], "",
-                  "The lung fields are a fixed template of two ellipses (report.json: shortcuts.lung_template); "
+                  f"The lung fields are a fixed template of two ellipses ({REPORT_FILE}: shortcuts.lung_template); "
                   "blacked-out pixels are 0. In this database class and source hospital are confounded "
                   "(DeGrave et al. 2021), so this check matters more than the accuracy above.", ""]
     if report.get("gradcam"):
         lines += ["## Grad-CAM", "",
-                  f"figures/gradcam.png: the most confident true positives, false positives and false negatives "
+                  f"{figure_path(GRADCAM_FIGURE)}: the most confident true positives, false positives and false negatives "
                   f"({report['gradcam'][0]['method']}, for {full['positive_class']}). A heatmap shows what the "
                   f"model used, not where disease is; heat outside the lungs is a warning sign.", ""]
     lines += ["## Figures", ""] + [f"- {path}" for path in report.get("figures", [])] + [""]

@@ -20,6 +20,7 @@ size, which the report says.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -49,6 +50,14 @@ def apply_variant(images: np.ndarray, variant: str) -> np.ndarray:
     lungs = lung_field_mask(images.shape[1], images.shape[2])[None, :, :, None]
     keep = ~lungs if variant == "lungs_masked" else lungs
     return np.where(keep, images, np.zeros((), dtype=images.dtype))
+
+
+def variant_functions(variants: tuple[str, ...] = VARIANTS) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """{variant: its function of (n, H, W, 1) images}, as cxr.scoring.predictor.score takes them."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}")
+    return {variant: functools.partial(apply_variant, variant=variant) for variant in variants}
 
 
 def verdict(full_auc: dict, masked_auc: dict, lungs_only_auc: dict) -> str:

@@ -26,9 +26,9 @@ from time import perf_counter
 import pyarrow as pa
 
 from cxr import storage
-from cxr.ingest import kaggle_api, sources
 from cxr.config import DownloadConfig, PreprocessConfig
 from cxr.errors import DownloadFailed, UserError
+from cxr.ingest import kaggle_api, sources
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,13 @@ def list_kaggle(config: PreprocessConfig) -> sources.Listing:
 
 def _list_archive(remote: kaggle_api.Remote, cache: RawCache, classes: tuple[str, ...] | None,
                   origin: dict) -> sources.Listing:
-    info = storage.file_info(cache.archive)
-    downloaded = info.type != storage.pafs.FileType.File
+    downloaded = not storage.is_file(cache.archive)
     if downloaded:
         log.info("downloading %s as one archive into %s", remote.dataset.uri, cache.archive.uri)
         size = remote.download_archive(cache.archive)
     else:
         log.info("using %s from the raw cache", cache.archive.uri)
-        size = info.size
+        size = storage.file_info(cache.archive).size
     listing = sources.list_zip(cache.archive, classes, uri_of=remote.dataset.file_uri)
     archive = {"archive": cache.archive.uri, "archive_bytes": size, "archive_downloaded": downloaded}
     return dataclasses.replace(listing, kind="kaggle_archive", origin={"kaggle": {**origin, **archive}})

@@ -20,6 +20,7 @@ import numpy as np
 from cxr import storage
 from cxr.config import PreprocessConfig, SyntheticConfig
 from cxr.errors import DownloadFailed, UserError
+from cxr.ingest import synthetic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # The Kaggle archive keeps lung masks beside the images; they are not inputs.
@@ -64,14 +65,13 @@ def list_source(config: PreprocessConfig) -> Listing:
         return list_synthetic(config.synthetic)
     location = storage.resolve(config.source)
     storage.check_bucket(location)
-    info = storage.file_info(location)
-    if info.type == storage.pafs.FileType.File:
+    if storage.is_file(location):
         if not location.path.lower().endswith(".zip"):
             raise UserError(f"{location.uri}: a file source must be a .zip archive of a class-per-folder tree")
         return list_zip(location, config.classes)
     files = storage.list_files(location)
     if not files:
-        if info.type == storage.pafs.FileType.NotFound:
+        if not storage.exists(location):
             raise UserError(f"{location.uri}: source does not exist")
         raise UserError(f"{location.uri}: source folder is empty")
     prefix = location.path.rstrip("/") + "/"
@@ -114,8 +114,7 @@ def list_images(uri: str) -> Listing:
     """
     location = storage.resolve(uri)
     storage.check_bucket(location)
-    info = storage.file_info(location)
-    if info.type == storage.pafs.FileType.File:
+    if storage.is_file(location):
         if location.path.lower().endswith(".zip"):
             members, macos = _zip_members(location)
             entries = [(m, f"{location.uri}!/{m}", ("zip", location.uri, m)) for m in members]
@@ -125,8 +124,8 @@ def list_images(uri: str) -> Listing:
     else:
         files = storage.list_files(location)
         if not files:
-            raise UserError(f"{location.uri}: " + ("does not exist" if info.type == storage.pafs.FileType.NotFound
-                                                  else "the folder holds no files"))
+            raise UserError(f"{location.uri}: " + ("the folder holds no files" if storage.exists(location)
+                                                  else "does not exist"))
         prefix = location.path.rstrip("/") + "/"
         entries = [(f.path[len(prefix):], location.join(f.path[len(prefix):]).uri,
                     ("file", location.join(f.path[len(prefix):]).uri, "")) for f in files]
@@ -223,12 +222,10 @@ def list_synthetic(spec: SyntheticConfig) -> Listing:
         # A copy renders the same picture as another image of its class.
         peers = [i for i, c in enumerate(classes) if c == classes[copy] and i != copy]
         render_index[copy] = render_index[int(rng.choice(peers))]
-    from cxr.ingest.synthetic import SYNTHETIC_CLASSES
-
-    label_of = {name: i for i, name in enumerate(SYNTHETIC_CLASSES)}
+    label_of = {name: i for i, name in enumerate(synthetic.SYNTHETIC_CLASSES)}
     items = [item_row(f"synthetic://seed-{spec.seed}/{c}/{i:05d}.png", c, label_of[c], "synthetic",
                       "", synthetic_index=render_index[i]) for i, c in enumerate(classes)]
-    return Listing(kind="synthetic", root=f"synthetic://seed-{spec.seed}", class_names=SYNTHETIC_CLASSES,
+    return Listing(kind="synthetic", root=f"synthetic://seed-{spec.seed}", class_names=synthetic.SYNTHETIC_CLASSES,
                    items=items, rejects=[])
 
 
@@ -259,16 +256,10 @@ class BatchReader:
             return storage.read_bytes(storage.resolve(item["location"])), None
         if item["kind"] == "zip":
             return self._archive(item["location"]).read(item["member"]), None
-        return self._render_synthetic(item)
-
-    def _render_synthetic(self, item: dict) -> tuple[bytes, str]:
-        from cxr.ingest import synthetic
-        from cxr.preprocess.transforms import encode_png
-
-        image = synthetic.render_synthetic(
+        data, markings = synthetic.render_synthetic_png(
             item["class_name"], item["synthetic_index"], seed=self._synthetic.seed,
             size=self._synthetic.size, marking_fraction=self._synthetic.marking_fraction)
-        return encode_png(image.pixels), ",".join(image.markings)
+        return data, ",".join(markings)
 
     def _archive(self, uri: str) -> zipfile.ZipFile:
         if uri not in self._archives:

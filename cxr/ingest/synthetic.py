@@ -13,6 +13,7 @@ classifier can only succeed by looking at the lungs.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,6 +203,17 @@ def render_synthetic(
     for kind in markings:
         pixels = draw_marking(pixels, kind, marking_rng)
     return SyntheticImage(pixels=pixels, class_name=class_name, markings=markings)
+
+
+def render_synthetic_png(class_name: str, index: int, seed: int = 0, size: int = 320,
+                         marking_fraction: float = 0.15) -> tuple[bytes, tuple[str, ...]]:
+    """`render_synthetic` as the file a source holds: PNG bytes, and the markings drawn on it."""
+    image = render_synthetic(class_name, index, seed=seed, size=size, marking_fraction=marking_fraction)
+    buffer = io.BytesIO()
+    # zlib level 1, as for the shards' PNGs (cxr.preprocess.transforms): the pipeline
+    # decodes these bytes at once, so encoding fast matters more than a small file.
+    Image.fromarray(image.pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue(), image.markings
 
 
 # ---------------------------------------------------------------- burned-in markings

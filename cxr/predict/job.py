@@ -20,16 +20,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from cxr import progress, runtime, storage
-from cxr.ingest import sources
+from cxr.artifacts import PREDICTIONS_CSV_FILE, PREDICTIONS_FILE, PREDICTIONS_FILES, PredictionsLayout, positive_label
 from cxr.config import PredictConfig
 from cxr.errors import UserError
-from cxr.scoring.export import SCORED, open_export, preprocess_config, preprocessed_images, score
-from cxr.evaluate.metrics import predict_labels
-from cxr.train.loop import positive_label
+from cxr.evaluate.metrics import predict_labels  # the operating-point rule the evaluation report states
+from cxr.ingest import sources
+from cxr.scoring.datasets import preprocessed_images
+from cxr.scoring.export import open_export
+from cxr.scoring.predictor import SCORED, score
 
 log = logging.getLogger(__name__)
-
-OUTPUT_FILES = ("predictions.parquet", "predictions.csv", "summary.json")
 
 
 def run_predict(config: PredictConfig) -> dict:
@@ -37,7 +37,7 @@ def run_predict(config: PredictConfig) -> dict:
     started = time.time()
     export = open_export(config.model)
     listing = sources.list_images(config.input)
-    output = storage.resolve(config.output)
+    output = PredictionsLayout.at(config.output)
     _prepare_output(output, config.overwrite)
     log.info("scoring %d images from %s with %s (%s, %d px)", len(listing.items), listing.root, export.uri,
              ", ".join(export.class_names), export.image_size)
@@ -45,7 +45,7 @@ def run_predict(config: PredictConfig) -> dict:
     runtime.ensure_ray()
     with progress.Progress("predict", len(listing.items), "images",
                            runtime.progress_style(ray_data_bars=True)) as shown:
-        dataset = score(preprocessed_images(listing.items, preprocess_config(export.manifest)), export,
+        dataset = score(preprocessed_images(listing.items, export.manifest.preprocess_config()), export,
                         gpu=config.gpu, actors=config.actors, tally=shown.tally)
         scored = dataset.take_all()  # a few hundred bytes a row: the pixels stayed in the actors
 
@@ -54,29 +54,28 @@ def run_predict(config: PredictConfig) -> dict:
         raise RuntimeError(f"found {listing.found} files but wrote {table.num_rows} rows")
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    storage.write_bytes(output.join("predictions.parquet"), buffer.getvalue())
+    storage.write_bytes(output.parquet, buffer.getvalue())
     buffer = io.BytesIO()
     pacsv.write_csv(table, buffer)
-    storage.write_bytes(output.join("predictions.csv"), buffer.getvalue())
-    summary = {"model": export.uri, "input": listing.root, "output": output.uri, "files": listing.found,
+    storage.write_bytes(output.csv, buffer.getvalue())
+    summary = {"model": export.uri, "input": listing.root, "output": output.root.uri, "files": listing.found,
                "status": dict(Counter(table.column("status").to_pylist()).most_common()),
                "predicted": dict(Counter(c for c in table.column("predicted_class").to_pylist() if c)),
                "threshold": config.threshold, "ignored": listing.ignored,
                "seconds": round(time.time() - started, 2)}
-    storage.write_json(output.join("summary.json"), summary)
+    storage.write_json(output.summary, summary)
     return summary
 
 
-def _prepare_output(output: storage.Location, overwrite: bool) -> None:
-    storage.check_bucket(output)
-    existing = [name for name in OUTPUT_FILES
-                if storage.file_info(output.join(name)).type != storage.pafs.FileType.NotFound]
+def _prepare_output(output: PredictionsLayout, overwrite: bool) -> None:
+    storage.check_bucket(output.root)
+    existing = [name for name in PREDICTIONS_FILES if storage.exists(output.root.join(name))]
     if existing and not overwrite:
-        raise UserError(f"{output.uri}: already holds {', '.join(existing)}; pass --overwrite")
-    storage.check_writable(output)
+        raise UserError(f"{output.root.uri}: already holds {', '.join(existing)}; pass --overwrite")
+    storage.check_writable(output.root)
 
 
-def predictions_table(scored: list[dict], rejects: list[dict], class_names: list[str],
+def predictions_table(scored: list[dict], rejects: list[dict], class_names: tuple[str, ...],
                       threshold: float | None) -> pa.Table:
     """One row per file: path, predicted class, each class's probability, marking score, status."""
     scored = sorted(scored, key=lambda row: row["source_uri"])
@@ -108,5 +107,5 @@ def format_summary(summary: dict) -> str:
         f"scored {summary['files']} files from {summary['input']} in {summary['seconds']:.1f} s",
         f"  status: {status}",
         f"  predicted: {predicted or 'none'}",
-        f"  predictions: {summary['output']}/predictions.parquet and predictions.csv",
+        f"  predictions: {summary['output']}/{PREDICTIONS_FILE} and {PREDICTIONS_CSV_FILE}",
     ])

@@ -1,4 +1,7 @@
-"""manifest.json: what a shard set holds and how it was made, and its human summary."""
+"""Writing manifest.json (what a shard set holds and how it was made) and its human summary.
+
+Its fields and the typed view every reader uses are cxr.artifacts's `Manifest`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,9 @@ import datetime
 from collections import Counter
 from importlib import metadata
 
-from cxr import __version__, storage
-from cxr.preprocess import shards
+from cxr import __version__
+from cxr.artifacts import SCHEMA_VERSION, SHARD_SCHEMA, SPLITS, Manifest
 from cxr.config import PreprocessConfig
-from cxr.errors import UserError
 from cxr.ingest.sources import Listing
 
 RECORDED_PACKAGES = ("ray", "scikit-image", "pyarrow", "numpy", "pillow")
@@ -28,7 +30,7 @@ def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, st
 def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dict], assignment: dict[str, str],
                    rejects: list[dict], shard_files: dict[str, list[dict]], source_details: dict,
                    stage_seconds: dict[str, float], wall_seconds: dict[str, float]) -> dict:
-    splits = {split: {name: 0 for name in listing.class_names} for split in shards.SPLITS}
+    splits = {split: {name: 0 for name in listing.class_names} for split in SPLITS}
     for row in kept:
         splits[assignment[row["source_uri"]]][row["class_name"]] += 1
     if sum(f["rows"] for files in shard_files.values() for f in files) != len(kept):
@@ -36,7 +38,7 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
     if listing.found != len(kept) + len(rejects):
         raise RuntimeError(f"found {listing.found} inputs but kept {len(kept)} + rejected {len(rejects)}")
     return {
-        "schema_version": shards.SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cxr_version": __version__,
         "packages": package_versions(),
@@ -48,62 +50,42 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
             "kept": len(kept),
             "rejected": len(rejects),
             "splits": {split: {**per_class, "total": sum(per_class.values())} for split, per_class in splits.items()},
-            "classes": {name: sum(splits[s][name] for s in shards.SPLITS) for name in listing.class_names},
+            "classes": {name: sum(splits[s][name] for s in SPLITS) for name in listing.class_names},
             "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
             "inpainted": sum(1 for r in kept if r.get("marking_inpainted")),
             "ignored": dict(sorted(listing.ignored.items())),
         },
         "shards": shard_files,
-        "columns": {field.name: str(field.type) for field in shards.SHARD_SCHEMA},
+        "columns": {field.name: str(field.type) for field in SHARD_SCHEMA},
         "config": config.to_dict(),
         "timing": {"wall_seconds": {k: round(v, 2) for k, v in wall_seconds.items()},
                    "stage_cpu_seconds": stage_seconds},
     }
 
 
-def read_manifest(uri: str) -> dict:
-    """Read and check the manifest of a finished preprocessing output."""
-    location = storage.resolve(uri)
-    manifest_location = location.join(shards.MANIFEST_NAME)
-    info = storage.file_info(manifest_location)
-    if info.type != storage.pafs.FileType.File:
-        raise UserError(f"{location.uri}: no {shards.MANIFEST_NAME} (not a finished output of jobs/preprocess.py)")
-    try:
-        manifest = storage.read_json(manifest_location)
-    except ValueError:
-        raise UserError(f"{manifest_location.uri}: not valid JSON") from None
-    version = manifest.get("schema_version")
-    if version != shards.SCHEMA_VERSION:
-        raise UserError(f"{manifest_location.uri}: schema version {version!r} is not supported "
-                        f"(this cxr reads version {shards.SCHEMA_VERSION})")
-    return manifest
-
-
-def format_summary(manifest: dict, output_uri: str) -> str:
+def format_summary(manifest: Manifest, output_uri: str) -> str:
     """A table a person reads at the end of the job."""
-    classes = manifest["class_names"]
-    counts = manifest["counts"]
+    classes, counts = manifest.class_names, manifest.counts
     width = max(8, *(len(c) + 2 for c in classes))  # two spaces between columns
     lines = [f"shards written to {output_uri}", "",
              "split  " + "".join(f"{c:>{width}}" for c in classes) + f"{'total':>{width}}"]
-    for split in shards.SPLITS:
-        row = counts["splits"][split]
-        lines.append(f"{split:<7}" + "".join(f"{row[c]:>{width}}" for c in classes) + f"{row['total']:>{width}}")
+    for split in SPLITS:
+        row = manifest.splits[split]
+        lines.append(f"{split:<7}" + "".join(f"{row.per_class[c]:>{width}}" for c in classes)
+                     + f"{row.total:>{width}}")
     lines.append("")
-    lines.append(f"inputs found {counts['found']} = kept {counts['kept']} + rejected {counts['rejected']}")
-    for reason, n in counts["rejected_by_reason"].items():
+    lines.append(f"inputs found {counts.found} = kept {counts.kept} + rejected {counts.rejected}")
+    for reason, n in counts.rejected_by_reason.items():
         lines.append(f"  rejected {reason}: {n}")
-    if counts["inpainted"]:
-        lines.append(f"  kept with markings inpainted: {counts['inpainted']}")
-    for what, n in counts["ignored"].items():
+    if counts.inpainted:
+        lines.append(f"  kept with markings inpainted: {counts.inpainted}")
+    for what, n in counts.ignored.items():
         lines.append(f"  ignored {what}: {n}")
-    kaggle = manifest["source"].get("kaggle")
-    if kaggle:
+    if manifest.kaggle:
         how = Counter()
-        for per_class in kaggle["fetched"].values():
+        for per_class in manifest.kaggle.fetched.values():
             how.update(per_class)
-        lines.append(f"Kaggle {kaggle['dataset']} version {kaggle['version']}: "
+        lines.append(f"Kaggle {manifest.kaggle.dataset} version {manifest.kaggle.version}: "
                      + ", ".join(f"{what} {n}" for what, n in sorted(how.items())))
-    wall = manifest["timing"]["wall_seconds"]
-    lines.append(f"took {wall['total']:.1f} s ({counts['found'] / max(wall['total'], 1e-9):.1f} inputs/s)")
+    lines.append(f"took {manifest.wall_seconds:.1f} s ({counts.found / max(manifest.wall_seconds, 1e-9):.1f} inputs/s)")
     return "\n".join(lines)

@@ -23,12 +23,9 @@ from skimage.measure import label
 from skimage.morphology import closing, dilation, erosion, footprint_rectangle, opening
 
 # The smallest heavy marking found (a 3-character text row, one arrow) covers 0.1-0.2% of
-# the image; the score crosses 0.5 at 0.1%, so any one of them drops the image, while a
-# lone laterality letter, which none of the three detectors accepts, scores 0. Scores
-# are nearly binary in practice: on the real sample, thresholds from 0.3 to 0.7 drop
-# 1.7% to 1.2% of the originals and catch 96-98% of drawn markings either way, so 0.5
-# sits in the middle of a flat range.
-DEFAULT_MARKING_THRESHOLD = 0.5
+# the image; the score crosses 0.5 (the default threshold, cxr.config.DEFAULT_MARKING_THRESHOLD)
+# at 0.1%, so any one of them drops the image, while a lone laterality letter, which none
+# of the three detectors accepts, scores 0. Scores are nearly binary in practice.
 _EVIDENCE_AT_THRESHOLD = 0.001
 
 _MAX_WORK_SIDE = 400  # larger inputs are block-averaged to at most this, for speed

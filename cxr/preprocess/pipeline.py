@@ -18,19 +18,21 @@ from time import perf_counter
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import ray
 
-from cxr.preprocess import manifest as manifest_lib
 from cxr import progress, runtime, storage
-from cxr.ingest import downloads, sources
-from cxr.preprocess import shards
+from cxr.artifacts import MANIFEST_FILE, SPLITS, ShardsLayout
 from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
+from cxr.ingest import downloads, sources
+from cxr.preprocess import manifest as manifest_lib
+from cxr.preprocess import shards
+from cxr.preprocess.markings import detect_markings, inpaint_markings
 from cxr.preprocess.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
-                            resize_square, to_grayscale, to_uint8)
+                                       resize_square, to_grayscale, to_uint8)
 
 log = logging.getLogger(__name__)
 
-STAGING_NAME = "_staging"
 # Inputs per Ray Data block, one task each. Measured on 2 cores: at 24 images (0.4 s tasks)
 # the cores idled 30% of the time between tasks; at 96 (1.5 s) scheduling is noise.
 ROWS_PER_BLOCK = 96
@@ -44,8 +46,6 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
     Raises ImageRejected when the image cannot be used; a marking drop is not an error
     but a status, so its score and hash still reach rejected.parquet.
     """
-    from cxr.preprocess.markings import detect_markings, inpaint_markings  # scikit-image heavy; workers only
-
     seconds: dict[str, float] = {}
     clock = perf_counter()
 
@@ -115,26 +115,24 @@ def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None) -> pa.T
     return pa.Table.from_pylist(rows, schema=shards.STAGING_SCHEMA)
 
 
-def prepare_output(output: storage.Location, overwrite: bool) -> None:
+def prepare_output(output: ShardsLayout, overwrite: bool) -> None:
     """Refuse to write over an existing output unless asked; never delete foreign files."""
-    storage.check_bucket(output)
-    info = storage.file_info(output)
-    if info.type == storage.pafs.FileType.File:
-        raise UserError(f"{output.uri}: --output is a file, not a folder or prefix")
-    existing = storage.list_files(output) if info.type != storage.pafs.FileType.NotFound or output.is_s3 else []
+    root = output.root
+    storage.check_bucket(root)
+    if storage.is_file(root):
+        raise UserError(f"{root.uri}: --output is a file, not a folder or prefix")
+    existing = storage.list_files(root) if root.is_s3 or storage.exists(root) else []
     if existing:
-        names = [f.path[len(output.path.rstrip("/")) + 1:] for f in existing]
-        state = "a finished" if shards.MANIFEST_NAME in names else "a partial"
+        names = [f.path[len(root.path.rstrip("/")) + 1:] for f in existing]
+        state = "a finished" if MANIFEST_FILE in names else "a partial"
         if not overwrite:
-            raise UserError(f"{output.uri} already holds {state} output; pass --overwrite to replace it")
-        ours = (*shards.SPLITS, STAGING_NAME)
-        foreign = [n for n in names if n.split("/", 1)[0] not in ours
-                   and n not in (shards.MANIFEST_NAME, shards.REJECTED_NAME)]
+            raise UserError(f"{root.uri} already holds {state} output; pass --overwrite to replace it")
+        foreign = [n for n in names if not ShardsLayout.is_ours(n)]
         if foreign:
-            raise UserError(f"{output.uri} holds files cxr did not write (such as {foreign[0]}); "
+            raise UserError(f"{root.uri} holds files cxr did not write (such as {foreign[0]}); "
                             f"refusing to delete them, choose another --output")
-        storage.delete_tree(output, keep_root=True)
-    storage.check_writable(output)
+        storage.delete_tree(root, keep_root=True)
+    storage.check_writable(root)
 
 
 def block_count(items: int, cpus: int) -> int:
@@ -151,13 +149,11 @@ def run_preprocess(config: PreprocessConfig) -> dict:
                         f"({len(listing.rejects)} other files)")
     log.info("found %d inputs in %s (%s), classes %s", listing.found, listing.root, listing.kind,
              ", ".join(listing.class_names))
-    output = storage.resolve(config.output)
+    output = ShardsLayout.at(config.output)
     prepare_output(output, config.overwrite)
-    staging = output.join(STAGING_NAME)
+    staging = output.staging
 
     runtime.ensure_ray()
-    import ray
-
     num_blocks = block_count(len(listing.items), int(ray.cluster_resources().get("CPU", 1)))
     log.info("processing %d images in %d blocks", len(listing.items), num_blocks)
     dataset = ray.data.from_items(listing.items, override_num_blocks=num_blocks)
@@ -170,7 +166,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
                            runtime.progress_style(ray_data_bars=True)) as shown:
         dataset = dataset.map_batches(process_batch, batch_format="pyarrow", batch_size=None,
                                       fn_kwargs={"config": config, "tally": shown.tally})
-        dataset.write_parquet(staging.path, filesystem=output.fs)
+        dataset.write_parquet(staging.path, filesystem=staging.fs)
     processed_at = time.time()
 
     metadata = _read_staging_metadata(staging)
@@ -183,9 +179,9 @@ def run_preprocess(config: PreprocessConfig) -> dict:
         source_details["kaggle"] = {**source_details["kaggle"],
                                     "fetched": downloads.fetched_per_class(processed, listing.class_names)}
         try:
-            downloads.check_failures(processed, config.download, output.join(shards.REJECTED_NAME).uri)
+            downloads.check_failures(processed, config.download, output.rejected.uri)
         except UserError:
-            shards.write_rejects(rejects, output)  # so the user can see which, and why
+            shards.write_rejects(rejects, output.rejected)  # so the user can see which, and why
             storage.delete_tree(staging)
             raise
     kept, duplicates = shards.remove_duplicates(ok_rows)
@@ -195,13 +191,13 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     file_rows = {path: Counter(assignment[r["source_uri"]] for r in rows if r["source_uri"] in assignment)
                  for path, rows in metadata.items()}
     shard_files = _write_shards(staging, output, assignment, file_rows, config.rows_per_shard)
-    shards.write_rejects(rejects, output)
+    shards.write_rejects(rejects, output.rejected)
 
     manifest = manifest_lib.build_manifest(
         config=config, listing=listing, kept=kept, assignment=assignment, rejects=rejects,
         shard_files=shard_files, source_details=source_details, stage_seconds=_stage_seconds(processed),
         wall_seconds={"process": processed_at - started, "total": time.time() - started})
-    storage.write_json(output.join(shards.MANIFEST_NAME), manifest)
+    storage.write_json(output.manifest, manifest)
     storage.delete_tree(staging)
     return manifest
 
@@ -214,11 +210,9 @@ def _read_staging_metadata(staging: storage.Location) -> dict[str, list[dict]]:
             for fragment in dataset.get_fragments()}
 
 
-def _write_shards(staging: storage.Location, output: storage.Location, assignment: dict[str, str],
+def _write_shards(staging: storage.Location, output: ShardsLayout, assignment: dict[str, str],
                   file_rows: dict[str, Counter], rows_per_shard: int) -> dict[str, list[dict]]:
     """Second pass: one Ray task per final shard, regrouping kept staging rows by split."""
-    import ray
-
     write_shard = ray.remote(num_cpus=1)(shards.write_shard)
     uris_by_split: dict[str, set[str]] = defaultdict(set)
     for uri, split in assignment.items():
@@ -227,10 +221,10 @@ def _write_shards(staging: storage.Location, output: storage.Location, assignmen
     for split, groups in shards.plan_shards(file_rows, rows_per_shard).items():
         keep = ray.put(uris_by_split[split])  # once per split, not once per task
         for index, files in enumerate(groups):
-            name = f"{split}/part-{index:05d}.parquet"
-            pending[name] = write_shard.remote(files, keep, output.join(name).uri)
+            name = ShardsLayout.shard_name(split, index)
+            pending[name] = write_shard.remote(files, keep, output.root.join(name).uri)
     rows = dict(zip(pending, ray.get(list(pending.values()))))
-    shard_files: dict[str, list[dict]] = {split: [] for split in shards.SPLITS}
+    shard_files: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for name, count in sorted(rows.items()):
         shard_files[name.split("/", 1)[0]].append({"path": name, "rows": count})
     return shard_files

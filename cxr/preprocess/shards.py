@@ -1,12 +1,9 @@
-"""The shard format the preprocessing job writes and the training job reads.
+"""Writing a shard set (its format: cxr.artifacts), and the job's two global decisions.
 
-Layout under the output URI:
-    train/ val/ test/    Parquet shards, one row per kept image (SHARD_SCHEMA)
-    rejected.parquet     one row per input not kept, with the reason (REJECT_SCHEMA)
-    manifest.json        written last: a reader that finds it can trust the rest
-
-This module also holds the two global decisions of the job, made on the driver from
-per-image metadata only: exact-duplicate removal and the train/val/test split.
+The first pass writes staging files (STAGING_SCHEMA: the shard columns, each image's
+status and per-stage seconds); the driver reads back their METADATA_COLUMNS only and
+decides, from per-image metadata, exact-duplicate removal and the train/val/test split;
+`write_shard` then copies the kept rows into the final shards, one Ray task each.
 """
 
 from __future__ import annotations
@@ -18,42 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxr import storage
+from cxr.artifacts import REJECT_SCHEMA, SHARD_SCHEMA, SPLITS
 from cxr.config import SplitConfig
-
-SCHEMA_VERSION = 1
-SPLITS = ("train", "val", "test")
-MANIFEST_NAME = "manifest.json"
-REJECTED_NAME = "rejected.parquet"
-
-SHARD_SCHEMA = pa.schema([
-    ("image_png", pa.binary()),
-    ("label", pa.int32()),
-    ("class_name", pa.string()),
-    ("source_uri", pa.string()),
-    ("content_hash", pa.string()),
-    ("marking_score", pa.float32()),
-    ("marking_inpainted", pa.bool_()),
-    # Ground truth of the synthetic source (comma-separated kinds); null for real images.
-    ("marking_truth", pa.string()),
-    ("orig_height", pa.int32()),
-    ("orig_width", pa.int32()),
-])
 
 STAGES = ("read", "decode", "grayscale", "markings", "clahe", "resize", "encode")
 STAGING_SCHEMA = pa.schema(
     # fetch: how a remote source's image was had (downloaded, cached, failed); null otherwise.
     list(SHARD_SCHEMA) + [("status", pa.string()), ("detail", pa.string()), ("fetch", pa.string())]
     + [(f"t_{stage}", pa.float32()) for stage in STAGES])
-
-REJECT_SCHEMA = pa.schema([
-    ("source_uri", pa.string()),
-    ("class_name", pa.string()),
-    ("reason", pa.string()),
-    ("detail", pa.string()),
-    ("marking_score", pa.float32()),
-    ("content_hash", pa.string()),
-    ("marking_truth", pa.string()),
-])
 
 # What the driver reads back from the staging shards to decide duplicates and splits.
 METADATA_COLUMNS = ["source_uri", "label", "class_name", "content_hash", "status", "detail", "fetch",
@@ -157,7 +126,8 @@ def plan_shards(file_rows: dict[str, dict[str, int]], rows_per_shard: int) -> di
     return plan
 
 
-def write_rejects(rows: list[dict], output: storage.Location) -> None:
+def write_rejects(rows: list[dict], target: storage.Location) -> None:
+    """rejected.parquet: one row per input not kept, with its reason."""
     table = pa.Table.from_pylist([{name: r.get(name) for name in REJECT_SCHEMA.names} for r in rows],
                                  schema=REJECT_SCHEMA).sort_by("source_uri")
-    pq.write_table(table, output.join(REJECTED_NAME).path, filesystem=output.fs)
+    pq.write_table(table, target.path, filesystem=target.fs)

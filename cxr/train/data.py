@@ -7,13 +7,14 @@ TensorFlow half (`worker_dataset`) runs inside the training workers only.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
+import ray
 
 from cxr import storage
+from cxr.artifacts import Manifest
 from cxr.config import AugmentConfig
+from cxr.preprocess.transforms import decode_png_gray
+from cxr.train.keras_lib import keras
 
 FEATURE = "image"
 LABEL = "label"
@@ -26,32 +27,24 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     Images stay uint8 until the worker: a quarter of float32's object-store footprint.
     """
-    images = np.stack([np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.uint8)
-                       for png in batch["image_png"]])
+    images = np.stack([decode_png_gray(png) for png in batch["image_png"]])
     return {FEATURE: images[..., None], LABEL: np.asarray(batch["label"], dtype=np.int64)}
 
 
-def split_paths(data: storage.Location, manifest: dict, split: str) -> list[str]:
-    return [data.join(shard["path"]).path for shard in manifest["shards"][split]]
-
-
-def split_dataset(data: storage.Location, manifest: dict, split: str):
+def split_dataset(data: storage.Location, manifest: Manifest, split: str):
     """A lazily read, decoded Ray Data dataset of one split."""
-    import ray
-
-    paths = split_paths(data, manifest, split)
-    dataset = ray.data.read_parquet(paths, filesystem=data.fs).select_columns(["image_png", "label"])
-    return dataset.map_batches(decode_batch, batch_format="numpy")
+    dataset = ray.data.read_parquet(manifest.split_paths(data, split), filesystem=data.fs)
+    return dataset.select_columns(["image_png", "label"]).map_batches(decode_batch, batch_format="numpy")
 
 
-def class_weights(manifest: dict) -> dict[int, float]:
+def class_weights(manifest: Manifest) -> dict[int, float]:
     """Inverse-frequency weights from the manifest's training counts (mean weight 1 per image).
 
     The real database is 2.8 : 1 Normal to COVID; unweighted, a model can score 74% by
     answering Normal.
     """
-    counts = manifest["counts"]["splits"]["train"]
-    names = manifest["class_names"]
+    counts = manifest.splits["train"].per_class
+    names = manifest.class_names
     total = sum(counts[name] for name in names)
     return {label: total / (len(names) * max(counts[name], 1)) for label, name in enumerate(names)}
 
@@ -66,9 +59,7 @@ def worker_dataset(shard, batch_size: int, num_classes: int, seed: int, training
     keeps this worker's decoded uint8 images in memory; later epochs read them from there
     and never wait for a new stream to start.
     """
-    import tensorflow as tf
-
-    from cxr.train.keras_lib import keras
+    import tensorflow as tf  # heavy (seconds, hundreds of MB): training workers only
 
     dataset = shard.to_tf(feature_columns=FEATURE, label_columns=LABEL, batch_size=batch_size).unbatch()
     if cache:
@@ -94,8 +85,7 @@ def worker_dataset(shard, batch_size: int, num_classes: int, seed: int, training
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def cached_bytes_per_worker(manifest: dict, workers: int) -> int:
+def cached_bytes_per_worker(manifest: Manifest, workers: int) -> int:
     """Memory each worker needs to keep its part of the train and validation splits decoded."""
-    splits = manifest["counts"]["splits"]
-    images = -(-(splits["train"]["total"] + splits["val"]["total"]) // workers)
-    return images * manifest["image"]["height"] * manifest["image"]["width"]
+    images = -(-(manifest.splits["train"].total + manifest.splits["val"].total) // workers)
+    return images * manifest.image_size * manifest.image_size

@@ -12,15 +12,19 @@ from __future__ import annotations
 import logging
 import os
 
+import ray
+
 from cxr import progress, runtime, storage
+from cxr.artifacts import HISTORY_FILE, LEARNING_CURVE_FILE, MODEL_FILE, Manifest, RunLayout, read_manifest
 from cxr.config import TrainConfig
 from cxr.errors import UserError
-from cxr.preprocess.manifest import read_manifest
+from cxr.train.data import cached_bytes_per_worker, split_dataset
+from cxr.train.history import history_csv, learning_curve_png
+from cxr.train.keras_lib import TF_ENVIRONMENT, configure_environment
+from cxr.train.loop import TrainingState, train_loop_per_worker
+from cxr.train.models import build_model, resolve_weights
 
 log = logging.getLogger(__name__)
-
-EXPORT_DIR = "model"
-TRAINING_FILE = "training.json"
 
 
 def run_training(config: TrainConfig) -> dict:
@@ -31,11 +35,9 @@ def run_training(config: TrainConfig) -> dict:
     storage_root = storage.resolve(config.storage)
     storage.check_bucket(storage_root)
     storage.check_writable(storage_root)
-    run = storage_root.join(config.run_name)
+    run = RunLayout(storage_root.join(config.run_name))
 
     started_ray = runtime.ensure_ray()
-    import ray
-
     cpus_per_worker = _worker_cpus(config, ray.nodes(), started_ray)
     weights = _checked_weights(config, manifest)
     result = _fit(config, manifest, data, storage_root, run, cpus_per_worker,
@@ -43,10 +45,9 @@ def run_training(config: TrainConfig) -> dict:
     return export(result, config, manifest, run)
 
 
-def _check_splits(manifest: dict, uri: str) -> None:
-    counts = manifest["counts"]["splits"]
+def _check_splits(manifest: Manifest, uri: str) -> None:
     for split in ("train", "val"):
-        if counts[split]["total"] == 0:
+        if manifest.splits[split].total == 0:
             raise UserError(f"{uri}: the {split} split is empty; preprocess more images or change --split")
 
 
@@ -94,7 +95,7 @@ def _cpus_per_worker(config: TrainConfig, resources: dict, where: str = "the clu
     return wanted
 
 
-def _checked_weights(config: TrainConfig, manifest: dict) -> tuple[str, bytes] | None:
+def _checked_weights(config: TrainConfig, manifest: Manifest) -> tuple[str, bytes] | None:
     """Resolve --weights on the driver and prove they fit, before any worker starts.
 
     The file travels to the workers through Ray's object store: a cluster's nodes need
@@ -103,25 +104,21 @@ def _checked_weights(config: TrainConfig, manifest: dict) -> tuple[str, bytes] |
     spec = config.weights_spec
     if spec == "none":
         return None
-    from cxr.train.models import build_model, resolve_weights
-
     path = resolve_weights(config.model, spec)
     if not os.path.isfile(path):
         raise UserError(f"{path}: pass a single weights file (.h5, .weights.h5 or .keras), not a checkpoint prefix")
-    build_model(config.model, manifest["image"]["height"], len(manifest["class_names"]), weights=path)
+    build_model(config.model, manifest.image_size, len(manifest.class_names), weights=path)
     with open(path, "rb") as handle:
         return os.path.basename(path), handle.read()
 
 
-def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref):
-    from cxr.train.keras_lib import TF_ENVIRONMENT, configure_environment
-
-    configure_environment()  # before Ray's TensorFlow trainer imports tf.keras
+def _fit(config: TrainConfig, manifest: Manifest, data: storage.Location, storage_root: storage.Location,
+         run: RunLayout, cpus_per_worker: float, weights_ref):
+    configure_environment()
+    # Imported here, after configure_environment: Ray's TensorFlow trainer imports tf.keras,
+    # which must resolve to Keras 2 (cxr.train.keras_lib).
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
-
-    from cxr.train.data import cached_bytes_per_worker, split_dataset
-    from cxr.train.loop import train_loop_per_worker
 
     cache = cached_bytes_per_worker(manifest, config.workers) <= config.cache_mib * 2**20
     val = split_dataset(data, manifest, "val")
@@ -130,12 +127,12 @@ def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref
     datasets = {"train": split_dataset(data, manifest, "train"), "val": val if cache else val.materialize()}
     log.info("training %s on %d worker(s) (%s, %g CPU each), %s, run %s", config.model, config.workers,
              "GPU" if config.gpu else "CPU", cpus_per_worker,
-             "decoded images kept in memory after epoch 1" if cache else "streaming every epoch", run.uri)
-    total_images = config.epochs * manifest["counts"]["splits"]["train"]["total"]
+             "decoded images kept in memory after epoch 1" if cache else "streaming every epoch", run.root.uri)
+    total_images = config.epochs * manifest.splits["train"].total
     with progress.Progress("train", total_images, "images", runtime.progress_style()) as shown:
         trainer = TensorflowTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": config, "manifest": manifest, "weights": weights_ref, "run_uri": run.uri,
+            train_loop_config={"config": config, "manifest": manifest, "weights": weights_ref, "run_uri": run.root.uri,
                                "cache": cache, "tally": shown.tally},
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
                                          resources_per_worker={"CPU": cpus_per_worker},
@@ -151,33 +148,28 @@ def _fit(config, manifest, data, storage_root, run, cpus_per_worker, weights_ref
         return trainer.fit()
 
 
-def export(result, config: TrainConfig, manifest: dict, run: storage.Location) -> dict:
+def export(result, config: TrainConfig, manifest: Manifest, run: RunLayout) -> dict:
     """Copy the best checkpoint's model, the manifest and the history into `<run>/model/`."""
-    from cxr.evaluate.figures import learning_curve_png
-    from cxr.train.history import history_csv
-    from cxr.train.loop import MODEL_FILE, TrainingState
-
     latest = result.checkpoint
     if latest is None:
-        raise UserError(f"{run.uri}: training produced no checkpoint")
+        raise UserError(f"{run.root.uri}: training produced no checkpoint")
     best = result.get_best_checkpoint(metric="val_loss", mode="min") or latest
     with latest.as_directory() as directory:
         state = TrainingState.load(directory)
-    target = run.join(EXPORT_DIR)
+    target = run.export
     with best.as_directory() as directory:
         with open(os.path.join(directory, MODEL_FILE), "rb") as handle:
-            storage.write_bytes(target.join(MODEL_FILE), handle.read())
+            storage.write_bytes(target.model, handle.read())
     rows = list(state.history)
-    storage.write_json(target.join("manifest.json"), manifest)
-    storage.write_bytes(target.join("history.csv"), history_csv(rows))
-    storage.write_bytes(target.join("learning_curve.png"),
-                        learning_curve_png(rows, f"{config.model} on {manifest['source']['uri']}"))
+    storage.write_json(target.manifest, manifest.to_dict())
+    storage.write_bytes(target.history, history_csv(rows))
+    storage.write_bytes(target.learning_curve, learning_curve_png(rows, f"{config.model} on {manifest.source_uri}"))
     best_row = next(r for r in rows if r["epoch"] == state.best_epoch)
-    summary = {"model": config.model, "run": run.uri, "export": target.uri, "class_names": manifest["class_names"],
-               "image_size": manifest["image"]["height"], "epochs_trained": state.next_epoch,
-               "stopped_early": state.stopped_early, "best_epoch": state.best_epoch, "best": best_row,
-               "restarts": state.attempt, "config": config.to_dict()}
-    storage.write_json(target.join(TRAINING_FILE), summary)
+    summary = {"model": config.model, "run": run.root.uri, "export": target.root.uri,
+               "class_names": list(manifest.class_names), "image_size": manifest.image_size,
+               "epochs_trained": state.next_epoch, "stopped_early": state.stopped_early, "best_epoch": state.best_epoch,
+               "best": best_row, "restarts": state.attempt, "config": config.to_dict()}
+    storage.write_json(target.training, summary)
     return summary
 
 
@@ -188,6 +180,6 @@ def format_summary(summary: dict) -> str:
         f"model exported to {summary['export']}",
         f"  {summary['model']}: {summary['epochs_trained']} epoch(s)"
         + (", stopped early" if summary["stopped_early"] else "") + f"; best epoch {summary['best_epoch'] + 1}: {metrics}",
-        f"  learning curve: {summary['export']}/learning_curve.png",
-        f"  history: {summary['export']}/history.csv",
+        f"  learning curve: {summary['export']}/{LEARNING_CURVE_FILE}",
+        f"  history: {summary['export']}/{HISTORY_FILE}",
     ])

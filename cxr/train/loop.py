@@ -18,12 +18,16 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import ray
+import ray.train
 
-from cxr import progress
+from cxr import progress, storage
+from cxr.artifacts import MODEL_FILE, STATE_FILE, Manifest, RunLayout, positive_label
 from cxr.config import TrainConfig
+from cxr.train.data import class_weights, worker_dataset
+from cxr.train.keras_lib import keras
+from cxr.train.models import build_model, load_model
 
-MODEL_FILE = "model.keras"
-STATE_FILE = "state.json"
 # Validation loss must improve by more than this to count as an improvement.
 MIN_DELTA = 1e-4
 # Rank 0 tells the driver where training is at most this often (a call to a small actor).
@@ -67,28 +71,19 @@ class TrainingState:
         return cls(**{**fields, "history": tuple(fields["history"])})
 
 
-def positive_label(class_names: list[str]) -> int:
-    """The class whose sensitivity matters: COVID when present, else the last class."""
-    return class_names.index("COVID") if "COVID" in class_names else len(class_names) - 1
-
-
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
     """Adam's learning rate: constant, or a cosine decay over all the run's steps."""
-    from cxr.train.keras_lib import keras
-
     if config.lr_schedule == "constant":
         return config.learning_rate
     return keras().optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps_per_epoch)
 
 
-def steps_per_epoch(manifest: dict, batch_size: int) -> int:
-    return max(1, -(-manifest["counts"]["splits"]["train"]["total"] // batch_size))
+def steps_per_epoch(manifest: Manifest, batch_size: int) -> int:
+    return max(1, -(-manifest.splits["train"].total // batch_size))
 
 
-def compile_model(model, config: TrainConfig, class_names: list[str], steps: int) -> None:
+def compile_model(model, config: TrainConfig, class_names: tuple[str, ...], steps: int) -> None:
     """Adam, cross-entropy, and the metrics each epoch reports; `steps` is steps per epoch."""
-    from cxr.train.keras_lib import keras
-
     metrics = keras().metrics
     positive = positive_label(class_names)
     model.compile(
@@ -118,9 +113,6 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
     the training state after the last finished epoch. Rank 0 tells the driver's progress
     `tally` where training is and each epoch's metrics.
     """
-    import ray.train
-
-    from cxr.train.keras_lib import keras
 
     class EpochReporter(keras().callbacks.Callback):
         def __init__(self):
@@ -196,8 +188,6 @@ def epoch_line(row: dict, epochs: int, state: TrainingState) -> str:
 
 def current_learning_rate(optimizer) -> float:
     """The rate the optimizer applies now, whether a constant or a schedule of the step."""
-    from cxr.train.keras_lib import keras
-
     rate = optimizer.learning_rate
     if callable(rate):
         rate = rate(optimizer.iterations)
@@ -205,17 +195,11 @@ def current_learning_rate(optimizer) -> float:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    import ray
-    import ray.train
-    import tensorflow as tf
-
-    from cxr.train.keras_lib import keras
-    from cxr.train.models import build_model, load_model
-    from cxr.train.data import class_weights, worker_dataset
+    import tensorflow as tf  # heavy (seconds, hundreds of MB): in the workers only, which have TF_ENVIRONMENT
 
     config: TrainConfig = loop_config["config"]
-    manifest: dict = loop_config["manifest"]
-    class_names = manifest["class_names"]
+    manifest: Manifest = loop_config["manifest"]
+    class_names = manifest.class_names
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     keras()
@@ -233,7 +217,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state = dataclasses.replace(state, attempt=state.attempt + 1)
         else:
             with tempfile.TemporaryDirectory() as directory:
-                model = build_model(config.model, manifest["image"]["height"], len(class_names),
+                model = build_model(config.model, manifest.image_size, len(class_names),
                                     weights=_local_weights(loop_config.get("weights"), directory),
                                     dropout=config.dropout)
             compile_model(model, config, class_names, steps_per_epoch(manifest, config.batch_size))
@@ -246,7 +230,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     val = worker_dataset(ray.train.get_dataset_shard("val"), config.batch_size, len(class_names), seed,
                          training=False, cache=cache)
     weights = class_weights(manifest) if config.class_weights else None
-    train_images = manifest["counts"]["splits"]["train"]["total"]
+    train_images = manifest.splits["train"].total
 
     tally = loop_config.get("tally")
     if rank == 0 and state.attempt > 0:
@@ -270,8 +254,6 @@ def _local_weights(blob_ref, directory: str) -> str | None:
     """The driver's checked weights file, shipped through the object store to this node."""
     if blob_ref is None:
         return None
-    import ray
-
     name, data = ray.get(blob_ref)
     path = os.path.join(directory, name)
     with open(path, "wb") as handle:
@@ -281,8 +263,6 @@ def _local_weights(blob_ref, directory: str) -> str | None:
 
 def _write_worker_summary(run_uri: str, rank: int, model, state: TrainingState) -> None:
     """workers/rank-N.json: lets anyone check that every worker ended with the same weights."""
-    from cxr import storage
-
     summary = {"rank": rank, "weights_sha256": weights_digest(model), "epochs": state.next_epoch,
                "attempt": state.attempt, "stopped_early": state.stopped_early}
-    storage.write_json(storage.resolve(run_uri).join("workers", f"rank-{rank}.json"), summary)
+    storage.write_json(RunLayout.at(run_uri).worker_record(rank), summary)

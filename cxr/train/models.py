@@ -21,13 +21,12 @@ import hashlib
 import os
 from pathlib import Path
 
-from cxr.train import keras_lib
-from cxr.config import MODEL_NAMES, TrainConfig  # noqa: F401  (MODEL_NAMES re-exported: the models built here)
+from cxr.config import MODEL_NAMES, TrainConfig, check_model_name  # noqa: F401  (MODEL_NAMES: the models built here)
 from cxr.errors import UserError
+from cxr.train import keras_lib
 
 VGG_INPUT_SIZE = 224
 BN_MOMENTUM = 0.9
-DROPOUT = TrainConfig.dropout
 VGG19_NOTOP_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 VGG19_NOTOP_MD5 = "253f8cb515780f3b799900260a226db6"
 
@@ -36,23 +35,18 @@ VGG19_NOTOP_MD5 = "253f8cb515780f3b799900260a226db6"
 SCRATCH_MIN_SIZE = 36
 
 
-def _check_model_name(model_name: str) -> None:
-    if model_name not in MODEL_NAMES:
-        raise UserError(f"--model must be one of {', '.join(MODEL_NAMES)}, got {model_name!r}")
-
-
 def model_input_shape(model_name: str, image_size: int) -> tuple[int, int, int]:
     """The input shape of `model_name` fed with `image_size` shards: gray, any size.
 
     vgg19_head resizes to VGG's 224 px and repeats gray to RGB inside the model, so both
     models read the shards as they are.
     """
-    _check_model_name(model_name)
+    check_model_name(model_name)
     return (image_size, image_size, 1)
 
 
 def build_model(model_name: str, image_size: int, num_classes: int, weights: str | None = None,
-                dropout: float = DROPOUT):
+                dropout: float = TrainConfig.dropout):
     """A new, uncompiled `tf_keras.Model`; `weights` is "none"/None, "imagenet" or a file path.
 
     `dropout` is the rate of the dropout layers around the dense head (no parameters, so
@@ -61,7 +55,7 @@ def build_model(model_name: str, image_size: int, num_classes: int, weights: str
     A file is loaded into the whole model, except that vgg19_head also takes a VGG19 no-top
     weights file (such as Keras's ImageNet one) for its base.
     """
-    _check_model_name(model_name)
+    input_shape = model_input_shape(model_name, image_size)  # checks the name
     if num_classes < 2:
         raise UserError(f"a classifier needs at least 2 classes, got {num_classes}")
     if model_name == "scratch_cnn" and image_size < SCRATCH_MIN_SIZE:
@@ -71,9 +65,9 @@ def build_model(model_name: str, image_size: int, num_classes: int, weights: str
 
     keras = keras_lib.keras()
     if model_name == "scratch_cnn":
-        model = _scratch_cnn(keras, image_size, num_classes, dropout)
+        model = _scratch_cnn(keras, input_shape, num_classes, dropout)
     else:
-        model = _vgg19_head(keras, image_size, num_classes, dropout)
+        model = _vgg19_head(keras, input_shape, num_classes, dropout)
     if weights_path is not None:
         if model_name == "vgg19_head" and _is_vgg19_notop_file(weights_path):
             _load_weights(model.get_layer("vgg19"), weights_path, "the VGG19 base")
@@ -104,9 +98,9 @@ def _dense_head(layers, x, num_classes: int, dropout: float):
     return layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
 
 
-def _scratch_cnn(keras, image_size: int, num_classes: int, dropout: float):
+def _scratch_cnn(keras, input_shape: tuple[int, int, int], num_classes: int, dropout: float):
     layers = keras.layers
-    inputs = keras.Input(shape=model_input_shape("scratch_cnn", image_size), name="image")
+    inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Rescaling(1 / 255, name="rescale")(inputs)
     for block, filters in enumerate((32, 64, 128), start=1):
         x = layers.Conv2D(filters, 3, activation="relu", name=f"block{block}_conv1")(x)
@@ -120,9 +114,10 @@ def _scratch_cnn(keras, image_size: int, num_classes: int, dropout: float):
     return keras.Model(inputs, _dense_head(layers, x, num_classes, dropout), name="scratch_cnn")
 
 
-def _vgg19_head(keras, image_size: int, num_classes: int, dropout: float):
+def _vgg19_head(keras, input_shape: tuple[int, int, int], num_classes: int, dropout: float):
     layers = keras.layers
-    inputs = keras.Input(shape=model_input_shape("vgg19_head", image_size), name="image")
+    inputs = keras.Input(shape=input_shape, name="image")
+    image_size = input_shape[0]
     x = inputs
     if image_size != VGG_INPUT_SIZE:
         # "area" averages when shrinking (plain bilinear would alias fine lung texture);
@@ -164,7 +159,7 @@ def _vgg19_preprocess_class():
 
 def resolve_weights(model_name: str, weights: str | None) -> str | None:
     """`resolve_vgg_weights`, refusing "imagenet" for a model that has no ImageNet weights."""
-    _check_model_name(model_name)
+    check_model_name(model_name)
     if model_name != "vgg19_head" and weights == "imagenet":
         raise UserError(f"imagenet weights exist only for vgg19_head, not {model_name}: "
                         "use --weights none or a weights file")

@@ -1,0 +1,380 @@
+"""Every file the jobs write, and the one place that knows their names and fields.
+
+The stages talk through files only, so these layouts are the contract between the jobs
+(docs/architecture.md draws them):
+
+- shards (`jobs/preprocess.py --output`, `ShardsLayout`): `train/`, `val/`, `test/` Parquet
+  files of SHARD_SCHEMA rows, `rejected.parquet` (REJECT_SCHEMA) and `manifest.json`,
+  written last: a reader that finds it can trust the rest. `Manifest` is its typed view.
+- a run (`jobs/train.py`, `<storage>/<name>/`, `RunLayout`): Ray Train's checkpoints (the
+  model and `state.json`), `workers/rank-N.json`, and the export.
+- an export (`<run>/model/`, `ExportLayout`): the best model, a copy of the shards'
+  manifest (class order and preprocessing for scoring), the training record, the
+  history and its learning curve.
+- a report (`jobs/evaluate.py`, `<run>/report/` by default, `ReportLayout`).
+- predictions (`jobs/predict.py --output`, `PredictionsLayout`).
+
+The preprocessing stage builds the manifest's dict (cxr.preprocess.manifest); everything
+that reads a manifest reads it here, through `Manifest`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import pyarrow as pa
+
+from cxr import storage
+from cxr.config import ClaheConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig
+from cxr.errors import UserError
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where one artifact's files are, under its root folder (local or an s3:// prefix)."""
+
+    root: storage.Location
+
+    @classmethod
+    def at(cls, uri: str):
+        return cls(storage.resolve(uri))
+
+
+# ---------------------------------------------------------------- shards
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+MANIFEST_FILE = "manifest.json"
+REJECTED_FILE = "rejected.parquet"
+# The first pass's output under the shards' root, removed when the job ends.
+STAGING_DIR = "_staging"
+
+SHARD_SCHEMA = pa.schema([
+    ("image_png", pa.binary()),
+    ("label", pa.int32()),
+    ("class_name", pa.string()),
+    ("source_uri", pa.string()),
+    ("content_hash", pa.string()),
+    ("marking_score", pa.float32()),
+    ("marking_inpainted", pa.bool_()),
+    # Ground truth of the synthetic source (comma-separated kinds); null for real images.
+    ("marking_truth", pa.string()),
+    ("orig_height", pa.int32()),
+    ("orig_width", pa.int32()),
+])
+
+REJECT_SCHEMA = pa.schema([
+    ("source_uri", pa.string()),
+    ("class_name", pa.string()),
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+    ("marking_score", pa.float32()),
+    ("content_hash", pa.string()),
+    ("marking_truth", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class ShardsLayout(_Layout):
+    """A shard set: the output of one preprocessing job."""
+
+    @property
+    def manifest(self) -> storage.Location:
+        return self.root.join(MANIFEST_FILE)
+
+    @property
+    def rejected(self) -> storage.Location:
+        return self.root.join(REJECTED_FILE)
+
+    @property
+    def staging(self) -> storage.Location:
+        return self.root.join(STAGING_DIR)
+
+    @staticmethod
+    def shard_name(split: str, index: int) -> str:
+        """A shard's path relative to the root, as the manifest lists it."""
+        return f"{split}/part-{index:05d}.parquet"
+
+    @staticmethod
+    def is_ours(relative_path: str) -> bool:
+        """True for a file the preprocessing job writes (and --overwrite may delete)."""
+        return (relative_path.split("/", 1)[0] in (*SPLITS, STAGING_DIR)
+                or relative_path in (MANIFEST_FILE, REJECTED_FILE))
+
+
+# ---------------------------------------------------------------- the manifest
+
+# The class whose sensitivity matters: the project's question is "is it COVID?".
+POSITIVE_CLASS = "COVID"
+
+
+def positive_label(class_names) -> int:
+    """The positive class's label: COVID when present, else the last class."""
+    return list(class_names).index(POSITIVE_CLASS) if POSITIVE_CLASS in class_names else len(class_names) - 1
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """Images of one split: per class (in label order) and in all."""
+
+    per_class: Mapping[str, int]
+    total: int
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    path: str  # relative to the shard set's root
+    rows: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What happened to the inputs: found = kept + rejected, always."""
+
+    found: int
+    kept: int
+    rejected: int
+    rejected_by_reason: Mapping[str, int]
+    inpainted: int  # kept with their markings inpainted
+    ignored: Mapping[str, int]  # files that were no inputs (masks, unselected classes, ...)
+
+
+@dataclass(frozen=True)
+class KaggleSource:
+    """A Kaggle source's record (the rest of it, such as the mode and the raw cache, stays in the JSON)."""
+
+    dataset: str  # owner/slug
+    version: int
+    fetched: Mapping[str, Mapping[str, int]]  # per class: downloaded, cached, failed or from_archive
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json of a shard set (or its copy in an export), read-only and typed.
+
+    Built by `Manifest.from_dict` only, which checks the schema version; `to_dict` gives
+    the JSON as it was, for copying it on. It pickles as that JSON, so it travels to Ray
+    workers and actors as a plain dict would.
+    """
+
+    schema_version: int
+    class_names: tuple[str, ...]  # in label order
+    image_size: int  # pixels a side: shard images are square, one channel
+    splits: Mapping[str, SplitCounts]
+    shards: Mapping[str, tuple[ShardFile, ...]]
+    counts: Counts
+    source_uri: str  # --source as given
+    kaggle: KaggleSource | None  # None for other sources
+    wall_seconds: float  # the whole preprocessing job
+    _raw: Mapping = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "manifest") -> Manifest:
+        """The view of a manifest's JSON; `where` names it in the one-line error for a
+        schema version this cxr does not read."""
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise UserError(f"{where}: schema version {version!r} is not supported "
+                            f"(this cxr reads version {SCHEMA_VERSION})")
+        raw = copy.deepcopy(raw)
+        counts = raw["counts"]
+        return cls(
+            schema_version=version,
+            class_names=tuple(raw["class_names"]),
+            image_size=raw["image"]["height"],
+            splits=_frozen({split: SplitCounts(per_class=_frozen({k: v for k, v in per_class.items() if k != "total"}),
+                                               total=per_class["total"])
+                            for split, per_class in counts["splits"].items()}),
+            shards=_frozen({split: tuple(ShardFile(path=f["path"], rows=f["rows"]) for f in files)
+                            for split, files in raw["shards"].items()}),
+            counts=Counts(found=counts["found"], kept=counts["kept"], rejected=counts["rejected"],
+                          rejected_by_reason=_frozen(counts["rejected_by_reason"]), inpainted=counts["inpainted"],
+                          ignored=_frozen(counts["ignored"])),
+            source_uri=raw["source"]["uri"],
+            kaggle=_kaggle_source(raw["source"].get("kaggle")),
+            wall_seconds=raw["timing"]["wall_seconds"]["total"],
+            _raw=raw,
+        )
+
+    def __reduce__(self):
+        return Manifest.from_dict, (self._raw,)
+
+    def to_dict(self) -> dict:
+        """The manifest's JSON as written, a copy: for the export's manifest.json."""
+        return copy.deepcopy(self._raw)
+
+    @property
+    def positive_label(self) -> int:
+        return positive_label(self.class_names)
+
+    def split_paths(self, data: storage.Location, split: str) -> list[str]:
+        """The filesystem paths of one split's shard files, under the shard set `data`."""
+        return [data.join(shard.path).path for shard in self.shards[split]]
+
+    def preprocess_config(self, **overrides) -> PreprocessConfig:
+        """The image work's settings this shard set was made with (CLAHE, size, markings...),
+        to preprocess other images alike; how its originals were fetched does not carry over."""
+        settings = copy.deepcopy(self._raw["config"])
+        settings.pop("download", None)
+        nested = {"clahe": ClaheConfig, "markings": MarkingConfig, "split": SplitConfig, "synthetic": SyntheticConfig}
+        for name, config_class in nested.items():
+            settings[name] = config_class(**settings[name])
+        if settings.get("classes") is not None:
+            settings["classes"] = tuple(settings["classes"])
+        return PreprocessConfig(**{**settings, **overrides})
+
+    def config_record(self) -> dict:
+        """The preprocessing config as recorded (JSON), for a report that quotes it."""
+        return copy.deepcopy(self._raw["config"])
+
+    def counts_record(self) -> dict:
+        """The counts section as recorded (JSON), for a report that quotes it."""
+        return copy.deepcopy(self._raw["counts"])
+
+
+def _frozen(mapping: Mapping) -> Mapping:
+    return MappingProxyType(dict(mapping))
+
+
+def _kaggle_source(record: dict | None) -> KaggleSource | None:
+    if not record:
+        return None
+    return KaggleSource(dataset=record["dataset"], version=record["version"],
+                        fetched=_frozen({name: _frozen(how) for name, how in record["fetched"].items()}))
+
+
+def read_manifest(uri: str) -> Manifest:
+    """The manifest of a finished preprocessing output (or of an export), checked."""
+    layout = ShardsLayout.at(uri)
+    if not storage.is_file(layout.manifest):
+        raise UserError(f"{layout.root.uri}: no {MANIFEST_FILE} (not a finished output of jobs/preprocess.py)")
+    try:
+        raw = storage.read_json(layout.manifest)
+    except ValueError:
+        raise UserError(f"{layout.manifest.uri}: not valid JSON") from None
+    return Manifest.from_dict(raw, where=layout.manifest.uri)
+
+
+# ---------------------------------------------------------------- a training run and its export
+
+EXPORT_DIR = "model"
+MODEL_FILE = "model.keras"  # in the export and in every checkpoint
+STATE_FILE = "state.json"  # in every checkpoint: the epoch, early stopping, the history
+TRAINING_FILE = "training.json"
+HISTORY_FILE = "history.csv"
+LEARNING_CURVE_FILE = "learning_curve.png"
+WORKERS_DIR = "workers"
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class ExportLayout(_Layout):
+    """`<run>/model/`: the best model and what scoring needs to use it."""
+
+    @property
+    def model(self) -> storage.Location:
+        return self.root.join(MODEL_FILE)
+
+    @property
+    def manifest(self) -> storage.Location:
+        return self.root.join(MANIFEST_FILE)
+
+    @property
+    def training(self) -> storage.Location:
+        return self.root.join(TRAINING_FILE)
+
+    @property
+    def history(self) -> storage.Location:
+        return self.root.join(HISTORY_FILE)
+
+    @property
+    def learning_curve(self) -> storage.Location:
+        return self.root.join(LEARNING_CURVE_FILE)
+
+    @property
+    def run(self) -> RunLayout:
+        """The run this export belongs to: its parent folder."""
+        return RunLayout.at(self.root.uri.rstrip("/").rsplit("/", 1)[0])
+
+
+@dataclass(frozen=True)
+class RunLayout(_Layout):
+    """`<storage>/<name>/`: a training run (Ray Train writes its checkpoints here too)."""
+
+    @property
+    def export(self) -> ExportLayout:
+        return ExportLayout(self.root.join(EXPORT_DIR))
+
+    @property
+    def report(self) -> ReportLayout:
+        return ReportLayout(self.root.join(REPORT_DIR))
+
+    def worker_record(self, rank: int) -> storage.Location:
+        """workers/rank-N.json: each worker's final weights digest, to check they ended in sync."""
+        return self.root.join(WORKERS_DIR, f"rank-{rank}.json")
+
+
+# ---------------------------------------------------------------- an evaluation report
+
+REPORT_FILE = "report.json"  # the numbers; the two Markdown files are written from them
+REPORT_MARKDOWN_FILE = "report.md"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+FIGURES_DIR = "figures"
+ROC_FIGURE = "roc.png"
+CONFUSION_FIGURE = "confusion_matrix.png"
+RELIABILITY_FIGURE = "reliability.png"
+GRADCAM_FIGURE = "gradcam.png"
+# and a copy of the export's LEARNING_CURVE_FILE
+
+
+@dataclass(frozen=True)
+class ReportLayout(_Layout):
+    """The evaluation's folder: report.json, report.md, MODEL_CARD.md and figures/."""
+
+    @property
+    def report(self) -> storage.Location:
+        return self.root.join(REPORT_FILE)
+
+    @property
+    def markdown(self) -> storage.Location:
+        return self.root.join(REPORT_MARKDOWN_FILE)
+
+    @property
+    def model_card(self) -> storage.Location:
+        return self.root.join(MODEL_CARD_FILE)
+
+    def figure(self, name: str) -> storage.Location:
+        return self.root.join(figure_path(name))
+
+
+def figure_path(name: str) -> str:
+    """A figure's path relative to the report folder, as report.json and report.md cite it."""
+    return f"{FIGURES_DIR}/{name}"
+
+
+# ---------------------------------------------------------------- batch predictions
+
+PREDICTIONS_FILE = "predictions.parquet"  # one row per file found
+PREDICTIONS_CSV_FILE = "predictions.csv"  # the same rows
+PREDICTIONS_SUMMARY_FILE = "summary.json"
+PREDICTIONS_FILES = (PREDICTIONS_FILE, PREDICTIONS_CSV_FILE, PREDICTIONS_SUMMARY_FILE)
+
+
+@dataclass(frozen=True)
+class PredictionsLayout(_Layout):
+    """`jobs/predict.py --output`: the predictions as Parquet and as CSV, and a summary."""
+
+    @property
+    def parquet(self) -> storage.Location:
+        return self.root.join(PREDICTIONS_FILE)
+
+    @property
+    def csv(self) -> storage.Location:
+        return self.root.join(PREDICTIONS_CSV_FILE)
+
+    @property
+    def summary(self) -> storage.Location:
+        return self.root.join(PREDICTIONS_SUMMARY_FILE)

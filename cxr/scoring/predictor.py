@@ -1,0 +1,100 @@
+"""Scoring in Ray Data: the exported model in actors, each loading it once, on a GPU when asked.
+
+`score` adds class probabilities to a dataset of decoded images (cxr.scoring.datasets
+builds them from shards or raw files). Each image can be scored under several named
+variants of itself (evaluation's shortcut checks black out the lungs, or all but them):
+one probability column each.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import ray
+
+from cxr import progress
+from cxr.errors import UserError
+from cxr.scoring.export import Export, load_export_model
+
+# Images per model call: large enough to keep a CPU busy, small enough for any GPU at 299 px.
+PREDICT_BATCH = 64
+# Image statuses that get probabilities; any other is why an image could not be scored.
+SCORED = ("ok", "marking")
+
+
+def as_is(images: np.ndarray) -> np.ndarray:
+    return images
+
+
+# The default variant: the images as they are, in the column `probs_full`.
+FULL = {"full": as_is}
+
+
+class Predictor:
+    """Ray Data actor: the model, loaded once, scoring batches of decoded images.
+
+    Adds one column of class probabilities per variant (`probs_full`, ...) and drops the
+    decoded pixels, which nothing downstream needs.
+    """
+
+    def __init__(self, export: Export, variants: Mapping[str, Callable] = FULL, threads: int | None = None,
+                 tally=None):
+        if threads:
+            import tensorflow as tf  # heavy (seconds, hundreds of MB): in the actors only
+
+            # Before TensorFlow starts its thread pools; Ray pins OMP_NUM_THREADS to 1, and
+            # several actors on one node must share its cores rather than each take them all.
+            tf.config.threading.set_intra_op_parallelism_threads(min(threads, os.cpu_count() or 1))
+        self.model = load_export_model(export)
+        self.variants = variants
+        self.tally = tally  # cxr.progress: each scored batch is counted there
+        self.forward = _compiled_forward(self.model)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = batch.pop("image")
+        ok = np.isin(batch["status"], SCORED) if "status" in batch else np.ones(len(images), dtype=bool)
+        num_classes = self.model.output_shape[-1]
+        for name, variant in self.variants.items():
+            probs = np.full((len(images), num_classes), np.nan, dtype=np.float32)
+            if ok.any():
+                probs[ok] = self.forward(variant(images[ok].astype(np.float32))).numpy()
+            batch[f"probs_{name}"] = probs
+        progress.count(self.tally, len(images))
+        return batch
+
+
+def _compiled_forward(model):
+    """The model's inference pass as one graph for every batch size.
+
+    `predict_on_batch` pays a per-call overhead that left a core idle: 155 vs. 205 images/s
+    on 2 threads at 128 px (docs/benchmarks.md, predict).
+    """
+    import tensorflow as tf  # heavy: in the actors only
+
+    signature = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    return tf.function(lambda images: model(images, training=False), input_signature=[signature])
+
+
+def score(dataset, export: Export, variants: Mapping[str, Callable] = FULL, gpu: bool = False,
+          actors: int | None = None, tally=None):
+    """`dataset` (with an `image` column of uint8 (H, W, 1)) plus probabilities, lazily.
+
+    `variants` maps a column's name to a function of the float32 (n, H, W, 1) images that
+    gives the model's input; scored images are counted into `tally` (cxr.progress).
+    """
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpu and gpus < (actors or 1):
+        raise UserError(f"--gpu needs {actors or 1} GPU(s) for the model actors; the cluster has {gpus}")
+    if actors is None:
+        actors = gpus if gpu else max(1, min(4, cpus // 2))
+    threads = max(1, cpus // actors)
+    # On CPUs, the actors leave one CPU to the read and decode tasks that feed them: actors
+    # holding every CPU would wait forever for their input.
+    actor_cpus = 1.0 if gpu or actors < cpus else max(0.1, (cpus - 1) / actors) if cpus > 1 else 0.5
+    return dataset.map_batches(Predictor, fn_constructor_kwargs={"export": export, "variants": variants,
+                                                                 "threads": threads, "tally": tally},
+                               batch_size=PREDICT_BATCH, batch_format="numpy", concurrency=actors,
+                               num_cpus=actor_cpus, num_gpus=1 if gpu else 0)
