@@ -16,8 +16,9 @@ import re
 import sys
 import threading
 import time
-from cxr.preprocess.manifest import package_versions
 from pathlib import Path
+
+from cxr.preprocess.manifest import package_versions
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_PAGE = REPO / "docs" / "benchmarks.md"

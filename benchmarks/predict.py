@@ -130,8 +130,8 @@ def time_pipelines(export, shards: str, manifest, actors: int) -> dict:
 
 
 def time_raw_job(export_uri: str, raw: Path, scratch: Path) -> dict:
-    from cxr.predict.job import run_predict
     from cxr.config import PredictConfig
+    from cxr.predict.job import run_predict
 
     start = perf_counter()
     summary = run_predict(PredictConfig(model=export_uri, input=str(raw), output=str(scratch / "predictions")))

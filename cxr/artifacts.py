@@ -32,6 +32,7 @@ from cxr import storage
 from cxr.config import ClaheConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.errors import UserError
 
+
 @dataclass(frozen=True)
 class _Layout:
     """Where one artifact's files are, under its root folder (local or an s3:// prefix)."""

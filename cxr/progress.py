@@ -13,6 +13,9 @@ import sys
 import threading
 import time
 
+import ray
+from tqdm import tqdm
+
 # Seconds between two progress lines in a log: often enough to see it move, rarely enough
 # to read the log. A bar at a terminal redraws every second.
 LINE_SECONDS = 30.0
@@ -81,13 +84,9 @@ class Progress:
         self._started = 0.0
 
     def __enter__(self) -> Progress:
-        import ray
-
         self.tally = ray.remote(num_cpus=0)(Tally).remote()
         self._started = time.monotonic()
         if self.style == "bar":
-            from tqdm import tqdm
-
             self._bar = tqdm(total=self.total, unit=f" {self.unit}", desc=self.stage, file=self.out,
                              dynamic_ncols=True)
         self._thread = threading.Thread(target=self._show, name=f"progress-{self.stage}", daemon=True)
@@ -95,8 +94,6 @@ class Progress:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        import ray
-
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -120,8 +117,6 @@ class Progress:
 
     def _poll(self) -> dict[str, int] | None:
         """Read the tally, print new messages, move the bar; None when the actor did not answer."""
-        import ray
-
         try:
             counts, messages = ray.get(self.tally.read.remote(self._seen_messages), timeout=10)
         except Exception:  # noqa: BLE001 - a slow or lost tally must never stop the job

@@ -34,6 +34,8 @@ def ensure_ray() -> bool:
     """Connect to the cluster this runs on (RAY_ADDRESS, as `ray job submit` sets) or start a
     local Ray; configure Ray Data for this kind of output. True when this process started
     the Ray it uses (so nothing but it will ever join)."""
+    # Ray takes a second or two to import: the jobs import this module before parsing
+    # their arguments, and --help or a bad argument should answer at once.
     import ray
     from ray.data import DataContext
 

@@ -15,55 +15,59 @@ import sys
 # the same way whether or not the package is installed (a Ray job's working dir is not).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cxr.config import (DEFAULT_MARKING_THRESHOLD, KAGGLE_DEFAULT_CLASSES, KAGGLE_DEFAULT_DATASET,  # noqa: E402
-                        MARKING_POLICIES, ClaheConfig, DownloadConfig, MarkingConfig, PreprocessConfig,
-                        SplitConfig, SyntheticConfig, parse_classes)
+from cxr.config import (KAGGLE_DEFAULT_CLASSES, KAGGLE_DEFAULT_DATASET, MARKING_POLICIES,  # noqa: E402
+                        ClaheConfig, DownloadConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig,
+                        parse_classes)
 from cxr.errors import UserError  # noqa: E402
+from cxr.runtime import run_job, setup_logging  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = PreprocessConfig()
     parser = argparse.ArgumentParser(
         description="Decode, filter, CLAHE-normalise and shard chest X-rays with Ray Data.")
-    parser.add_argument("--source", default="synthetic",
+    parser.add_argument("--source", default=defaults.source,
                         help="class-per-folder tree (local folder or s3:// prefix), a .zip of one, "
                              f"'kaggle' ({KAGGLE_DEFAULT_DATASET}), kaggle:<owner>/<dataset>[/versions/<n>], "
-                             "or 'synthetic' (default)")
-    parser.add_argument("--output", default="outputs/shards/synthetic",
+                             "or 'synthetic' (default: %(default)s)")
+    parser.add_argument("--output", default=defaults.output,
                         help="local folder or s3:// prefix for the shards (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--classes", default=None,
                         help="comma-separated class folders to use, in label order, or 'all' (default: "
                              f"{','.join(KAGGLE_DEFAULT_CLASSES)} for Kaggle, all (sorted) otherwise)")
-    parser.add_argument("--image-size", type=int, default=299, help="output side in pixels (default: 299)")
-    parser.add_argument("--markings", choices=MARKING_POLICIES, default="drop",
-                        help="what to do with images carrying burned-in markings (default: drop)")
-    parser.add_argument("--marking-threshold", type=float, default=DEFAULT_MARKING_THRESHOLD,
+    parser.add_argument("--image-size", type=int, default=defaults.image_size,
+                        help="output side in pixels (default: %(default)s)")
+    parser.add_argument("--markings", choices=MARKING_POLICIES, default=defaults.markings.policy,
+                        help="what to do with images carrying burned-in markings (default: %(default)s)")
+    parser.add_argument("--marking-threshold", type=float, default=defaults.markings.threshold,
                         help="marking score at or above which the policy applies (default: %(default)s)")
-    parser.add_argument("--clahe-clip-limit", type=float, default=0.01)
-    parser.add_argument("--clahe-kernel-size", type=int, default=None,
+    parser.add_argument("--clahe-clip-limit", type=float, default=defaults.clahe.clip_limit)
+    parser.add_argument("--clahe-kernel-size", type=int, default=defaults.clahe.kernel_size,
                         help="CLAHE tile size in pixels (default: 1/8 of the image)")
-    parser.add_argument("--clahe-nbins", type=int, default=256)
-    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test ratios (default: %(default)s)")
-    parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--rows-per-shard", type=int, default=1000)
-    parser.add_argument("--max-pixels", type=int, default=50_000_000,
+    parser.add_argument("--clahe-nbins", type=int, default=defaults.clahe.nbins)
+    parser.add_argument("--split", default=",".join(f"{r:g}" for r in defaults.split.ratios.values()),
+                        help="train,val,test ratios (default: %(default)s)")
+    parser.add_argument("--split-seed", type=int, default=defaults.split.seed)
+    parser.add_argument("--rows-per-shard", type=int, default=defaults.rows_per_shard)
+    parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
                         help="larger images are rejected unread (default: %(default)s)")
-    parser.add_argument("--synthetic-images", type=int, default=600)
-    parser.add_argument("--synthetic-seed", type=int, default=0)
+    parser.add_argument("--synthetic-images", type=int, default=defaults.synthetic.images)
+    parser.add_argument("--synthetic-seed", type=int, default=defaults.synthetic.seed)
     kaggle = parser.add_argument_group("Kaggle sources")
-    kaggle.add_argument("--raw-cache", default=None,
+    kaggle.add_argument("--raw-cache", default=defaults.download.raw_cache,
                         help="local folder or s3:// prefix that keeps the downloaded originals; "
                              "a rerun downloads only what is missing (default: none kept)")
     kaggle.add_argument("--kaggle-archive", action="store_true",
                         help="download the dataset's zip once into --raw-cache, then read its members "
                              "in parallel (default: every file on its own, by the workers)")
-    kaggle.add_argument("--download-concurrency", type=int, default=8,
+    kaggle.add_argument("--download-concurrency", type=int, default=defaults.download.concurrency,
                         help="downloads in flight at once, over the whole cluster (default: %(default)s)")
-    kaggle.add_argument("--download-retries", type=int, default=5,
+    kaggle.add_argument("--download-retries", type=int, default=defaults.download.retries,
                         help="retries per file for timeouts, HTTP 429 and 5xx (default: %(default)s)")
-    kaggle.add_argument("--download-timeout", type=float, default=60.0,
+    kaggle.add_argument("--download-timeout", type=float, default=defaults.download.timeout_seconds,
                         help="seconds to wait for a connection or a read (default: %(default)s)")
-    kaggle.add_argument("--max-failed-share", type=float, default=0.01,
+    kaggle.add_argument("--max-failed-share", type=float, default=defaults.download.max_failed_share,
                         help="fail the job when more than this share of images could not be "
                              "downloaded (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true")
@@ -93,12 +97,12 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cxr import runtime
+    # The stage loads Ray, pyarrow and scikit-image: --help and bad arguments answer before that.
     from cxr.artifacts import Manifest
     from cxr.preprocess.manifest import format_summary
     from cxr.preprocess.pipeline import run_preprocess
 
-    runtime.setup_logging(args.verbose)
+    setup_logging(args.verbose)
     config = build_config(args)
     manifest = run_preprocess(config)
     print(format_summary(Manifest.from_dict(manifest), config.output))
@@ -106,6 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from cxr.runtime import run_job
-
     run_job(main)

@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cxr.config import LR_SCHEDULES, MODEL_NAMES, AugmentConfig, TrainConfig, parse_node_labels  # noqa: E402
+from cxr.runtime import run_job, setup_logging  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,12 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=defaults.data,
                         help="output of jobs/preprocess.py, local or s3:// (default: %(default)s)")
     parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
-    parser.add_argument("--weights", default=None,
+    parser.add_argument("--weights", default=defaults.weights,
                         help="none, imagenet (vgg19_head) or a weights file (default: imagenet for "
                              "vgg19_head, none for scratch_cnn)")
     parser.add_argument("--storage", default=defaults.storage,
                         help="where runs live, local or s3:// (default: %(default)s)")
-    parser.add_argument("--name", default=None, help="run name (default: the model's name)")
+    parser.add_argument("--name", default=defaults.name, help="run name (default: the model's name)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="upper bound (default: %(default)s)")
     parser.add_argument("--patience", type=int, default=defaults.patience,
                         help="epochs without a better validation loss before stopping (default: %(default)s)")
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-augment", action="store_true", help="no on-the-fly augmentation")
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--cpus-per-worker", type=float, default=None)
+    parser.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
     parser.add_argument("--node-label", action="append", metavar="KEY=VALUE",
                         help="run the workers only on nodes with this Ray node label (repeatable); "
                              "on the cluster configs in this repository: cxr-pool=gpu")
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="memory per worker to keep decoded images after the first epoch; 0 streams "
                              "every epoch (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--fail-at-epoch", type=int, default=None,
+    parser.add_argument("--fail-at-epoch", type=int, default=defaults.fail_at_epoch,
                         help="resilience drill: one worker raises once in this epoch")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -73,16 +74,14 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cxr import runtime
+    # The stage loads Ray Train and pyarrow: --help and bad arguments answer before that.
     from cxr.train.job import format_summary, run_training
 
-    runtime.setup_logging(args.verbose)
+    setup_logging(args.verbose)
     summary = run_training(build_config(args))
     print(format_summary(summary))
     return 0
 
 
 if __name__ == "__main__":
-    from cxr.runtime import run_job
-
     run_job(main)

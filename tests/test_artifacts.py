@@ -32,7 +32,8 @@ def test_manifest_view_reads_every_field_of_the_json():
 
 def test_kaggle_source_is_typed_when_recorded():
     fetched = {"COVID": {"downloaded": 3}, "Normal": {"cached": 2, "failed": 1}}
-    manifest = as_manifest({"source": {"kaggle": {"dataset": "o/d", "version": 5, "mode": "files", "fetched": fetched}}})
+    kaggle = {"dataset": "o/d", "version": 5, "mode": "files", "fetched": fetched}
+    manifest = as_manifest({"source": {"kaggle": kaggle}})
     assert isinstance(manifest.kaggle, KaggleSource)
     assert (manifest.kaggle.dataset, manifest.kaggle.version) == ("o/d", 5)
     assert {name: dict(how) for name, how in manifest.kaggle.fetched.items()} == fetched

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from cxr.config import AugmentConfig, PreprocessConfig, SyntheticConfig, TrainConfig
-from cxr.preprocess.pipeline import run_preprocess
 from cxr.ingest.synthetic import render_synthetic
-from cxr.train.job import run_training
+from cxr.preprocess.pipeline import run_preprocess
 from cxr.preprocess.transforms import encode_png
+from cxr.train.job import run_training
 from tests.cli import assert_one_line_error, run_job
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from cxr.config import DEFAULT_MARKING_THRESHOLD
-from cxr.preprocess.markings import MarkingResult, detect_markings, inpaint_markings
 from cxr.ingest.synthetic import HEAVY_MARKING_KINDS, SYNTHETIC_CLASSES, draw_marking, render_synthetic
+from cxr.preprocess.markings import MarkingResult, detect_markings, inpaint_markings
 
 REAL_SAMPLE_SIZE = 80
 

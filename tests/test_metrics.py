@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cxr.evaluate.metrics import (_resample_indices, calibration, choose_threshold, confusion_matrix, evaluate,
-                         point_metrics, predict_labels, roc_auc, roc_curve)
+                                  point_metrics, predict_labels, roc_auc, roc_curve)
 
 CLASSES = ["COVID", "Normal"]
 # Ten samples, positive class COVID = 0, `covid` is probs[:, 0].

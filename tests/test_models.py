@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from cxr.train import keras_lib, models
 from cxr.errors import UserError
+from cxr.train import keras_lib, models
 
 SMALL = 64  # px: the tests' image size (vgg19_head resizes it to 224 itself)
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from cxr.config import ClaheConfig
-from cxr.preprocess.transforms import (ImageRejected, apply_clahe, decode_image, decode_png_gray, encode_png, limit_size,
-                            pixel_hash, resize_square, to_grayscale, to_uint8)
+from cxr.preprocess.transforms import (ImageRejected, apply_clahe, decode_image, decode_png_gray, encode_png,
+                                      limit_size, pixel_hash, resize_square, to_grayscale, to_uint8)
 
 MAX_PIXELS = 50_000_000
 

@@ -201,8 +201,8 @@ def report_markdown(report: dict) -> str:
                   "(DeGrave et al. 2021), so this check matters more than the accuracy above.", ""]
     if report.get("gradcam"):
         lines += ["## Grad-CAM", "",
-                  f"{figure_path(GRADCAM_FIGURE)}: the most confident true positives, false positives and false negatives "
-                  f"({report['gradcam'][0]['method']}, for {full['positive_class']}). A heatmap shows what the "
+                  f"{figure_path(GRADCAM_FIGURE)}: the most confident true positives, false positives and false "
+                  f"negatives ({report['gradcam'][0]['method']}, for {full['positive_class']}). A heatmap shows what the "
                   f"model used, not where disease is; heat outside the lungs is a warning sign.", ""]
     lines += ["## Figures", ""] + [f"- {path}" for path in report.get("figures", [])] + [""]
     return "\n".join(lines)
