@@ -44,6 +44,16 @@ class _Layout:
         return cls(storage.resolve(uri))
 
 
+class _File:
+    """A file of a layout: `layout.<attribute>` is the storage.Location of `name` under its root."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, layout: _Layout | None, owner=None):
+        return self if layout is None else layout.root.join(self.name)
+
+
 # ---------------------------------------------------------------- shards
 
 SCHEMA_VERSION = 1
@@ -82,17 +92,9 @@ REJECT_SCHEMA = pa.schema([
 class ShardsLayout(_Layout):
     """A shard set: the output of one preprocessing job."""
 
-    @property
-    def manifest(self) -> storage.Location:
-        return self.root.join(MANIFEST_FILE)
-
-    @property
-    def rejected(self) -> storage.Location:
-        return self.root.join(REJECTED_FILE)
-
-    @property
-    def staging(self) -> storage.Location:
-        return self.root.join(STAGING_DIR)
+    manifest = _File(MANIFEST_FILE)
+    rejected = _File(REJECTED_FILE)
+    staging = _File(STAGING_DIR)
 
     @staticmethod
     def shard_name(split: str, index: int) -> str:
@@ -275,25 +277,11 @@ REPORT_DIR = "report"
 class ExportLayout(_Layout):
     """`<run>/model/`: the best model and what scoring needs to use it."""
 
-    @property
-    def model(self) -> storage.Location:
-        return self.root.join(MODEL_FILE)
-
-    @property
-    def manifest(self) -> storage.Location:
-        return self.root.join(MANIFEST_FILE)
-
-    @property
-    def training(self) -> storage.Location:
-        return self.root.join(TRAINING_FILE)
-
-    @property
-    def history(self) -> storage.Location:
-        return self.root.join(HISTORY_FILE)
-
-    @property
-    def learning_curve(self) -> storage.Location:
-        return self.root.join(LEARNING_CURVE_FILE)
+    model = _File(MODEL_FILE)
+    manifest = _File(MANIFEST_FILE)
+    training = _File(TRAINING_FILE)
+    history = _File(HISTORY_FILE)
+    learning_curve = _File(LEARNING_CURVE_FILE)
 
     @property
     def run(self) -> RunLayout:
@@ -335,17 +323,9 @@ GRADCAM_FIGURE = "gradcam.png"
 class ReportLayout(_Layout):
     """The evaluation's folder: report.json, report.md, MODEL_CARD.md and figures/."""
 
-    @property
-    def report(self) -> storage.Location:
-        return self.root.join(REPORT_FILE)
-
-    @property
-    def markdown(self) -> storage.Location:
-        return self.root.join(REPORT_MARKDOWN_FILE)
-
-    @property
-    def model_card(self) -> storage.Location:
-        return self.root.join(MODEL_CARD_FILE)
+    report = _File(REPORT_FILE)
+    markdown = _File(REPORT_MARKDOWN_FILE)
+    model_card = _File(MODEL_CARD_FILE)
 
     def figure(self, name: str) -> storage.Location:
         return self.root.join(figure_path(name))
@@ -368,14 +348,6 @@ PREDICTIONS_FILES = (PREDICTIONS_FILE, PREDICTIONS_CSV_FILE, PREDICTIONS_SUMMARY
 class PredictionsLayout(_Layout):
     """`jobs/predict.py --output`: the predictions as Parquet and as CSV, and a summary."""
 
-    @property
-    def parquet(self) -> storage.Location:
-        return self.root.join(PREDICTIONS_FILE)
-
-    @property
-    def csv(self) -> storage.Location:
-        return self.root.join(PREDICTIONS_CSV_FILE)
-
-    @property
-    def summary(self) -> storage.Location:
-        return self.root.join(PREDICTIONS_SUMMARY_FILE)
+    parquet = _File(PREDICTIONS_FILE)
+    csv = _File(PREDICTIONS_CSV_FILE)
+    summary = _File(PREDICTIONS_SUMMARY_FILE)
