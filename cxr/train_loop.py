@@ -120,6 +120,7 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
     """
     import ray.train
 
+    from cxr import keras_lib
     from cxr.keras_lib import keras
 
     class EpochReporter(keras().callbacks.Callback):
@@ -158,7 +159,7 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
                 progress.say(tally, epoch_line(row, config.epochs, state))
             with tempfile.TemporaryDirectory() as directory:
                 # Every rank saves: under MultiWorkerMirroredStrategy saving is a collective.
-                self.model.save(os.path.join(directory, MODEL_FILE))
+                keras_lib.save_model(self.model, os.path.join(directory, MODEL_FILE))
                 if rank == 0:
                     state.save(directory)
                 ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early},

@@ -42,9 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cxr import runtime
-    from cxr.evaluate import format_summary, run_evaluation
 
-    runtime.setup_logging(args.verbose)
+    runtime.setup_logging(args.verbose, gpu=args.gpu)  # before Ray and TensorFlow are imported
+    from cxr.evaluate import format_summary, run_evaluation
     config = EvaluateConfig(run=args.run, data=args.data, split=args.split, output=args.output,
                             resamples=args.resamples, gradcam_examples=args.gradcam_examples, gpu=args.gpu,
                             actors=args.actors, seed=args.seed)

@@ -39,9 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cxr import runtime
-    from cxr.batch_predict import format_summary, run_predict
 
-    runtime.setup_logging(args.verbose)
+    runtime.setup_logging(args.verbose, gpu=args.gpu)  # before Ray and TensorFlow are imported
+    from cxr.batch_predict import format_summary, run_predict
     config = PredictConfig(model=args.model, input=args.input, output=args.output, threshold=args.threshold,
                            gpu=args.gpu, actors=args.actors, overwrite=args.overwrite)
     print(format_summary(run_predict(config)))

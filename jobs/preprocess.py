@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="larger images are rejected unread (default: %(default)s)")
     parser.add_argument("--synthetic-images", type=int, default=600)
     parser.add_argument("--synthetic-seed", type=int, default=0)
+    parser.add_argument("--synthetic-size", type=int, default=SyntheticConfig().size,
+                        help="side of the generated originals in pixels, before --image-size (default: %(default)s)")
     kaggle = parser.add_argument_group("Kaggle sources")
     kaggle.add_argument("--raw-cache", default=None,
                         help="local folder or s3:// prefix that keeps the downloaded originals; "
@@ -85,7 +87,7 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
         clahe=ClaheConfig(kernel_size=args.clahe_kernel_size, clip_limit=args.clahe_clip_limit,
                           nbins=args.clahe_nbins),
         split=SplitConfig(*ratios, seed=args.split_seed),
-        synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed),
+        synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed, size=args.synthetic_size),
         download=DownloadConfig(raw_cache=args.raw_cache, archive=args.kaggle_archive,
                                 concurrency=args.download_concurrency, retries=args.download_retries,
                                 timeout_seconds=args.download_timeout, max_failed_share=args.max_failed_share))
@@ -94,10 +96,10 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cxr import runtime
+
+    runtime.setup_logging(args.verbose)  # before Ray and TensorFlow are imported
     from cxr.manifest import format_summary
     from cxr.preprocess import run_preprocess
-
-    runtime.setup_logging(args.verbose)
     config = build_config(args)
     manifest = run_preprocess(config)
     print(format_summary(manifest, config.output))

@@ -74,9 +74,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cxr import runtime
-    from cxr.trainer import format_summary, run_training
 
-    runtime.setup_logging(args.verbose)
+    runtime.setup_logging(args.verbose, gpu=args.gpu)  # before Ray and TensorFlow are imported
+    from cxr.trainer import format_summary, run_training
     summary = run_training(build_config(args))
     print(format_summary(summary))
     return 0
