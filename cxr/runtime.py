@@ -3,8 +3,8 @@
 What a job prints is for a person: its own story (inputs, progress, epochs, results,
 warnings that matter, errors), not the start-up notices and progress chatter of Ray,
 Ray Data, Ray Train and TensorFlow. Those libraries are set up here to keep to warnings
-and errors, in the driver and in every Ray worker of the job; `--verbose` leaves them at
-their normal levels (and logs DEBUG), as does a variable the user set themselves.
+and errors, in the driver and in every Ray worker of the job. `--verbose` leaves them at
+their normal levels (and logs DEBUG); a library variable the user set is left as it is.
 """
 
 from __future__ import annotations
@@ -129,9 +129,10 @@ def ensure_ray() -> bool:
         else:
             # A local Ray for this one job: without the dashboard's dozen processes, which
             # compete with the image work for a laptop's cores (`ray start --head` gives one).
-            # Measured on 2 cores: with it, ray.init took 19 s instead of 7 s, and 11 more
-            # processes held about 1 GB more. (Ray's State API lives there: see cxr.trainer
-            # for the one user of it that this costs.)
+            # Measured on 2 cores, twice each: with it, 11 more processes, ray.init 4.5-5 s
+            # slower, 4 s more CPU to start, 190 MB more memory (PSS), and 4-5% of a core
+            # more while idle. (Ray's State API lives there: see cxr.trainer for the one user
+            # of it that this costs.)
             ray.init(logging_level=level, include_dashboard=False, runtime_env=runtime_env,
                      _system_config={"worker_maximum_startup_concurrency": _startup_concurrency()})
             started = True

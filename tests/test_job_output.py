@@ -21,8 +21,8 @@ USER_SHELL = {name: None for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "TF_CPP_MI
 # cxr.progress's heartbeat in a log: one line per stage every 30 s, so as many as the run
 # takes seconds; the budget counts the rest.
 PROGRESS_LINE = re.compile(r"^\w+: [\d,]+/[\d,]+ \w+ \(\d+%\)")
-# Everything else a person reads in this run: 26 lines when written. The full quickstart
-# (600 images, 5 epochs) tells the same story in about 30, and within 40 with its heartbeat.
+# Everything else a person reads in this run: 26 lines when written. The quickstart tells
+# the same story with one more line per epoch, within about 40 lines.
 STORY_BUDGET = 32
 
 
