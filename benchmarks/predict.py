@@ -207,7 +207,7 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cxr.train.keras_lib import configure_environment
+    from cxr.keras_lib import configure_environment
 
     configure_environment()
     if args.plain_worker:

@@ -196,7 +196,7 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.require_own_ray()
-    from cxr.train.keras_lib import configure_environment
+    from cxr.keras_lib import configure_environment
 
     configure_environment()
     import ray

@@ -103,7 +103,7 @@ def load_split(shards: str, manifest, split: str) -> tuple:
 
 def train_plain(shards: str, manifest, config: TrainConfig) -> dict:
     from cxr.train.data import class_weights
-    from cxr.train.keras_lib import keras
+    from cxr.keras_lib import keras
     from cxr.train.loop import compile_model, steps_per_epoch
     from cxr.train.models import build_model
 
@@ -238,7 +238,7 @@ def report(results: dict) -> str:
             f"the worker group, loading the checkpoint), {drill['resumed_epoch_seconds']:.1f} s is the resumed "
             f"epoch 2 taking longer than in the clean run, the rest is noise in the other epochs.",
         ]
-    lines += [f"- CPU-s by process during each run: " + "; ".join(
+    lines += ["- CPU-s by process during each run: " + "; ".join(
         f"{name}: {_roles(run['cpu_seconds_by_title'])}" for name, run in
         [("plain", plain)] + [(key.replace("_", " "), run) for key, run in runs.items()]) + ".",
         f"- Training seconds per epoch beyond the plain side's, median of epochs 2-{epochs}: "
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         common.fail(f"--limit must be positive, got {args.limit}")
     if args.epochs < 2 and not args.skip_failure:
         common.fail("the failure drill fails in epoch 2: pass --epochs 2 or more, or --skip-failure")
-    from cxr.train.keras_lib import configure_environment
+    from cxr.keras_lib import configure_environment
 
     # Before anything imports tf.keras or ray.train.tensorflow: this process must get Keras 2.
     configure_environment()

@@ -44,10 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(args.verbose, gpu=args.gpu)  # before Ray and TensorFlow are imported
     # The stage loads Ray, pyarrow and the scoring modules: --help and bad arguments answer before that.
     from cxr.evaluate.job import format_summary, run_evaluation
-
-    setup_logging(args.verbose)
     config = EvaluateConfig(run=args.run, data=args.data, split=args.split, output=args.output,
                             resamples=args.resamples, gradcam_examples=args.gradcam_examples, gpu=args.gpu,
                             actors=args.actors, seed=args.seed)

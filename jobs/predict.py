@@ -42,10 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(args.verbose, gpu=args.gpu)  # before Ray and TensorFlow are imported
     # The stage loads Ray, pyarrow and the scoring modules: --help and bad arguments answer before that.
     from cxr.predict.job import format_summary, run_predict
-
-    setup_logging(args.verbose)
     config = PredictConfig(model=args.model, input=args.input, output=args.output, threshold=args.threshold,
                            gpu=args.gpu, actors=args.actors, overwrite=args.overwrite)
     print(format_summary(run_predict(config)))

@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="larger images are rejected unread (default: %(default)s)")
     parser.add_argument("--synthetic-images", type=int, default=defaults.synthetic.images)
     parser.add_argument("--synthetic-seed", type=int, default=defaults.synthetic.seed)
+    parser.add_argument("--synthetic-size", type=int, default=defaults.synthetic.size,
+                        help="side of the generated originals in pixels, before --image-size (default: %(default)s)")
     kaggle = parser.add_argument_group("Kaggle sources")
     kaggle.add_argument("--raw-cache", default=defaults.download.raw_cache,
                         help="local folder or s3:// prefix that keeps the downloaded originals; "
@@ -89,7 +91,7 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
         clahe=ClaheConfig(kernel_size=args.clahe_kernel_size, clip_limit=args.clahe_clip_limit,
                           nbins=args.clahe_nbins),
         split=SplitConfig(*ratios, seed=args.split_seed),
-        synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed),
+        synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed, size=args.synthetic_size),
         download=DownloadConfig(raw_cache=args.raw_cache, archive=args.kaggle_archive,
                                 concurrency=args.download_concurrency, retries=args.download_retries,
                                 timeout_seconds=args.download_timeout, max_failed_share=args.max_failed_share))
@@ -97,12 +99,11 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(args.verbose)  # before Ray and TensorFlow are imported
     # The stage loads Ray, pyarrow and scikit-image: --help and bad arguments answer before that.
     from cxr.artifacts import Manifest
     from cxr.preprocess.manifest import format_summary
     from cxr.preprocess.pipeline import run_preprocess
-
-    setup_logging(args.verbose)
     config = build_config(args)
     manifest = run_preprocess(config)
     print(format_summary(Manifest.from_dict(manifest), config.output))

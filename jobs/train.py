@@ -74,10 +74,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(args.verbose, gpu=args.gpu)  # before Ray and TensorFlow are imported
     # The stage loads Ray Train and pyarrow: --help and bad arguments answer before that.
     from cxr.train.job import format_summary, run_training
-
-    setup_logging(args.verbose)
     summary = run_training(build_config(args))
     print(format_summary(summary))
     return 0

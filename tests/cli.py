@@ -1,8 +1,9 @@
-"""Running a job the way a user does, as a subprocess, and checking how it fails."""
+"""Running a job the way a user does, as a subprocess, and checking what it prints and how it fails."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -10,8 +11,10 @@ from tests.conftest import REPO
 
 
 def run_job(job: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python jobs/<job>.py ARGS` in this environment plus `env` (a value of None unsets)."""
+    environment = {name: value for name, value in {**os.environ, **(env or {})}.items() if value is not None}
     return subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), *args], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
+                          text=True, cwd=REPO, env=environment, timeout=timeout)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
@@ -20,3 +23,36 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last
+
+
+# What Ray, Ray Data, Ray Train and TensorFlow printed into the jobs' output before issue 13:
+# their internals, which a job without --verbose must not show.
+NOISE = {
+    "Ray Train's placement-group cleaner": r"PlacementGroupCleaner|Failed to query Ray Train Controller actor state",
+    "TensorFlow's load notices": r"absl::InitializeLog|cudart_stub\.cc|Could not find cuda drivers",
+    "TensorFlow's C++ notices": r"cpu_feature_guard|rebuild TensorFlow|oneDNN custom operations|cuInit",
+    "TensorFlow's INFO": r"INFO:tensorflow|MirroredStrategy with",
+    "Ray's token notice": r"Token authentication is (enabled|disabled) for this Ray cluster",
+    "Ray Data's deprecated concurrency": r"argument ``concurrency`` is deprecated",
+    "Ray Core on restartable actors": r"has constructor arguments in the object store",
+    "the raylet's worker count": r"PYTHON worker processes have been started",
+    "Ray Train's INFO": r"Reporting training result|Checkpoint successfully created|Requesting resources"
+                        r"|training worker group|world_rank=",
+    "tf_keras' legacy format": r"saving your model as an HDF5 file",
+    "Ray Data's INFO and notices": r"Progress bars (for operators )?disabled|execution finished in|Data sink \S+ finished"
+                                   r"|Running Dataset",
+    "Ray's own log lines": r"\t(DEBUG|INFO|WARNING) \S+\.py:\d+ -- ",
+    "output of Ray's processes": r"pid=\w+\)|\(raylet\)",
+    "Python warnings": r"\w+Warning: ",
+    "tracebacks": r"Traceback \(most recent call last\)",
+}
+
+
+def library_noise(lines: list[str]) -> dict[str, str]:
+    """Of NOISE, what `lines` show: its name and the first line that shows it."""
+    found: dict[str, str] = {}
+    for line in lines:
+        for name, pattern in NOISE.items():
+            if name not in found and re.search(pattern, line):
+                found[name] = line
+    return found

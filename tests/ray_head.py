@@ -72,6 +72,8 @@ def start_ray_head(temp_dir: str, *, num_cpus: int, labels: dict[str, str] | Non
         # `python` in a job's entrypoint is this interpreter, as on a node where the project is installed.
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
         "RAY_AUTH_MODE": "disabled",
+        # As the clusters of ray_cluster.yaml and infra/kuberay: see there.
+        "RAY_worker_maximum_startup_concurrency": "4",
         _MARKER: marker,
     }
     head_env.pop("RAY_ADDRESS", None)

@@ -10,12 +10,14 @@ the submitting client has none, and they must not show up in the jobs' logs.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 import uuid
 
 import pytest
 
+from tests.cli import library_noise
 from tests.conftest import REPO
 from tests.ray_head import head_processes, start_ray_head, stop_ray_head
 from tests.s3_fixture import isolated_env, without_aws
@@ -83,6 +85,11 @@ def test_both_jobs_submitted_to_a_cluster_against_s3(local_s3, s3_bucket, s3_cli
             assert f"train: epoch {epoch}/2: loss " in output
         logs = job_logs(head, job_id)
         assert "train: epoch 2/2: loss " in logs  # what `ray job logs --follow` shows
+        # ... and not the libraries' internals. (The job's log comes framed by the lines of
+        # Ray's job client and job manager, which are not the job's.)
+        framing = re.compile(r" (cli|job_manager)\.py:\d+ -- ")
+        noise = library_noise([line for line in logs.splitlines() if not framing.search(line)])
+        assert not noise, "\n".join(f"{name}: {line}" for name, line in noise.items())
         assert local_s3.secret_key not in output + logs
 
         # A job that fails says why, in one line, in what the submitter sees.

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cxr.evaluate import gradcam
-from cxr.train import keras_lib, models
+from cxr import keras_lib
+from cxr.train import models
 
 SIZE = 64
 

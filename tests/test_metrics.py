@@ -91,19 +91,28 @@ def test_roc_curve_area_is_the_auc():
 
 def test_youden_threshold_of_ten_samples():
     # J = tpr - fpr at the points above: 1/4, 2/4, 2/4-1/6, 3/4-2/6, 1-2/6, 1-3/6, ...
-    # The largest, 2/3, is at .40 (all four COVID, two false alarms).
-    assert choose_threshold(LABELS_10 == 0, COVID_10) == 0.40
+    # The largest, 2/3, is at .40 (all four COVID, two false alarms); the next lower score
+    # is .30, so every threshold in (.30, .40] does the same and the midpoint is returned.
+    assert choose_threshold(LABELS_10 == 0, COVID_10) == approx(0.35)
 
 
 def test_youden_ties_go_to_the_highest_threshold():
-    # labels 1 0 1 0 at .9 .8 .7 .6: J = 1/2, 0, 1/2, 0 -> .9, not .7.
-    assert choose_threshold([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.6]) == 0.9
+    # labels 1 0 1 0 at .9 .8 .7 .6: J = 1/2, 0, 1/2, 0 -> .9, not .7 (then halfway to .8).
+    assert choose_threshold([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.6]) == approx(0.85)
     # 3 positives, 6 negatives, labels 1 0 0 1 0 0 1 0 0 at .9 down to .1:
     # J = 1/3 - 0 = 2/3 - 2/6 = 3/3 - 4/6 at .9, .6 and .3, an exact three-way tie. In floats
     # 1 - 4/6 is 0.33333333333333337 > 1/3, so comparing float J would answer .3.
     labels = [1, 0, 0, 1, 0, 0, 1, 0, 0]
     scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
-    assert choose_threshold(labels, scores) == 0.9
+    assert choose_threshold(labels, scores) == approx(0.85)
+
+
+def test_youden_threshold_sits_in_the_middle_of_a_clean_separation():
+    # Perfectly separated: any threshold in (.20, .85] is perfect on these images; the top
+    # edge would call a new COVID image at .84 negative.
+    assert choose_threshold([1, 1, 0, 0], [0.99, 0.85, 0.20, 0.01]) == approx(0.525)
+    # The lowest score maximises J (everything positive): there is no lower score to meet.
+    assert choose_threshold([0, 1], [0.9, 0.1]) == 0.1
 
 
 def test_youden_threshold_without_both_classes_is_half():

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from cxr.errors import UserError
-from cxr.train import keras_lib, models
+from cxr import keras_lib
+from cxr.train import models
 
 SMALL = 64  # px: the tests' image size (vgg19_head resizes it to 224 itself)
 

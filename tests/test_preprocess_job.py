@@ -152,7 +152,7 @@ def test_s3_to_s3_folder_and_zip(ray_session, s3_env, s3_bucket, s3_client, tmp_
         assert manifest["counts"]["found"] == found
         assert all(r["source_uri"].startswith(f"s3://{s3_bucket}/") for rows in splits.values() for r in rows)
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="shards/")["Contents"]}
-    assert f"shards/folder/manifest.json" in keys
+    assert "shards/folder/manifest.json" in keys
     assert not any("_staging" in k for k in keys)
 
 

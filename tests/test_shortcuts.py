@@ -44,3 +44,9 @@ def test_verdict_names_a_shortcut_only_when_the_masked_auc_is_clearly_above_chan
     clean = verdict(auc(0.95, 0.92, 0.97), auc(0.52, 0.45, 0.59), auc(0.80, 0.75, 0.85))
     assert "no shortcut" in clean and "drops markedly" in clean
     assert "could not be computed" in verdict(auc(None, None, None), auc(None, None, None), auc(None, None, None))
+
+
+def test_verdict_draws_no_conclusion_from_a_model_near_chance():
+    weak = verdict(auc(0.64, 0.51, 0.78), auc(0.50, 0.40, 0.60), auc(0.60, 0.48, 0.72))
+    assert "cannot tell" in weak and "0.510" in weak
+    assert "no shortcut" not in weak and "WARNING" not in weak

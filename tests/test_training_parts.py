@@ -128,7 +128,7 @@ def test_history_csv_and_learning_curve():
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_worker_dataset_reshuffles_training_epochs_and_keeps_every_image(ray_session, cache):
-    from cxr.train.keras_lib import keras
+    from cxr.keras_lib import keras
 
     keras()
     from cxr.train.data import worker_dataset

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr.train import keras_lib
+from cxr import keras_lib
 
 # Images per gradient pass: bounds memory (VGG19's first block at 224 px is 12 MB an image).
 BATCH_SIZE = 16

@@ -60,6 +60,10 @@ def variant_functions(variants: tuple[str, ...] = VARIANTS) -> dict[str, Callabl
     return {variant: functools.partial(apply_variant, variant=variant) for variant in variants}
 
 
+# At or below this lower bound of the full-image AUC the shortcut check has nothing to say.
+WEAK_MODEL_AUC = 0.6
+
+
 def verdict(full_auc: dict, masked_auc: dict, lungs_only_auc: dict) -> str:
     """The shortcut finding in words, from AUCs with their intervals ({"value", "ci_low", "ci_high"})."""
     def fmt(auc: dict) -> str:
@@ -71,6 +75,14 @@ def verdict(full_auc: dict, masked_auc: dict, lungs_only_auc: dict) -> str:
         return "The shortcut check could not be computed: the evaluated images hold one class only."
     lines = [f"AUC on full images {fmt(full_auc)}; with the lung fields blacked out {fmt(masked_auc)}; "
              f"with only the lung fields left {fmt(lungs_only_auc)}."]
+    full_low = full_auc["ci_low"] if full_auc["ci_low"] is not None else full_auc["value"]
+    if full_low <= WEAK_MODEL_AUC:
+        # A model near chance on whole images has nothing to lose when the lungs go: a low
+        # masked AUC would then say nothing about where it looks.
+        lines.append(f"The model itself is not clearly better than chance on these images (the lower bound "
+                     f"of its AUC is {full_low:.3f}), so this check cannot tell whether it reads the lungs "
+                     "or shortcuts.")
+        return " ".join(lines)
     masked_low = masked_auc["ci_low"] if masked_auc["ci_low"] is not None else masked_auc["value"]
     if masked_low > 0.7:
         lines.append("WARNING: without the lungs the model still separates the classes well, so it reads "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cxr import storage
 from cxr.artifacts import MODEL_FILE, ExportLayout, Manifest, RunLayout, read_manifest
 from cxr.errors import UserError
-from cxr.train.keras_lib import configure_environment
+from cxr.keras_lib import configure_environment
 from cxr.train.models import load_model
 
 

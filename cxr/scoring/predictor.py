@@ -9,10 +9,12 @@ one probability column each.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import ray
+from ray.data import ActorPoolStrategy
 
 from cxr import progress
 from cxr.errors import UserError
@@ -94,7 +96,19 @@ def score(dataset, export: Export, variants: Mapping[str, Callable] = FULL, gpu:
     # On CPUs, the actors leave one CPU to the read and decode tasks that feed them: actors
     # holding every CPU would wait forever for their input.
     actor_cpus = 1.0 if gpu or actors < cpus else max(0.1, (cpus - 1) / actors) if cpus > 1 else 0.5
-    return dataset.map_batches(Predictor, fn_constructor_kwargs={"export": export, "variants": variants,
-                                                                 "threads": threads, "tally": tally},
-                               batch_size=PREDICT_BATCH, batch_format="numpy", concurrency=actors,
-                               num_cpus=actor_cpus, num_gpus=1 if gpu else 0)
+    # No actor restarts (Ray Data's default: without limit). Ray Data passes each actor of a
+    # pool its transformer and context by reference, which Ray Core reports as an error for
+    # every restartable actor, on every run ("has constructor arguments in the object store
+    # and max_restarts > 0", ray-project/ray#57733; Ray Data names max_restarts=0 as the
+    # way out, actor_pool_map_operator.py). Restarts would buy little here: the clusters'
+    # nodes are not spot instances, and a scoring run that loses an actor fails with Ray's
+    # error and is run again. Ray 2.60 deprecates passing Ray options this way (removal in
+    # 2.64) and offers no other: its warning about our own call is silenced here, and the
+    # call will fail loudly on the Ray that removes it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        return dataset.map_batches(Predictor, fn_constructor_kwargs={"export": export, "variants": variants,
+                                                                     "threads": threads, "tally": tally},
+                                   batch_size=PREDICT_BATCH, batch_format="numpy",
+                                   compute=ActorPoolStrategy(size=actors), max_restarts=0,
+                                   num_cpus=actor_cpus, num_gpus=1 if gpu else 0)

@@ -14,7 +14,7 @@ from cxr import storage
 from cxr.artifacts import Manifest
 from cxr.config import AugmentConfig
 from cxr.preprocess.transforms import decode_png_gray
-from cxr.train.keras_lib import keras
+from cxr.keras_lib import keras
 
 FEATURE = "image"
 LABEL = "label"

@@ -20,12 +20,21 @@ from cxr.config import TrainConfig
 from cxr.errors import UserError
 from cxr.train.data import cached_bytes_per_worker, split_dataset
 from cxr.train.history import history_csv, learning_curve_png
-from cxr.train.keras_lib import TF_ENVIRONMENT, configure_environment
+from cxr.keras_lib import TF_ENVIRONMENT, configure_environment
 from cxr.train.loop import TrainingState, train_loop_per_worker
 from cxr.train.models import build_model, resolve_weights
 
 log = logging.getLogger(__name__)
 
+# Set in the driver, whose Ray Train passes it on to its controller. Ray Train V2 starts a
+# PreemptionWatcher actor with every worker group, to log node drains and offer
+# `ray.train.get_preemption_info()`, which this project does not use: a worker lost to a
+# drain is a worker failure, resumed from the last checkpoint like any other. It is
+# created with the workers' actor handles as arguments and max_restarts=-1
+# (ray/train/v2/_internal/callbacks/preemption_callback.py), which Ray Core reports as an
+# error on every run ("has constructor arguments in the object store and max_restarts >
+# 0", ray-project/ray#53727), and it is one more process on a small machine.
+RAY_TRAIN_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 def run_training(config: TrainConfig) -> dict:
     """Train (or resume) and export; return a summary of the run."""
@@ -41,7 +50,7 @@ def run_training(config: TrainConfig) -> dict:
     cpus_per_worker = _worker_cpus(config, ray.nodes(), started_ray)
     weights = _checked_weights(config, manifest)
     result = _fit(config, manifest, data, storage_root, run, cpus_per_worker,
-                  ray.put(weights) if weights else None)
+                  ray.put(weights) if weights else None, started_ray)
     return export(result, config, manifest, run)
 
 
@@ -113,24 +122,30 @@ def _checked_weights(config: TrainConfig, manifest: Manifest) -> tuple[str, byte
 
 
 def _fit(config: TrainConfig, manifest: Manifest, data: storage.Location, storage_root: storage.Location,
-         run: RunLayout, cpus_per_worker: float, weights_ref):
+         run: RunLayout, cpus_per_worker: float, weights_ref, started_ray: bool):
     configure_environment()
+    for name, value in RAY_TRAIN_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)  # the driver's, which Ray Train passes on to its controller
     # Imported here, after configure_environment: Ray's TensorFlow trainer imports tf.keras,
-    # which must resolve to Keras 2 (cxr.train.keras_lib).
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    # which must resolve to Keras 2 (cxr.keras_lib).
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
     cache = cached_bytes_per_worker(manifest, config.workers) <= config.cache_mib * 2**20
-    val = split_dataset(data, manifest, "val")
+    train, val = split_dataset(data, manifest, "train"), split_dataset(data, manifest, "val")
+    for dataset in (train, val):
+        # The training bar counts these images: Ray Data's own bars for the streams that
+        # feed it (drawn by Ray Train's split coordinators) would only repeat it.
+        dataset.context.enable_progress_bars = False
     # Without the workers' cache, validation (read every epoch) is decoded once into the
     # object store rather than re-read and re-decoded by a new stream each time.
-    datasets = {"train": split_dataset(data, manifest, "train"), "val": val if cache else val.materialize()}
+    datasets = {"train": train, "val": val if cache else val.materialize()}
     log.info("training %s on %d worker(s) (%s, %g CPU each), %s, run %s", config.model, config.workers,
              "GPU" if config.gpu else "CPU", cpus_per_worker,
              "decoded images kept in memory after epoch 1" if cache else "streaming every epoch", run.root.uri)
     total_images = config.epochs * manifest.splits["train"].total
     with progress.Progress("train", total_images, "images", runtime.progress_style()) as shown:
-        trainer = TensorflowTrainer(
+        trainer = _trainer_class(started_ray)(
             train_loop_per_worker,
             train_loop_config={"config": config, "manifest": manifest, "weights": weights_ref, "run_uri": run.root.uri,
                                "cache": cache, "tally": shown.tally},
@@ -143,9 +158,46 @@ def _fit(config: TrainConfig, manifest: Manifest, data: storage.Location, storag
                 # The best by validation loss; Ray Train always keeps the latest too, to resume from.
                 checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
                                                    checkpoint_score_order="min"),
+                # Ray Train's INFO ("Requesting resources", "Started training worker group",
+                # "Checkpoint successfully created", "Reporting training result N: ...") is
+                # about its internals: the epoch lines say the same for a person.
+                logging_config=LoggingConfig(log_level="INFO" if runtime.is_verbose() else "WARNING"),
                 worker_runtime_env={"env_vars": TF_ENVIRONMENT}),
+            # Explicit Ray Data options, Ray Data's defaults: without them Ray Train builds its
+            # own from the deprecated `exclude_resources` (ray/train/_internal/data_config.py,
+            # default_ingest_options), and its DatasetManager warns about that on every run.
+            dataset_config=DataConfig(execution_options=ExecutionOptions()),
             datasets=datasets)
         return trainer.fit()
+
+
+def _trainer_class(started_ray: bool):
+    """Ray Train's TensorflowTrainer; on a Ray this job started, without its placement-group
+    cleaner.
+
+    Ray Train V2 always starts a detached PlacementGroupCleaner actor (ray/train/v2/api/
+    data_parallel_trainer.py, `_create_default_callbacks`; no setting turns it off) that asks
+    the State API every second whether the controller is still alive, to remove the
+    workers' placement group if it died. The State API is served by the dashboard, which
+    the job's own Ray runs without (cxr.runtime.ensure_ray: its minimal API server answers
+    404), so the cleaner could never do its work there and logged "Failed to query Ray
+    Train Controller actor state" once a second instead; with another Ray on the machine
+    it could not even tell which one to ask ("Found multiple active Ray instances"). It
+    has nothing to do there either: that Ray, placement groups and all, ends with this
+    job. On a cluster (dashboard and State API on the head) it stays.
+    """
+    from ray.train.tensorflow import TensorflowTrainer
+
+    if not started_ray:
+        return TensorflowTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class LocalTensorflowTrainer(TensorflowTrainer):
+        def _create_default_callbacks(self):
+            return [callback for callback in super()._create_default_callbacks()
+                    if not isinstance(callback, PlacementGroupCleanerCallback)]
+
+    return LocalTensorflowTrainer
 
 
 def export(result, config: TrainConfig, manifest: Manifest, run: RunLayout) -> dict:

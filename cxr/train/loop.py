@@ -21,11 +21,11 @@ import numpy as np
 import ray
 import ray.train
 
-from cxr import progress, storage
+from cxr import keras_lib, progress, storage
 from cxr.artifacts import MODEL_FILE, STATE_FILE, Manifest, RunLayout, positive_label
 from cxr.config import TrainConfig
+from cxr.keras_lib import keras
 from cxr.train.data import class_weights, worker_dataset
-from cxr.train.keras_lib import keras
 from cxr.train.models import build_model, load_model
 
 # Validation loss must improve by more than this to count as an improvement.
@@ -150,7 +150,7 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
                 progress.say(tally, epoch_line(row, config.epochs, state))
             with tempfile.TemporaryDirectory() as directory:
                 # Every rank saves: under MultiWorkerMirroredStrategy saving is a collective.
-                self.model.save(os.path.join(directory, MODEL_FILE))
+                keras_lib.save_model(self.model, os.path.join(directory, MODEL_FILE))
                 if rank == 0:
                     state.save(directory)
                 ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early},

@@ -1,4 +1,4 @@
-"""The two classifiers of the source paper, in Keras 2 (`tf_keras`, see cxr.train.keras_lib).
+"""The two classifiers of the source paper, in Keras 2 (`tf_keras`, see cxr.keras_lib).
 
 Both take what the shards hold: gray images as float tensors of 0-255 values, shape
 (size, size, 1), and end in a softmax over the classes. Each model carries its own input
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cxr.config import MODEL_NAMES, TrainConfig, check_model_name  # noqa: F401  (MODEL_NAMES: the models built here)
 from cxr.errors import UserError
-from cxr.train import keras_lib
+from cxr import keras_lib
 
 VGG_INPUT_SIZE = 224
 BN_MOMENTUM = 0.9
