@@ -241,6 +241,5 @@ def format_summary(summary: dict) -> str:
         f"model exported to {summary['export']}",
         f"  {summary['model']}: {summary['epochs_trained']} epoch(s)"
         + (", stopped early" if summary["stopped_early"] else "") + f"; best epoch {summary['best_epoch'] + 1}: {metrics}",
-        f"  learning curve: {summary['export']}/learning_curve.png",
-        f"  history: {summary['export']}/history.csv",
+        f"  learning curve: {summary['export']}/learning_curve.png (per epoch: history.csv)",
     ])
