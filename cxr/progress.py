@@ -88,7 +88,7 @@ class Progress:
         self._started = time.monotonic()
         if self.style == "bar":
             self._bar = tqdm(total=self.total, unit=f" {self.unit}", desc=self.stage, file=self.out,
-                             dynamic_ncols=True)
+                             dynamic_ncols=True, leave=False)  # the final line replaces it
         self._thread = threading.Thread(target=self._show, name=f"progress-{self.stage}", daemon=True)
         self._thread.start()
         return self

@@ -50,9 +50,9 @@ def interactive() -> bool:
 
 def progress_style(ray_data_bars: bool = False) -> str:
     """How cxr.progress shows a stage: a bar at a terminal (unless Ray Data's bars already
-    show it), lines in a log."""
+    show it: with --verbose, see ensure_ray), lines in a log."""
     if interactive():
-        return "quiet" if ray_data_bars else "bar"
+        return "quiet" if ray_data_bars and is_verbose() else "bar"
     return "lines"
 
 
@@ -150,9 +150,10 @@ def ensure_ray() -> bool:
     # traceback or an error line, in about half the runs measured here. The older reader
     # needs neither helper for the few files of a split.
     context.use_datasource_v2 = False
-    context.enable_progress_bars = interactive()
-    # One bar per dataset; its operators' bars ("- MapBatches(process_batch)->Write: Tasks:
-    # 0; Actors: 0; Queued blocks: ...") are Ray Data's internals.
+    # Ray Data's bars (one per dataset, "Parquet dataset sampling" for each read, each left
+    # on screen as "Dataset dataset_0354... execution finished") name its internals; the
+    # stages' own bar or lines (cxr.progress) say what a person needs. --verbose shows them.
+    context.enable_progress_bars = interactive() and is_verbose()
     context.enable_operator_progress_bars = is_verbose()
     # Per-operator progress lines ("Running Dataset ...") only help a person at a terminal.
     context.print_on_execution_start = interactive()

@@ -2,7 +2,7 @@
 # Quickstart: set up .venv if needed, then run the jobs on a local Ray.
 #   ./scripts/run.sh [--seed N] [--outputs DIR]
 #        the whole pipeline on the embedded synthetic data, sized to learn in a few minutes on
-#        a laptop's CPU: 1,000 images at 96 px, 8 epochs of the scratch CNN, then the report
+#        a laptop's CPU: 1,000 images at 96 px, 6 epochs of the scratch CNN, then the report
 #   ./scripts/run.sh --source FOLDER_ZIP_S3_OR_kaggle [--outputs DIR]
 #        the same three stages on real chest X-rays, with the settings measured on real
 #        images in docs/benchmarks.md (quality): 128 px, up to 30 epochs
@@ -35,7 +35,7 @@ if [ "$source" = synthetic ]; then
   # images) measures something; the task is the same as at 299 px (docs/benchmarks.md).
   name="quickstart-seed$seed"
   preprocess=(--synthetic-images 1000 --synthetic-size 192 --synthetic-seed "$seed" --image-size 96)
-  train=(--epochs 8 --seed "$seed")
+  train=(--epochs 6 --seed "$seed")
 else
   name="real"
   preprocess=(--source "$source" --image-size 128)
@@ -44,9 +44,11 @@ else
 fi
 shards="$outputs/shards/$name"
 
-stage() { printf '\n== %s\n$ %s\n' "$1" "${*:2}"; }
+staged=
+stage() { [ -z "$staged" ] || echo; staged=1; printf '== %s\n$ %s\n' "$1" "${*:2}"; }
 python="$VENV/bin/python"
 if [ -f "$shards/manifest.json" ]; then
+  staged=1
   printf '== 1/3 preprocess: reusing the shards in %s (delete the folder to make them again)\n' "$shards"
 else
   stage "1/3 preprocess" python jobs/preprocess.py "${preprocess[@]}" --output "$shards"

@@ -60,7 +60,7 @@ def run_evaluation(config: EvaluateConfig) -> dict:
         validation = score_shards(export, threshold_source, "val", ("full",), config)
     evaluated = (score_shards(export, training_data, config.split, VARIANTS, config) if config.data is None
                  else score_data(export, config))
-    log.info("scored %d images of %s", len(evaluated.labels), evaluated.description)
+    log.debug("scored %d images of %s", len(evaluated.labels), evaluated.description)
     report = build_report(export, evaluated, validation, config)
     report["seconds"] = round(time.time() - started, 1)
     report["output"] = output.root.uri

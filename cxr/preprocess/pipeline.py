@@ -155,7 +155,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
 
     runtime.ensure_ray()
     num_blocks = block_count(len(listing.items), int(ray.cluster_resources().get("CPU", 1)))
-    log.info("processing %d images in %d blocks", len(listing.items), num_blocks)
+    log.debug("processing %d images in %d blocks", len(listing.items), num_blocks)
     dataset = ray.data.from_items(listing.items, override_num_blocks=num_blocks)
     if listing.remote is not None:
         tasks, threads = downloads.fetch_parallelism(config.download.concurrency)

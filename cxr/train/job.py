@@ -232,6 +232,5 @@ def format_summary(summary: dict) -> str:
         f"model exported to {summary['export']}",
         f"  {summary['model']}: {summary['epochs_trained']} epoch(s)"
         + (", stopped early" if summary["stopped_early"] else "") + f"; best epoch {summary['best_epoch'] + 1}: {metrics}",
-        f"  learning curve: {summary['export']}/{LEARNING_CURVE_FILE}",
-        f"  history: {summary['export']}/{HISTORY_FILE}",
+        f"  learning curve: {summary['export']}/{LEARNING_CURVE_FILE} (per epoch: {HISTORY_FILE})",
     ])
