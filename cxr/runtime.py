@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from cxr import keras_lib
 from cxr.errors import UserError
 
 log = logging.getLogger("cxr")
@@ -65,8 +66,6 @@ def setup_logging(verbose: bool = False, gpu: bool = False) -> None:
     """First thing in a job's main, before Ray or TensorFlow are imported: logging, and the
     libraries' environment. `gpu`: the job uses GPUs (TensorFlow's CUDA errors matter then).
     """
-    from cxr import keras_lib
-
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     wanted = {**keras_lib.tf_environment(verbose, gpu), **({} if verbose else RAY_DATA_QUIET)}
@@ -87,8 +86,6 @@ def setup_logging(verbose: bool = False, gpu: bool = False) -> None:
 
 def _quiet_libraries() -> None:
     """This process's part of keeping the libraries to warnings (setup_logging, setup_worker)."""
-    from cxr import keras_lib
-
     ray_package = importlib.util.find_spec("ray").submodule_search_locations[0]  # without importing ray
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name.format(ray=ray_package)).setLevel(level)
