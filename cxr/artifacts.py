@@ -271,6 +271,9 @@ HISTORY_FILE = "history.csv"
 LEARNING_CURVE_FILE = "learning_curve.png"
 WORKERS_DIR = "workers"
 REPORT_DIR = "report"
+RUN_SETTINGS_FILE = "run.json"  # what defines the run, written before its first epoch (cxr.train.settings)
+# Ray Train's record of a run's checkpoints: once it exists, rerunning the run resumes it.
+RAY_CHECKPOINTS_FILE = "checkpoint_manager_snapshot.json"
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,9 @@ class ExportLayout(_Layout):
 @dataclass(frozen=True)
 class RunLayout(_Layout):
     """`<storage>/<name>/`: a training run (Ray Train writes its checkpoints here too)."""
+
+    settings = _File(RUN_SETTINGS_FILE)
+    ray_checkpoints = _File(RAY_CHECKPOINTS_FILE)
 
     @property
     def export(self) -> ExportLayout:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cxr.config import AugmentConfig, PreprocessConfig, SyntheticConfig, TrainConfig
+from cxr.errors import UserError
 from cxr.preprocess.pipeline import run_preprocess
 from cxr.train.job import run_training
 from tests.cli import assert_one_line_error, run_job
@@ -33,7 +34,7 @@ def small_config(shards: str, storage: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**settings, **overrides})
 
 
-def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path, capsys):
+def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path, capsys, caplog):
     config = small_config(shards, str(tmp_path / "runs"), name="drill", workers=2, epochs=3, fail_at_epoch=1,
                           patience=5)
     summary = run_training(config)
@@ -73,6 +74,35 @@ def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path, capsys)
     assert again["epochs_trained"] == 3
     assert "train: resuming from the checkpoint of epoch 3 (finished)" in capsys.readouterr().out.splitlines()
     assert (run / "model" / "history.csv").read_text().splitlines() == history
+
+    # Its settings were recorded at the start, and each start since.
+    recorded = json.loads((run / "run.json").read_text())
+    assert recorded["config"]["fail_at_epoch"] == 1 and recorded["data"]["image_size"] == 64
+    assert len(recorded["starts"]) == 2
+    # Another learning rate would be another run: refused, nothing trained or written.
+    with pytest.raises(UserError, match=r"started with --learning-rate 0.0003, not 0.001; resume it with"):
+        run_training(small_config(shards, str(tmp_path / "runs"), name="drill", workers=2, epochs=3, patience=5,
+                                  learning_rate=1e-3))
+    assert len(json.loads((run / "run.json").read_text())["starts"]) == 2
+    # Fewer workers is the same run: resumed, and the log says what changed.
+    with caplog.at_level("INFO", logger="cxr"):
+        run_training(small_config(shards, str(tmp_path / "runs"), name="drill", workers=1, epochs=3, patience=5))
+    assert "--workers 2 -> 1" in caplog.text
+    assert len(json.loads((run / "run.json").read_text())["starts"]) == 3
+
+
+def test_a_non_finite_loss_stops_the_run_with_one_line(ray_session, shards, tmp_path):
+    """A learning rate of 1e30 overflows the weights at once: the run stops at the first NaN.
+    (On its own Ray, as a user's: joined to the tests' Ray, without a dashboard, Ray Train's
+    placement-group cleaner would complain after the error, see cxr.train.job.)"""
+    result = run_train_job("--data", shards, "--storage", str(tmp_path / "runs"), "--name", "diverged",
+                           "--learning-rate", "1e30", "--lr-schedule", "constant", "--epochs", "3")
+    assert_one_line_error(result, "training stopped at a non-finite loss in epoch 1, step ")
+    run = tmp_path / "runs" / "diverged"
+    # No epoch with a non-finite loss became a checkpoint, nothing was exported, and the
+    # settings were recorded before the first epoch.
+    assert not list(run.glob("checkpoint_*")) and not (run / "model").exists()
+    assert json.loads((run / "run.json").read_text())["config"]["learning_rate"] == 1e30
 
 
 def test_s3_data_and_storage(ray_session, shards, s3_env, s3_bucket, s3_client, tmp_path):

@@ -73,16 +73,29 @@ def worker_dataset(shard, batch_size: int, num_classes: int, seed: int, training
     dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
                           num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment is not None and augment.enabled:
-        layers = keras().layers
-        augmenter = keras().Sequential([
-            layers.RandomRotation(augment.rotation, fill_mode="nearest", seed=seed),
-            layers.RandomTranslation(augment.shift, augment.shift, fill_mode="nearest", seed=seed + 1),
-            layers.RandomZoom(augment.zoom, fill_mode="nearest", seed=seed + 2),
-        ])
+        augmenter = augmentation(augment, seed)
         dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def augmentation(augment: AugmentConfig, seed: int):
+    """The Keras model that augments a float32 (n, H, W, 1) batch when called with training=True.
+
+    The paper's image generator: small rotations, shifts and zooms, each seeded (a worker
+    with the same seed augments the same way), filled with the nearest edge pixels. A
+    strength of zero adds no layer (worker_dataset skips augmentation when all are zero).
+    """
+    layers = keras().layers
+    chosen = []
+    if augment.rotation:
+        chosen.append(layers.RandomRotation(augment.rotation, fill_mode="nearest", seed=seed))
+    if augment.shift:
+        chosen.append(layers.RandomTranslation(augment.shift, augment.shift, fill_mode="nearest", seed=seed + 1))
+    if augment.zoom:
+        chosen.append(layers.RandomZoom(augment.zoom, fill_mode="nearest", seed=seed + 2))
+    return keras().Sequential(chosen)
 
 
 def cached_bytes_per_worker(manifest: Manifest, workers: int) -> int:

@@ -4,24 +4,28 @@ Everything a user can get wrong (data, weights, cluster size, storage) is checke
 here, before any worker starts. The run lives under `<storage>/<name>/`: Ray Train's
 checkpoints, then `model/` with the best model, a copy of the preprocessing manifest,
 the history as CSV and the learning curve. Rerunning the same command resumes from the
-latest checkpoint.
+latest checkpoint, if the settings recorded in `run.json` at the start agree
+(cxr.train.settings); a non-finite loss stops the run with an error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
 import ray
 
 from cxr import progress, runtime, storage
-from cxr.artifacts import HISTORY_FILE, LEARNING_CURVE_FILE, MODEL_FILE, Manifest, RunLayout, read_manifest
+from cxr.artifacts import (HISTORY_FILE, LEARNING_CURVE_FILE, MODEL_FILE, RUN_SETTINGS_FILE, Manifest, RunLayout,
+                           read_manifest)
 from cxr.config import TrainConfig
 from cxr.errors import UserError
 from cxr.train.data import cached_bytes_per_worker, split_dataset
 from cxr.train.history import history_csv, learning_curve_png
 from cxr.keras_lib import TF_ENVIRONMENT, configure_environment
 from cxr.train.loop import TrainingState, train_loop_per_worker
+from cxr.train import settings
 from cxr.train.models import build_model, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -49,9 +53,34 @@ def run_training(config: TrainConfig) -> dict:
     started_ray = runtime.ensure_ray()
     cpus_per_worker = _worker_cpus(config, ray.nodes(), started_ray)
     weights = _checked_weights(config, manifest)
+    _record_settings(run, settings.run_record(config, manifest, data.uri,
+                                              hashlib.sha256(weights[1]).hexdigest() if weights else None))
     result = _fit(config, manifest, data, storage_root, run, cpus_per_worker,
                   ray.put(weights) if weights else None, started_ray)
+    _check_finite(run)
     return export(result, config, manifest, run)
+
+
+def _record_settings(run: RunLayout, record: dict) -> None:
+    """Write run.json before the first epoch; on a resume, first refuse other settings."""
+    if storage.is_file(run.ray_checkpoints):
+        if storage.is_file(run.settings):
+            record, changed = settings.check_resume(run, record)
+            if changed:
+                log.info("resuming %s with %s", run.root.uri, "; ".join(changed))
+        else:
+            log.warning("%s has no %s (started by an earlier cxr): resuming without checking its settings",
+                        run.root.uri, RUN_SETTINGS_FILE)
+    storage.write_json(run.settings, record)
+
+
+def _check_finite(run: RunLayout) -> None:
+    """Refuse to export a run that a non-finite loss stopped (its workers' record says where)."""
+    found = storage.read_json(run.worker_record(0)).get("non_finite")
+    if found:
+        raise UserError(f"{run.root.uri}: training stopped at a non-finite loss in {found}; the checkpoints "
+                        "before it are kept (a rerun resumes from the last good epoch): try a lower "
+                        "--learning-rate under a new --name")
 
 
 def _check_splits(manifest: Manifest, uri: str) -> None:

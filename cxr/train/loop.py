@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -104,6 +105,39 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
+def non_finite_guard():
+    """A Keras callback that stops `fit` at the first non-finite training loss (or an epoch
+    whose validation loss is not finite), and says where in `found`: "epoch 3, step 12".
+
+    Under MultiWorkerMirroredStrategy the loss is a metric all-reduced across the workers,
+    so every rank sees the same value at the same step and they all stop together.
+    """
+
+    class NonFiniteGuard(keras().callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.found: str | None = None
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if self.found is None and loss is not None and not math.isfinite(float(loss)):
+                self.found = f"epoch {self.epoch + 1}, step {batch + 1} (loss {float(loss)})"
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            for key in ("loss", "val_loss"):
+                value = (logs or {}).get(key)
+                if self.found is None and value is not None and not math.isfinite(float(value)):
+                    self.found = f"epoch {epoch + 1} ({key} {float(value)})"
+                    self.model.stop_training = True
+
+    return NonFiniteGuard()
+
+
 def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: TrainingState, train_images: int,
                      tally=None) -> list:
     """Keras callbacks of the one `fit` over all remaining epochs: time, checkpoint, report.
@@ -111,8 +145,11 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
     One `fit` for the whole run rather than one per epoch: each call would rebuild the
     input pipeline and wait for its first batch again. The first callback's `state` is
     the training state after the last finished epoch. Rank 0 tells the driver's progress
-    `tally` where training is and each epoch's metrics.
+    `tally` where training is and each epoch's metrics. The first callback stops at a
+    non-finite loss: that epoch is neither checkpointed nor counted, so the latest and the
+    best checkpoint stay finite and a rerun resumes from the last good epoch.
     """
+    guard = non_finite_guard()
 
     class EpochReporter(keras().callbacks.Callback):
         def __init__(self):
@@ -138,6 +175,8 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
                 self.train_seconds = time.perf_counter() - self.started
 
         def on_epoch_end(self, epoch, logs=None):
+            if guard.found is not None:
+                return
             seconds = time.perf_counter() - self.started
             row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()},
                    "learning_rate": current_learning_rate(self.model.optimizer),
@@ -167,7 +206,7 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
             if self.epoch == config.fail_at_epoch and batch == 2:
                 raise RuntimeError(f"injected failure: worker {rank}, epoch {self.epoch}, batch {batch}")
 
-    callbacks = [EpochReporter()]
+    callbacks = [guard, EpochReporter()]
     # Only in the first attempt, so that the resumed run goes through.
     if config.fail_at_epoch is not None and state.attempt == 0 and rank == world - 1:
         callbacks.append(FailOnce())
@@ -236,12 +275,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0 and state.attempt > 0:
         progress.say(tally, f"resuming from the checkpoint of epoch {state.next_epoch}"
                      + (" (finished)" if state.finished(config.epochs) else ""))
+    non_finite = None
     if not state.finished(config.epochs):
         callbacks = _epoch_callbacks(config, rank, world, state, train_images, tally)
         model.fit(train, validation_data=val, initial_epoch=state.next_epoch, epochs=config.epochs,
                   class_weight=weights, verbose=0, callbacks=callbacks)
-        state = callbacks[0].state
-    _write_worker_summary(loop_config["run_uri"], rank, model, state)
+        state, non_finite = callbacks[1].state, callbacks[0].found
+    _write_worker_summary(loop_config["run_uri"], rank, model, state, non_finite)
 
 
 def _compute_threads(workers_on_node: int) -> int:
@@ -261,8 +301,9 @@ def _local_weights(blob_ref, directory: str) -> str | None:
     return path
 
 
-def _write_worker_summary(run_uri: str, rank: int, model, state: TrainingState) -> None:
-    """workers/rank-N.json: lets anyone check that every worker ended with the same weights."""
+def _write_worker_summary(run_uri: str, rank: int, model, state: TrainingState, non_finite: str | None) -> None:
+    """workers/rank-N.json: lets anyone check that every worker ended with the same weights,
+    and tells the driver where a non-finite loss stopped the run."""
     summary = {"rank": rank, "weights_sha256": weights_digest(model), "epochs": state.next_epoch,
-               "attempt": state.attempt, "stopped_early": state.stopped_early}
+               "attempt": state.attempt, "stopped_early": state.stopped_early, "non_finite": non_finite}
     storage.write_json(RunLayout.at(run_uri).worker_record(rank), summary)
