@@ -14,7 +14,7 @@ from cxr.errors import UserError
 from cxr.preprocess.transforms import encode_png
 from cxr.train.data import class_weights, decode_batch
 from cxr.train.history import history_csv, learning_curve_png
-from cxr.train.job import _cpus_per_worker, _worker_cpus
+from cxr.train.job import _cpus_per_worker, worker_cpus
 from cxr.train.loop import TrainingState
 from tests.manifests import as_manifest
 
@@ -86,16 +86,16 @@ def test_node_labels_pick_the_nodes_that_may_hold_workers(caplog):
     head, cpu_node = _node(0), _node(16, **{"cxr-pool": "cpu"})
     gpu_node, dead_gpu_node = _node(48, 4, **{"cxr-pool": "gpu"}), _node(48, 4, alive=False, **{"cxr-pool": "gpu"})
     # Only the labelled, live nodes count: 48 CPUs for 4 workers.
-    assert _worker_cpus(gpu_pool, [head, cpu_node, gpu_node, dead_gpu_node], started_ray=False) == 1.0
+    assert worker_cpus(gpu_pool, [head, cpu_node, gpu_node, dead_gpu_node], started_ray=False) == 1.0
     # Not started yet on a cluster: wait for the autoscaler, one whole CPU each, and say so.
     with caplog.at_level("WARNING", logger="cxr.train.job"):
-        assert _worker_cpus(gpu_pool, [head, cpu_node, dead_gpu_node], started_ray=False) == 1.0
+        assert worker_cpus(gpu_pool, [head, cpu_node, dead_gpu_node], started_ray=False) == 1.0
     assert "found 0 on the nodes labelled cxr-pool=gpu; waiting for the autoscaler" in caplog.text
     # A Ray the job started itself never grows, and without labels nothing is waited for.
     with pytest.raises(UserError, match="found 0 on the nodes labelled cxr-pool=gpu"):
-        _worker_cpus(gpu_pool, [_node(8)], started_ray=True)
+        worker_cpus(gpu_pool, [_node(8)], started_ray=True)
     with pytest.raises(UserError, match="found 0 on the cluster"):
-        _worker_cpus(TrainConfig(workers=4, gpu=True), [head, cpu_node], started_ray=False)
+        worker_cpus(TrainConfig(workers=4, gpu=True), [head, cpu_node], started_ray=False)
 
 
 def test_node_labels_are_key_value_pairs():

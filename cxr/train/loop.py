@@ -68,7 +68,11 @@ class TrainingState:
     @classmethod
     def load(cls, directory: str) -> TrainingState:
         with open(os.path.join(directory, STATE_FILE)) as handle:
-            fields = json.load(handle)
+            return cls.from_dict(json.load(handle))
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> TrainingState:
+        """The state `save` wrote, as JSON gives it back."""
         return cls(**{**fields, "history": tuple(fields["history"])})
 
 
@@ -192,7 +196,11 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
                 keras_lib.save_model(self.model, os.path.join(directory, MODEL_FILE))
                 if rank == 0:
                     state.save(directory)
-                ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early},
+                # epochs_trained counts epochs across restarts: Ray Tune's scheduler measures
+                # a trial's progress by it (cxr.tune), where its own iteration count would
+                # restart with a resumed trial.
+                ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early,
+                                  "epochs_trained": state.next_epoch},
                                  checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
             # Every rank sees the same all-reduced validation loss, so all stop together.
             if state.stopped_early:
