@@ -358,7 +358,8 @@ class SearchParameter:
         kinds = SEARCH_KINDS[self.name]
         _require(self.kind in kinds, f"{self.name}: {self.kind!r} is not one of {', '.join(kinds)}")
         for value in self.values:
-            _require(_is_value_of(self.name, value), f"{self.name}: {value!r} is not a {_VALUE_TYPES[self.name].__name__}")
+            _require(_is_value_of(self.name, value),
+                     f"{self.name}: {value!r} is not a {_VALUE_TYPES[self.name].__name__}")
         if self.kind in ("loguniform", "uniform"):
             _require(len(self.values) == 2, f"{self.name}: {self.kind} takes [low, high], got {list(self.values)}")
             low, high = self.values
@@ -366,7 +367,8 @@ class SearchParameter:
             _require(self.kind == "uniform" or low > 0, f"{self.name}: loguniform needs low > 0, got {low}")
         elif self.kind == "choice":
             _require(len(self.values) >= 1, f"{self.name}: choice needs at least one option")
-            _require(len(set(self.values)) == len(self.values), f"{self.name}: choice has duplicates: {list(self.values)}")
+            _require(len(set(self.values)) == len(self.values),
+                     f"{self.name}: choice has duplicates: {list(self.values)}")
         else:
             _require(len(self.values) == 1, f"{self.name}: a fixed value is one value, got {list(self.values)}")
 

@@ -35,7 +35,7 @@ def write(tmp_path, name: str, text: str) -> str:
 
 def test_the_default_space_tunes_the_five_settings_of_the_issue_and_every_value_trains():
     assert [p.name for p in DEFAULT_SPACE] == ["learning_rate", "dropout", "batch_size", "augment", "class_weights"]
-    assert dict((p.name, p.kind) for p in DEFAULT_SPACE)["learning_rate"] == "loguniform"
+    assert {p.name: p.kind for p in DEFAULT_SPACE}["learning_rate"] == "loguniform"
     TuneConfig()  # checks every bound and option against the training job's config
 
 
@@ -150,7 +150,7 @@ def test_a_resumed_sweep_refuses_another_search_or_training_setting_and_allows_a
     with pytest.raises(UserError, match=r"the sweep was started with --patience 10, not 3; resume it with "
                                         r"--patience 10, or start a new sweep with another --name$"):
         resume(train={"patience": 3})
-    record, changed = resume(train={"workers": 2, "batch_size": 32})
+    record, changed = resume(train={"workers": 2, "learning_rate": 1e-2})  # the space draws the learning rate
     assert changed == ["--workers 1 -> 2"]
     assert len(record["train"]["starts"]) == 2 and record["search"]["concurrent"] == 2
 
@@ -167,4 +167,5 @@ def test_the_job_refuses_bad_search_input_in_one_line_before_ray_starts(tmp_path
     assert_one_line_error(run_tune_job("--space", empty), f"--space {empty}: the search space is empty")
     wide = write(tmp_path, "wide.yaml", "dropout: {uniform: [0.0, 1.0]}\n")
     assert_one_line_error(run_tune_job("--space", wide), "dropout 1.0 cannot be trained: --dropout must be in [0, 1)")
-    assert_one_line_error(run_tune_job("--workers", "4", "--batch-size", "2"), "--batch-size 2 is smaller than --workers")
+    assert_one_line_error(run_tune_job("--workers", "4", "--batch-size", "2"),
+                          "--batch-size 2 is smaller than --workers")

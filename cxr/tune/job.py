@@ -38,7 +38,7 @@ from cxr.train.data import split_dataset
 from cxr.tune import records, search
 from cxr.tune import settings as sweep_settings
 from cxr.tune.space import describe
-from cxr.tune.trial import TRIAL_DRIVER_RESOURCES, SweepPlan, run_trial, trial_dirname, trial_number
+from cxr.tune.trial import TRIAL_DRIVER_RESOURCES, SweepPlan, run_trial, trial_dirname
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
 def run_tuning(config: TuneConfig) -> dict:
     """Run (or resume) the sweep and export its best trial; return a summary."""
     _check_train_v2()
+    search.check_searcher(config)
     base = config.train
     data, manifest = train_job.check_data(base)
     sweep = SweepLayout(train_job.check_storage(base).join(config.sweep_name))
@@ -98,10 +99,21 @@ def run_tuning(config: TuneConfig) -> dict:
                 # Ray Tune's status table every few seconds; TrialLines writes a line per trial.
                 verbose=1 if runtime.is_verbose() else 0))
     results = tuner.fit()
-    if len(results) < config.trials or results.num_terminated + results.num_errors < len(results):
+    if _interrupted(sweep, config):
         print("tune: interrupted; run the same command again to resume the sweep", flush=True)
         raise KeyboardInterrupt
     return _finish(results, sweep, manifest, config, how)
+
+
+def _interrupted(sweep: SweepLayout, config: TuneConfig) -> bool:
+    """Whether Ray Tune ended the sweep early (Ctrl-C, SIGTERM) with trials still to run.
+
+    Tune.fit returns normally then, and its results call the trials it stopped "terminated"
+    like finished ones; the experiment state it saved first still says which were running.
+    """
+    saved = tune.ExperimentAnalysis(sweep.experiment.path, storage_filesystem=sweep.root.fs)
+    ended = [trial for trial in saved.trials if trial.status in ("TERMINATED", "ERROR")]
+    return len(ended) < config.trials
 
 
 def _finish(results, sweep: SweepLayout, manifest, config: TuneConfig, how: str) -> dict:
@@ -196,16 +208,22 @@ class TrialLines(tune.Callback):
             how = "stopped by the scheduler"
         else:
             how = "stopped early" if result.get("stopped_early") else "finished"
-        scores = " ".join(f"{key} {result[key]:.3f}" for key in ("val_loss", "val_auc", "val_accuracy") if key in result)
-        print(f"tune: trial {trial_number(trial.trial_id)}/{self.trials} {how} after "
+        scores = " ".join(f"{key} {result[key]:.3f}" for key in ("val_loss", "val_auc", "val_accuracy")
+                          if key in result)
+        print(f"tune: trial {_number(trials, trial)}/{self.trials} {how} after "
               f"{result.get('epochs_trained', 0)} epoch(s): {scores or 'no epoch'}; "
               f"{records.drawn_text(_drawn(trial))}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = trial.get_pickled_error() or trial.get_error()
-        print(f"tune: trial {trial_number(trial.trial_id)}/{self.trials} failed: "
+        print(f"tune: trial {_number(trials, trial)}/{self.trials} failed: "
               f"{records.error_text(error) if error else 'unknown error'}; {records.drawn_text(_drawn(trial))}",
               flush=True)
+
+
+def _number(trials: list, trial) -> int:
+    """1 for the sweep's first trial: Ray Tune lists them in the order they were created."""
+    return next(index for index, each in enumerate(trials, start=1) if each is trial)
 
 
 def _drawn(trial) -> dict:

@@ -30,7 +30,6 @@ from cxr.errors import UserError, one_line
 from cxr.plotting import png, pyplot
 from cxr.train.job import export
 from cxr.train.loop import TrainingState
-from cxr.tune.trial import trial_number
 
 FINISHED = "finished"  # trained every epoch
 EARLY_STOPPED = "early-stopped"  # the training job's own early stopping (--patience)
@@ -41,7 +40,7 @@ NOT_RUN = "not run"  # ended before its first epoch, without an error
 
 @dataclass(frozen=True)
 class TrialRecord:
-    number: int  # 1 for the sweep's first trial
+    number: int  # 1 for the sweep's first trial (Ray Tune's ids say nothing of order)
     trial_id: str
     run_uri: str
     drawn: dict  # the settings it drew: name -> value
@@ -65,18 +64,19 @@ class TrialRecord:
 
 
 def collect(results, sweep: SweepLayout, config: TuneConfig) -> list[TrialRecord]:
-    """A record per trial of a finished sweep (`results`: Ray Tune's ResultGrid), in trial order."""
+    """A record per trial of a finished sweep (`results`: Ray Tune's ResultGrid, whose trials
+    are in the order the searcher created them), numbered from 1 in that order."""
     records = []
-    for result in results:
+    for number, result in enumerate(results, start=1):
         trial_id = posixpath.basename(result.path.rstrip("/"))  # its folder is its id (trial.trial_dirname)
         run = sweep.trial(trial_id)
         state = latest_state(run)
         error = error_text(result.error) if result.error is not None else None
         records.append(TrialRecord(
-            number=trial_number(trial_id), trial_id=trial_id, run_uri=run.root.uri,
+            number=number, trial_id=trial_id, run_uri=run.root.uri,
             drawn=_drawn(result, config), status=_status(run, state, error, config.train.epochs),
             history=state.history if state else (), best_epoch=state.best_epoch if state else None, error=error))
-    return sorted(records, key=lambda record: record.number)
+    return records
 
 
 def latest_state(run: RunLayout) -> TrainingState | None:

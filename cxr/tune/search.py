@@ -54,12 +54,16 @@ def optuna_installed() -> bool:
     return importlib.util.find_spec("optuna") is not None
 
 
+def check_searcher(config: TuneConfig) -> None:
+    """Refuse --searcher optuna without Optuna, in one line, before anything starts."""
+    if config.searcher == "optuna" and not optuna_installed():
+        raise UserError("--searcher optuna needs the optuna package (pip install optuna), or use --searcher random")
+
+
 def searcher(config: TuneConfig, concurrent: int):
     """(Ray Tune's search algorithm, holding `concurrent` trials at once; what it is, in words)."""
-    use_optuna = config.searcher == "optuna" or (config.searcher == "auto" and optuna_installed())
-    if use_optuna and not optuna_installed():
-        raise UserError("--searcher optuna needs the optuna package (pip install optuna), or use --searcher random")
-    if use_optuna:
+    check_searcher(config)
+    if config.searcher == "optuna" or (config.searcher == "auto" and optuna_installed()):
         # Optional and heavy (it brings SQLAlchemy): imported only when chosen.
         from ray.tune.search.optuna import OptunaSearch
 

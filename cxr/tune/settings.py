@@ -34,6 +34,11 @@ def sweep_record(config: TuneConfig, train_record: dict, concurrent: int) -> dic
     `concurrent` the number of trials at once chosen at the first start (--max-concurrent,
     or what the cluster held then), which a resume keeps as Ray Tune does.
     """
+    # A setting the space draws is each trial's, not the command's: it has no say in a resume
+    # (each trial's own run.json still holds what it drew).
+    drawn = {parameter.name for parameter in config.space}
+    train_record = {**train_record, "config": {key: None if key in drawn else value
+                                               for key, value in train_record["config"].items()}}
     search = {"trials": config.trials, "space": space_record(config.space), "metric": config.metric,
               "grace_period": config.grace_period, "reduction_factor": config.reduction_factor,
               "searcher": config.searcher, "max_concurrent": config.max_concurrent, "concurrent": concurrent}

@@ -62,7 +62,8 @@ def _parse(text: str, path: str, where: str):
         try:
             return json.loads(text) if text.strip() else None
         except json.JSONDecodeError as error:
-            raise UserError(f"{where}: not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})") from None
+            raise UserError(f"{where}: not valid JSON: {error.msg} "
+                            f"(line {error.lineno}, column {error.colno})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:

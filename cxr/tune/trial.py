@@ -52,8 +52,3 @@ def run_trial(drawn: dict, plan: SweepPlan) -> None:
 def trial_dirname(trial) -> str:
     """Ray Tune's folder for a trial under `<sweep>/tune/`: its id, as its run's folder is named."""
     return trial.trial_id
-
-
-def trial_number(trial_id: str) -> int:
-    """1 for the first trial of a sweep: Ray Tune numbers them `<prefix>_00000`, `_00001`..."""
-    return int(trial_id.rsplit("_", 1)[-1]) + 1
