@@ -1,5 +1,6 @@
-"""The sweep's settings without Ray: the search space (default and --space files), what a trial
-trains, and what a resumed sweep refuses. Every mistake is one line, before any trial starts."""
+"""The sweep's pure parts, without Ray: the search space (default and --space files), what a
+trial trains, what a resumed sweep refuses, and the records it leaves (the best trial, the table,
+the figure). Every mistake is one line, before any trial starts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cxr.artifacts import SweepLayout
 from cxr.config import DEFAULT_SPACE, AugmentConfig, SearchParameter, TrainConfig, TuneConfig
 from cxr.errors import UserError
 from cxr.train.settings import run_record
+from cxr.tune import records
 from cxr.tune import settings as sweep_settings
 from cxr.tune.space import describe, load_space, space_record
 from tests.cli import assert_one_line_error, run_job
@@ -169,3 +171,62 @@ def test_the_job_refuses_bad_search_input_in_one_line_before_ray_starts(tmp_path
     assert_one_line_error(run_tune_job("--space", wide), "dropout 1.0 cannot be trained: --dropout must be in [0, 1)")
     assert_one_line_error(run_tune_job("--workers", "4", "--batch-size", "2"),
                           "--batch-size 2 is smaller than --workers")
+
+
+def history(*epochs: tuple[float, float]) -> tuple[dict, ...]:
+    return tuple({"epoch": index, "val_loss": loss, "val_auc": auc, "val_accuracy": 0.5 + auc / 4}
+                 for index, (loss, auc) in enumerate(epochs))
+
+
+def sample_records() -> list[records.TrialRecord]:
+    drawn = {"learning_rate": 3e-4, "batch_size": 16, "class_weights": True}
+    return [
+        records.TrialRecord(1, "a_00000", "/runs/s/trials/a_00000", drawn, records.FINISHED,
+                            history((0.6, 0.70), (0.5, 0.80)), best_epoch=1),
+        records.TrialRecord(2, "a_00001", "/runs/s/trials/a_00001", drawn, records.SCHEDULER_STOPPED,
+                            history((0.69, 0.50)), best_epoch=0),
+        records.TrialRecord(3, "a_00002", "/runs/s/trials/a_00002", drawn, records.FAILED, (), None,
+                            error="training stopped at a non-finite loss in epoch 1, step 3 (loss nan)"),
+        # The lowest validation loss, but not the best AUC at the epoch its export keeps.
+        records.TrialRecord(4, "a_00003", "/runs/s/trials/a_00003", drawn, records.FINISHED,
+                            history((0.45, 0.75), (0.47, 0.90)), best_epoch=0),
+    ]
+
+
+def test_the_best_trial_is_chosen_on_the_metric_of_the_epoch_its_export_keeps():
+    trials = sample_records()
+    assert records.best_trial(trials, "val_loss", "min").number == 4
+    # Trial 4 reached an AUC of 0.90, in an epoch its export does not keep (its val_loss was higher).
+    assert records.best_trial(trials, "val_auc", "max").number == 1
+    assert records.best_trial(trials[1:3], "val_loss", "min").number == 2  # never a failed trial
+    assert records.best_trial(trials[2:3], "val_loss", "min") is None
+
+
+def test_the_table_says_how_every_trial_ended_and_the_figure_draws_them(tmp_path):
+    config = TuneConfig(space=DEFAULT_SPACE[:1] + DEFAULT_SPACE[2:3] + DEFAULT_SPACE[4:], trials=4)
+    trials = sample_records()
+    rows = records.table_rows(trials, config)
+    assert [(row["trial"], row["status"], row["stopped_by_scheduler"], row["epochs"]) for row in rows] == [
+        (1, "finished", False, 2), (2, "stopped by the scheduler", True, 1), (3, "failed", False, 0),
+        (4, "finished", False, 2)]
+    assert (rows[3]["best_epoch"], rows[3]["score"], rows[3]["best_val_loss"], rows[3]["best_val_auc"]) == (
+        1, 0.45, 0.45, 0.90)
+    assert rows[2]["error"].startswith("training stopped at a non-finite loss") and rows[2]["best_val_loss"] is None
+    assert records.trials_csv(rows).decode().splitlines()[0].startswith("trial,trial_id,status,stopped_by_scheduler,")
+    sweep = SweepLayout.at(str(tmp_path / "s"))
+    markdown = records.trials_markdown(rows, trials[3], config, sweep, "Searcher: random.").decode()
+    assert "Best: trial 4 (`a_00003`), val_loss 0.4500" in markdown
+    assert "| trial | status | epochs | best_epoch | score |" in markdown and markdown.count("\n| ") == 5
+    assert records.val_auc_png(trials, trials[3], "s").startswith(b"\x89PNG")
+
+
+def test_a_trial_error_is_one_line():
+    class Wrapped(Exception):  # as Ray hands over a trial's exception: the original as `cause`
+        def __init__(self, cause):
+            super().__init__(f"Traceback ...\n{cause}")
+            self.cause = cause
+
+    assert records.error_text(Wrapped(UserError("stopped at a non-finite loss"))) == "stopped at a non-finite loss"
+    assert records.error_text(Wrapped(ValueError("boom\nmore"))) == "ValueError: boom"
+    assert records.drawn_text({"learning_rate": 0.00021, "class_weights": False}) == \
+        "learning_rate 0.00021, class_weights off"

@@ -35,7 +35,7 @@ from cxr.errors import UserError
 from cxr.train import job as train_job
 from cxr.train import settings as train_settings
 from cxr.train.data import split_dataset
-from cxr.tune import records, search
+from cxr.tune import records, search, trials
 from cxr.tune import settings as sweep_settings
 from cxr.tune.space import describe
 from cxr.tune.trial import TRIAL_DRIVER_RESOURCES, SweepPlan, run_trial, trial_dirname
@@ -117,16 +117,17 @@ def _interrupted(sweep: SweepLayout, config: TuneConfig) -> bool:
 
 
 def _finish(results, sweep: SweepLayout, manifest, config: TuneConfig, how: str) -> dict:
-    trials = records.collect(results, sweep, config)
-    best = records.best_trial(trials, config.metric, config.mode)
-    records.write(trials, best, sweep, config, how)
+    """The records of a finished sweep, its table and figure, and the best trial's export."""
+    ended = trials.collect(results, sweep, config)
+    best = records.best_trial(ended, config.metric, config.mode)
+    records.write(ended, best, sweep, config, how)
     if best is None:
         raise UserError(f"{sweep.root.uri}: no trial finished an epoch; see {sweep.trials_markdown.uri}")
-    exported = records.export_best(best, sweep, manifest, config)
-    counts = {}
-    for trial in trials:
-        counts[trial.status] = counts.get(trial.status, 0) + 1
-    return {"sweep": sweep.root.uri, "trials": len(trials), "statuses": counts, "metric": config.metric,
+    exported = trials.export_best(best, sweep, manifest, config)
+    statuses = {}
+    for record in ended:
+        statuses[record.status] = statuses.get(record.status, 0) + 1
+    return {"sweep": sweep.root.uri, "trials": len(ended), "statuses": statuses, "metric": config.metric,
             "best": {"trial": best.number, "trial_id": best.trial_id, "drawn": best.drawn,
                      "score": best.score(config.metric), "epoch": best.best_epoch + 1},
             "best_run": sweep.best.root.uri, "export": exported["export"],
