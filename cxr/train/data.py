@@ -74,7 +74,11 @@ def worker_dataset(shard, batch_size: int, num_classes: int, seed: int, training
                           num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment is not None and augment.enabled:
         augmenter = augmentation(augment, seed)
-        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # One batch at a time: the layers draw from a seeded generator whose state parallel
+        # calls would advance in whatever order they ran, so the same seed would not give
+        # the same batches (measured: tests/test_training_safety.py). A batch is a few
+        # milliseconds of work beside a training step, and prefetch still overlaps it.
+        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -47,7 +47,8 @@ def run_record(config: TrainConfig, manifest: Manifest, data_uri: str, weights_s
                  "image_size": manifest.image_size, "class_names": list(manifest.class_names),
                  "train_images": manifest.splits["train"].total},
         "versions": {"python": platform.python_version(), **versions},
-        "starts": [{"at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}],
+        "starts": [{"at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "config": _execution(config.to_dict())}],
     }))
 
 
@@ -109,7 +110,7 @@ def check_resume(run: RunLayout, current: dict) -> tuple[dict, list[str]]:
         if key == "epochs":
             what += " (the cosine learning-rate schedule's length is fixed when a run starts)"
         raise UserError(f"{run.root.uri}: {what}{more}; resume it with {fix}, or start a new run with another --name")
-    start = {**current["starts"][-1], "config": _execution(current["config"])}
+    start = dict(current["starts"][-1])
     if allowed:
         start["changed"] = allowed
     if current["versions"] != recorded["versions"]:
