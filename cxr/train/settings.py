@@ -82,7 +82,7 @@ def compare(recorded: dict, current: dict) -> tuple[list[tuple[str, object, obje
     constant = recorded["config"]["lr_schedule"] == current["config"]["lr_schedule"] == "constant"
     refused = [(key, old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
                if old.get(key) != new.get(key) and not (key == "epochs" and constant)]
-    before = {**_execution(recorded["config"]), **recorded["starts"][-1].get("config", {})}
+    before = recorded["starts"][-1]["config"]  # every start records its execution settings
     now = _execution(current["config"])
     allowed = [f"{_flag(key)} {_shown(before.get(key))} -> {_shown(now[key])}" for key in now
                if key not in ("storage", "name") and before.get(key) != now[key]]
