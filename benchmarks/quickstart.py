@@ -112,7 +112,7 @@ def render(runs: list[dict], machine: dict) -> str:
         "## Quickstart: `./scripts/run.sh` as a new user runs it",
         "",
         f"Measured {datetime.date.today().isoformat()} by `benchmarks/quickstart.py`: the whole quickstart "
-        "(preprocess 1,000 synthetic images at 96 px, train the scratch CNN for 6 epochs, evaluate on the "
+        "(preprocess 1,000 synthetic images at 96 px, train the scratch CNN for 5 epochs in batches of 16, evaluate on the "
         "test split) under a pseudo-terminal, `.venv` already set up, one seed after the other on the "
         "same machine. Test metrics with 95% bootstrap intervals, at the threshold chosen on the "
         "validation split; lines are what the terminal shows at the end.",

@@ -37,9 +37,13 @@ TF_ENVIRONMENT = {"TF_USE_LEGACY_KERAS": "1"}
 # read: absl's "All log messages before absl::InitializeLog() ..." banner and info-severity
 # lines such as "I0000 ... cudart_stub.cc:31] Could not find cuda drivers on your machine,
 # GPU will not be used." (twice: libtensorflow_framework.so.2 and the profiler plugin each
-# carry their own copy of absl and of the CUDA stub).
+# carry their own copy of absl and of the CUDA stub). And absl's raw mutex-event lines, such
+# as "[mutex.cc : 452] RAW: Lock blocking 0x55b1... @ 0x7fa1...": now and then, while
+# TensorFlow loads in a process that already holds another library's copy of absl (a Ray
+# worker that has imported pyarrow), a mutex looks traced to one copy and logs its wait
+# (tensorflow/tensorflow#99464). It reached a CI run's output once in many runs.
 _LOAD_NOTICE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
-                          r"STDERR|I\d{4} \d\d:\d\d:\S+ +\d+ \S+:\d+\] .*)$")
+                          r"STDERR|I\d{4} \d\d:\d\d:\S+ +\d+ \S+:\d+\] .*|\[mutex\.cc : \d+\] RAW: .*)$")
 
 
 def tf_environment(verbose: bool = False, gpu: bool = False) -> dict[str, str]:

@@ -2,7 +2,7 @@
 # Quickstart: set up .venv if needed, then run the jobs on a local Ray.
 #   ./scripts/run.sh [--seed N] [--outputs DIR]
 #        the whole pipeline on the embedded synthetic data, sized to learn in a few minutes on
-#        a laptop's CPU: 1,000 images at 96 px, 6 epochs of the scratch CNN, then the report
+#        a laptop's CPU: 1,000 images at 96 px, 5 epochs of the scratch CNN in batches of 16, then the report
 #   ./scripts/run.sh --source FOLDER_ZIP_S3_OR_kaggle [--outputs DIR]
 #        the same three stages on real chest X-rays, with the settings measured on real
 #        images in docs/benchmarks.md (quality): 128 px, up to 30 epochs
@@ -35,7 +35,11 @@ if [ "$source" = synthetic ]; then
   # images) measures something; the task is the same as at 299 px (docs/benchmarks.md).
   name="quickstart-seed$seed"
   preprocess=(--synthetic-images 1000 --synthetic-size 192 --synthetic-seed "$seed" --image-size 96)
-  train=(--epochs 6 --seed "$seed")
+  # Batches of 16: twice the steps of the default 32, which batch normalization's moving
+  # averages (momentum 0.99) need. At 32, 22 steps an epoch left them far from the data's
+  # statistics for the first epochs (validation accuracy at the majority rate), and 5
+  # epochs missed AUC 0.95 for 2 seeds of 3; at 16, validation AUC passes 0.97 by epoch 2.
+  train=(--epochs 5 --batch-size 16 --seed "$seed")
 else
   name="real"
   preprocess=(--source "$source" --image-size 128)

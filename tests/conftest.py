@@ -70,3 +70,15 @@ def ray_session(local_s3):
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(ray_session, tmp_path_factory) -> str:
+    """A few hundred 64 px synthetic images, preprocessed once for every module that trains
+    on them (no test writes into them)."""
+    from cxr.config import PreprocessConfig, SyntheticConfig
+    from cxr.preprocess.pipeline import run_preprocess
+
+    output = str(tmp_path_factory.mktemp("tiny") / "shards")
+    run_preprocess(PreprocessConfig(output=output, image_size=64, synthetic=SyntheticConfig(images=240, size=160)))
+    return output

@@ -27,10 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session, tmp_path_factory) -> dict:
+def trained(ray_session, tiny_shards, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("evaluate")
-    shards = str(root / "shards")
-    run_preprocess(PreprocessConfig(output=shards, image_size=64, synthetic=SyntheticConfig(images=240, size=160)))
+    shards = tiny_shards
     run_training(TrainConfig(data=shards, storage=str(root / "runs"), name="tiny", epochs=2, batch_size=16,
                              augment=AugmentConfig(0, 0, 0)))
     return {"root": root, "shards": shards, "run": root / "runs" / "tiny",

@@ -270,7 +270,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             compile_model(model, config, class_names, steps_per_epoch(manifest, config.batch_size))
             state = TrainingState()
 
-    seed = config.seed * 1000 + rank  # each worker augments differently, reproducibly
+    seed = config.seed * 1000 + rank  # each worker shuffles and augments from its own seed
     cache = loop_config["cache"]
     train = worker_dataset(ray.train.get_dataset_shard("train"), config.batch_size, len(class_names), seed,
                            training=True, augment=config.augment, cache=cache)

@@ -47,7 +47,8 @@ def run_record(config: TrainConfig, manifest: Manifest, data_uri: str, weights_s
                  "image_size": manifest.image_size, "class_names": list(manifest.class_names),
                  "train_images": manifest.splits["train"].total},
         "versions": {"python": platform.python_version(), **versions},
-        "starts": [{"at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}],
+        "starts": [{"at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "config": _execution(config.to_dict())}],
     }))
 
 
@@ -81,7 +82,7 @@ def compare(recorded: dict, current: dict) -> tuple[list[tuple[str, object, obje
     constant = recorded["config"]["lr_schedule"] == current["config"]["lr_schedule"] == "constant"
     refused = [(key, old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
                if old.get(key) != new.get(key) and not (key == "epochs" and constant)]
-    before = {**_execution(recorded["config"]), **recorded["starts"][-1].get("config", {})}
+    before = recorded["starts"][-1]["config"]  # every start records its execution settings
     now = _execution(current["config"])
     allowed = [f"{flag(key)} {shown(before.get(key))} -> {shown(now[key])}" for key in now
                if key not in ("storage", "name") and before.get(key) != now[key]]
@@ -113,7 +114,7 @@ def check_record(where: str, recorded: dict, current: dict, what: str = "run") -
         if key == "epochs":
             change += " (the cosine learning-rate schedule's length is fixed when a run starts)"
         raise UserError(f"{where}: {change}{more}; resume it with {fix}, or start a new {what} with another --name")
-    start = {**current["starts"][-1], "config": _execution(current["config"])}
+    start = dict(current["starts"][-1])
     if allowed:
         start["changed"] = allowed
     if current["versions"] != recorded["versions"]:
