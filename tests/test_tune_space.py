@@ -230,3 +230,12 @@ def test_a_trial_error_is_one_line():
     assert records.error_text(Wrapped(ValueError("boom\nmore"))) == "ValueError: boom"
     assert records.drawn_text({"learning_rate": 0.00021, "class_weights": False}) == \
         "learning_rate 0.00021, class_weights off"
+
+
+def test_trials_are_numbered_in_the_order_the_searcher_created_them():
+    # Random search counts from 0, a model-based searcher from 1; a restored sweep lists its
+    # trials in another order: the number comes from the tag's counter, never the list order.
+    tags = ["3_learning_rate=0.05", "0_learning_rate=0.0003", "2_learning_rate=0.05", "1_learning_rate=0.0003"]
+    assert [records.trial_number(tag, tags) for tag in tags] == [4, 1, 3, 2]
+    assert records.trial_number("7_dropout=0.1", ["7_dropout=0.1", "10_dropout=0.2"]) == 1  # not text order
+    assert records.trial_number("1", ["1"]) == 1

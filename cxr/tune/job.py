@@ -99,26 +99,27 @@ def run_tuning(config: TuneConfig) -> dict:
                 # Ray Tune's status table every few seconds; TrialLines writes a line per trial.
                 verbose=1 if runtime.is_verbose() else 0))
     results = tuner.fit()
-    if _interrupted(sweep, config):
+    saved = tune.ExperimentAnalysis(sweep.experiment.path, storage_filesystem=sweep.root.fs).trials
+    if _interrupted(saved, config):
         print("tune: interrupted; run the same command again to resume the sweep", flush=True)
         raise KeyboardInterrupt
-    return _finish(results, sweep, manifest, config, how)
+    return _finish(results, saved, sweep, manifest, config, how)
 
 
-def _interrupted(sweep: SweepLayout, config: TuneConfig) -> bool:
+def _interrupted(saved: list, config: TuneConfig) -> bool:
     """Whether Ray Tune ended the sweep early (Ctrl-C, SIGTERM) with trials still to run.
 
     Tune.fit returns normally then, and its results call the trials it stopped "terminated"
     like finished ones; the experiment state it saved first still says which were running.
     """
-    saved = tune.ExperimentAnalysis(sweep.experiment.path, storage_filesystem=sweep.root.fs)
-    ended = [trial for trial in saved.trials if trial.status in ("TERMINATED", "ERROR")]
+    ended = [trial for trial in saved if trial.status in ("TERMINATED", "ERROR")]
     return len(ended) < config.trials
 
 
-def _finish(results, sweep: SweepLayout, manifest, config: TuneConfig, how: str) -> dict:
-    """The records of a finished sweep, its table and figure, and the best trial's export."""
-    ended = trials.collect(results, sweep, config)
+def _finish(results, saved: list, sweep: SweepLayout, manifest, config: TuneConfig, how: str) -> dict:
+    """The records of a finished sweep (`saved`: Ray Tune's saved trials), its table and
+    figure, and the best trial's export."""
+    ended = trials.collect(results, {trial.trial_id: trial.experiment_tag for trial in saved}, sweep, config)
     best = records.best_trial(ended, config.metric, config.mode)
     records.write(ended, best, sweep, config, how)
     if best is None:
@@ -128,6 +129,7 @@ def _finish(results, sweep: SweepLayout, manifest, config: TuneConfig, how: str)
     for record in ended:
         statuses[record.status] = statuses.get(record.status, 0) + 1
     return {"sweep": sweep.root.uri, "trials": len(ended), "statuses": statuses, "metric": config.metric,
+            "search": how,
             "best": {"trial": best.number, "trial_id": best.trial_id, "drawn": best.drawn,
                      "score": best.score(config.metric), "epoch": best.best_epoch + 1},
             "best_run": sweep.best.root.uri, "export": exported["export"],
@@ -223,8 +225,7 @@ class TrialLines(tune.Callback):
 
 
 def _number(trials: list, trial) -> int:
-    """1 for the sweep's first trial: Ray Tune lists them in the order they were created."""
-    return next(index for index, each in enumerate(trials, start=1) if each is trial)
+    return records.trial_number(trial.experiment_tag, [each.experiment_tag for each in trials])
 
 
 def _drawn(trial) -> dict:

@@ -51,6 +51,19 @@ class TrialRecord:
         return None if row is None else row.get(metric)
 
 
+def creation_index(experiment_tag: str) -> int:
+    """Where a trial comes in the order the searcher created it: Ray Tune's experiment tag
+    starts with its creation counter ("3_learning_rate=..."). Neither its id (random for a
+    model-based searcher) nor the order Ray Tune lists a restored sweep's trials in says it."""
+    return int(experiment_tag.split("_", 1)[0])
+
+
+def trial_number(experiment_tag: str, tags: list[str]) -> int:
+    """A trial's number from 1 among the trials created so far (`tags`, its own included)."""
+    index = creation_index(experiment_tag)
+    return 1 + sum(creation_index(tag) < index for tag in tags)
+
+
 def error_text(error: BaseException) -> str:
     """One line for the error that ended a trial: a UserError's message (a non-finite loss,
     a refused resume), else the exception's type and first line."""

@@ -24,23 +24,23 @@ from cxr.config import TrainConfig, TuneConfig
 from cxr.train.job import export
 from cxr.train.loop import TrainingState
 from cxr.tune.records import (EARLY_STOPPED, FAILED, FINISHED, NOT_RUN, SCHEDULER_STOPPED, TrialRecord,
-                              error_text)
+                              error_text, trial_number)
 
 
-def collect(results, sweep: SweepLayout, config: TuneConfig) -> list[TrialRecord]:
-    """A record per trial of a finished sweep (`results`: Ray Tune's ResultGrid, whose trials
-    are in the order the searcher created them), numbered from 1 in that order."""
+def collect(results, tags: dict[str, str], sweep: SweepLayout, config: TuneConfig) -> list[TrialRecord]:
+    """A record per trial of a finished sweep (`results`: Ray Tune's ResultGrid; `tags`: each
+    trial id's experiment tag), numbered from 1 in the order the searcher created them."""
     found = []
-    for number, result in enumerate(results, start=1):
+    for result in results:
         trial_id = posixpath.basename(result.path.rstrip("/"))  # its folder is its id (trial.trial_dirname)
         run = sweep.trial(trial_id)
         state = latest_state(run)
         error = error_text(result.error) if result.error is not None else None
         found.append(TrialRecord(
-            number=number, trial_id=trial_id, run_uri=run.root.uri,
+            number=trial_number(tags[trial_id], list(tags.values())), trial_id=trial_id, run_uri=run.root.uri,
             drawn=_drawn(result, config), status=_status(run, state, error, config.train.epochs),
             history=state.history if state else (), best_epoch=state.best_epoch if state else None, error=error))
-    return found
+    return sorted(found, key=lambda record: record.number)
 
 
 def latest_state(run: RunLayout) -> TrainingState | None:
