@@ -14,6 +14,9 @@ and scheduler, built from a TuneConfig.
   stopped by it: a trial at its last epoch is one export away from done, and ending it
   there would throw its export away (the scheduler acts on the report of that epoch, before
   the training job writes its model). No scheduler when --grace-period is not below --epochs.
+  Ray Tune does not save a scheduler's state with the sweep (tune_controller.py leaves
+  `_scheduler_alg` out of what it saves): after a resume, ASHA compares each trial at a rung
+  only with the trials that reached that rung since, so its first decisions are lenient.
 """
 
 from __future__ import annotations
