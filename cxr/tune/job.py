@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 # Ray Tune logs every failed trial's traceback from this logger; TrialLines says it in one
 # line instead (--verbose keeps the traceback).
 TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+# Ray Tune's newer output engine prints its experiment banner ("Configuration for
+# experiment", "View detailed results here", a TensorBoard command) even when told to be
+# silent (ray/tune/experimental/output.py, `experiment_started`); its older one, at
+# verbosity 0, prints nothing. Without --verbose the older one is used.
+TUNE_QUIET_ENVIRONMENT = {"RAY_AIR_NEW_OUTPUT": "0"}
 
 
 def run_tuning(config: TuneConfig) -> dict:
@@ -80,6 +85,8 @@ def run_tuning(config: TuneConfig) -> dict:
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
     if not runtime.is_verbose():
         logging.getLogger(TUNE_CONTROLLER_LOGGER).addFilter(_without_trial_tracebacks)
+        for name, value in TUNE_QUIET_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)  # read by Tuner.fit, in this process
     if resuming:
         tuner = tune.Tuner.restore(sweep.experiment.path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, storage_filesystem=sweep.root.fs)
