@@ -32,8 +32,11 @@ RAY_DATA_QUIET = {"RAY_DATA_LOG_LEVEL": "WARNING"}
 # answers our own choice of no bars in a log. Ray Train reports each result at INFO from
 # a logger named after its file, not `ray.train...` (ray/train/v2/_internal/execution/
 # context.py: `logging.getLogger(__file__)`), which its LoggingConfig therefore misses.
+# Ray Train's placement-group cleaner warns when it frees the workers of a run whose
+# controller died, which is its job when a sweep is interrupted or Ray Tune ends a trial.
 QUIET_LOGGERS = {
     "tensorflow": logging.WARNING,
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "ray.data._internal.progress": logging.ERROR,
     "{ray}/train/v2/_internal/execution/context.py": logging.WARNING,
 }
