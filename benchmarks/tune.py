@@ -65,7 +65,7 @@ def report(results: dict) -> str:
     sweep, runs = results["sweep"], results["runs"]
     lines = [
         "## Hyperparameter search: jobs/tune.py's best trial vs. the training job's defaults", "",
-        f"`python benchmarks/tune.py{results['arguments']}`, {results['date']}: the real sample at "
+        f"`python benchmarks/tune.py{results['arguments']}`, {results['date']}: {results['source']} at "
         f"{results['image_size']} px ({results['images']['train']} training, {results['images']['val']} validation, "
         f"{results['images']['test']} test images). A sweep of {sweep['trials']} trials of at most "
         f"{results['epochs']} epochs over the default space, one trial at a time on 2 cores "
@@ -90,7 +90,8 @@ def report(results: dict) -> str:
              "best val loss", "best val AUC"],
             [[row["trial"], row["status"], row["epochs"], f"{float(row['learning_rate']):.2g}",
               f"{float(row['dropout']):.2f}", row["batch_size"], f"{float(row['augment']):.2f}",
-              row["class_weights"], row["best_val_loss"], row["best_val_auc"]] for row in sweep["rows"]]),
+              row["class_weights"], f"{float(row['best_val_loss']):.3f}", f"{float(row['best_val_auc']):.3f}"]
+             for row in sweep["rows"]]),
         "",
         f"Machine: {common.machine_markdown(results['machine'])}",
     ]
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         shards = shards_for(args.shards, args.image_size, args.data_source, scratch)
         manifest = read_manifest(shards)
         results["image_size"] = manifest.image_size
+        results["source"] = manifest.source_uri
         results["images"] = {split: manifest.splits[split].total for split in ("train", "val", "test")}
         base = TrainConfig(data=shards, storage=str(scratch / "runs"), epochs=args.epochs)
 
@@ -151,10 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
         run_training(dataclasses.replace(base, name="defaults"))
         best_trial = summary["best"]["trial"]
-        best_row = next(row for row in rows if row["trial"] == str(best_trial))
         results["runs"] = [
-            scored(f"best trial ({best_trial})", str(sweep / "best"),
-                   _trial_minutes(sweep / "trials" / best_row["trial_id"])),
+            scored(f"best trial ({best_trial})", str(sweep / "best"), _trial_minutes(sweep / "best")),
             scored("job defaults", str(scratch / "runs" / "defaults"), _trial_minutes(scratch / "runs" / "defaults")),
         ]
         ray.shutdown()
