@@ -62,14 +62,14 @@ class RunInputs:
 def run_training(config: TrainConfig) -> dict:
     """Train (or resume) and export; return a summary of the run."""
     data, manifest = check_data(config)
-    check_storage(config)
+    storage_root = check_storage(config)
     started_ray = runtime.ensure_ray()
     inputs = run_inputs(config, data, manifest, worker_cpus(config, ray.nodes(), started_ray),
                         placement_group_cleaner=not started_ray)
     log.info("training %s on %d worker(s) (%s, %g CPU each), %s, run %s", config.model, config.workers,
              "GPU" if config.gpu else "CPU", inputs.cpus_per_worker,
              "decoded images kept in memory after epoch 1" if _keeps_cache(config, manifest)
-             else "streaming every epoch", storage.resolve(config.storage).join(config.run_name).uri)
+             else "streaming every epoch", storage_root.join(config.run_name).uri)
     total_images = config.epochs * manifest.splits["train"].total
     with progress.Progress("train", total_images, "images", runtime.progress_style()) as shown:
         return train_and_export(config, inputs, tally=shown.tally)
@@ -108,9 +108,10 @@ def train_and_export(config: TrainConfig, inputs: RunInputs, tally=None, dataset
     `datasets` replaces the run's own reading of a split by one a sweep read once for all
     its trials; `callbacks` go to Ray Train (a trial's report to Ray Tune).
     """
-    run = RunLayout(storage.resolve(config.storage).join(config.run_name))
+    storage_root = storage.resolve(config.storage)
+    run = RunLayout(storage_root.join(config.run_name))
     _record_settings(run, settings.run_record(config, inputs.manifest, inputs.data.uri, inputs.weights_sha256))
-    result = _fit(config, inputs, run, tally, datasets or {}, list(callbacks))
+    result = _fit(config, inputs, storage_root, run, tally, datasets or {}, list(callbacks))
     _check_finite(run)
     return export(result, config, inputs.manifest, run)
 
@@ -216,7 +217,8 @@ def _keeps_cache(config: TrainConfig, manifest: Manifest) -> bool:
     return cached_bytes_per_worker(manifest, config.workers) <= config.cache_mib * 2**20
 
 
-def _fit(config: TrainConfig, inputs: RunInputs, run: RunLayout, tally, shared: dict, callbacks: list):
+def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location, run: RunLayout, tally, shared: dict,
+         callbacks: list):
     configure_environment()
     for name, value in RAY_TRAIN_ENVIRONMENT.items():
         os.environ.setdefault(name, value)  # the driver's, which Ray Train passes on to its controller
@@ -237,7 +239,6 @@ def _fit(config: TrainConfig, inputs: RunInputs, run: RunLayout, tally, shared: 
         # Without the workers' cache, validation (read every epoch) is decoded once into the
         # object store rather than re-read and re-decoded by a new stream each time.
         datasets["val"] = datasets["val"].materialize()
-    storage_root = storage.resolve(config.storage)
     trainer = _trainer_class(inputs.placement_group_cleaner)(
         train_loop_per_worker,
         train_loop_config={"config": config, "manifest": manifest, "weights": inputs.weights_ref,

@@ -64,11 +64,12 @@ def run_tuning(config: TuneConfig) -> dict:
     started_ray = runtime.ensure_ray(state_api=True)
     resuming = tune.Tuner.can_restore(sweep.experiment.path, storage_filesystem=sweep.root.fs)
     # A resumed sweep keeps the concurrency it started with, as Ray Tune keeps its searcher.
+    nodes = ray.nodes()
     concurrent = sweep_settings.recorded_concurrency(sweep) if resuming else None
     if concurrent is None:
-        concurrent = concurrent_trials(config, ray.nodes(), started_ray)
+        concurrent = concurrent_trials(config, nodes, started_ray)
     inputs = train_job.run_inputs(base, data, manifest,
-                                  train_job.worker_cpus(base, ray.nodes(), started_ray, concurrent_runs=concurrent),
+                                  train_job.worker_cpus(base, nodes, started_ray, concurrent_runs=concurrent),
                                   placement_group_cleaner=True)
     _record_settings(sweep, sweep_settings.sweep_record(
         config, train_settings.run_record(base, manifest, data.uri, inputs.weights_sha256), concurrent))

@@ -73,17 +73,14 @@ def recorded_concurrency(sweep: SweepLayout) -> int | None:
 def _change(key: str, old, new) -> str:
     if key == "space":
         return f"the sweep was started with another search space ({_space_text(old)}), not {_space_text(new)}"
-    return f"the sweep was started with {_flag(key)} {train_settings.shown(old)}, not {train_settings.shown(new)}"
+    shown = train_settings.shown
+    return f"the sweep was started with {train_settings.flag(key)} {shown(old)}, not {shown(new)}"
 
 
 def _fix(key: str, old) -> str:
     if key == "space":
         return f"that space (it is in {SWEEP_SETTINGS_FILE}, under search.space, in --space's format)"
-    return f"{_flag(key)} {train_settings.shown(old)}"
-
-
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+    return f"{train_settings.flag(key)} {train_settings.shown(old)}"
 
 
 def _space_text(record: dict) -> str:
