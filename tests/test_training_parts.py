@@ -15,7 +15,7 @@ from cxr.preprocess.transforms import encode_png
 from cxr.train.data import class_weights, decode_batch
 from cxr.train.history import history_csv, learning_curve_png
 from cxr.train.job import _cpus_per_worker, worker_cpus
-from cxr.train.loop import TrainingState
+from cxr.train.loop import TrainingState, _compute_threads
 from tests.manifests import as_manifest
 
 
@@ -65,6 +65,17 @@ def test_decode_batch_directly_and_inside_ray_data(ray_session):
 @pytest.mark.parametrize("workers, cpus, expected", [(1, 2, 1.0), (2, 2, 0.5), (2, 8, 1.0), (3, 4, 1.0)])
 def test_workers_leave_a_cpu_for_the_data(workers, cpus, expected):
     assert _cpus_per_worker(TrainConfig(workers=workers), {"CPU": cpus}) == pytest.approx(expected)
+
+
+def test_workers_split_the_nodes_cores_unless_other_runs_share_them(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert _compute_threads(1) == 8  # alone: the core reserved for Ray Data too
+    assert _compute_threads(3) == 2
+    assert _compute_threads(16) == 1
+    # A sweep's concurrent trials on one node: each keeps to what it reserved.
+    assert _compute_threads(1, reserved_cpus=1.0) == 1
+    assert _compute_threads(1, reserved_cpus=2.5) == 2
+    assert _compute_threads(1, reserved_cpus=0.5) == 1
 
 
 def test_more_workers_than_the_cluster_holds_is_a_user_error():

@@ -57,6 +57,9 @@ class RunInputs:
     weights_ref: object | None  # the checked weights file (name, bytes) in Ray's object store
     # Whether Ray Train may start its placement-group cleaner (see _trainer_class).
     placement_group_cleaner: bool
+    # Whether other runs' workers share the nodes (a sweep's concurrent trials): each worker's
+    # TensorFlow then keeps to the CPUs it reserved instead of its share of the node's cores.
+    cores_shared: bool = False
 
 
 def run_training(config: TrainConfig) -> dict:
@@ -92,13 +95,13 @@ def check_storage(config: TrainConfig) -> storage.Location:
 
 
 def run_inputs(config: TrainConfig, data: storage.Location, manifest: Manifest, cpus_per_worker: float,
-               placement_group_cleaner: bool) -> RunInputs:
+               placement_group_cleaner: bool, cores_shared: bool = False) -> RunInputs:
     """The checked weights (put in the object store, for every worker) and the rest of RunInputs."""
     weights = _checked_weights(config, manifest)
     return RunInputs(manifest=manifest, data=data, cpus_per_worker=cpus_per_worker,
                      weights_sha256=hashlib.sha256(weights[1]).hexdigest() if weights else None,
                      weights_ref=ray.put(weights) if weights else None,
-                     placement_group_cleaner=placement_group_cleaner)
+                     placement_group_cleaner=placement_group_cleaner, cores_shared=cores_shared)
 
 
 def train_and_export(config: TrainConfig, inputs: RunInputs, tally=None, datasets: dict | None = None,
@@ -242,7 +245,8 @@ def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location,
     trainer = _trainer_class(inputs.placement_group_cleaner)(
         train_loop_per_worker,
         train_loop_config={"config": config, "manifest": manifest, "weights": inputs.weights_ref,
-                           "run_uri": run.root.uri, "cache": cache, "tally": tally},
+                           "run_uri": run.root.uri, "cache": cache, "tally": tally,
+                           "cores_shared": inputs.cores_shared},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
                                      resources_per_worker={"CPU": inputs.cpus_per_worker},
                                      label_selector=dict(config.node_labels) or None),

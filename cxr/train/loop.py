@@ -252,7 +252,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     keras()
     # TensorFlow's default is every core per process: with several workers on one node
     # they would oversubscribe it. Each takes its share instead.
-    tf.config.threading.set_intra_op_parallelism_threads(_compute_threads(context.get_local_world_size()))
+    reserved = ray.get_runtime_context().get_assigned_resources().get("CPU") if loop_config["cores_shared"] else None
+    tf.config.threading.set_intra_op_parallelism_threads(_compute_threads(context.get_local_world_size(), reserved))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
     checkpoint = ray.train.get_checkpoint()
@@ -292,8 +293,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     _write_worker_summary(loop_config["run_uri"], rank, model, state, non_finite)
 
 
-def _compute_threads(workers_on_node: int) -> int:
-    """This worker's share of the node's cores for TensorFlow's kernels."""
+def _compute_threads(workers_on_node: int, reserved_cpus: float | None = None) -> int:
+    """This worker's threads for TensorFlow's kernels: its share of the node's cores, or the
+    CPUs it reserved when other runs' workers share the node (a sweep's concurrent trials).
+
+    Alone on a node, a worker takes the core it left to Ray Data too: once the data is
+    cached (or a sweep shares it) that core would sit idle.
+    """
+    if reserved_cpus is not None:
+        return max(1, int(reserved_cpus))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, workers_on_node))
 

@@ -70,7 +70,7 @@ def run_tuning(config: TuneConfig) -> dict:
         concurrent = concurrent_trials(config, nodes, started_ray)
     inputs = train_job.run_inputs(base, data, manifest,
                                   train_job.worker_cpus(base, nodes, started_ray, concurrent_runs=concurrent),
-                                  placement_group_cleaner=True)
+                                  placement_group_cleaner=True, cores_shared=concurrent > 1)
     _record_settings(sweep, sweep_settings.sweep_record(
         config, train_settings.run_record(base, manifest, data.uri, inputs.weights_sha256), concurrent))
 
