@@ -169,6 +169,84 @@ def test_head_may_pass_exactly_the_workers_role_and_roles_can_use_the_bucket(con
     assert granted["s3:GetObject"] == granted["s3:PutObject"] == f"{bucket}/*"
 
 
+
+def statements(policy_file: str) -> list[dict]:
+    """A policy's statements, each with Action and Resource as lists."""
+    found = json.loads((AWS_DIR / policy_file).read_text())["Statement"]
+    return [{**s, "Action": _as_list(s["Action"]), "Resource": _as_list(s["Resource"])} for s in found]
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def condition_values(statement: dict, operator: str, key: str) -> list[str]:
+    return _as_list(statement.get("Condition", {}).get(operator, {}).get(key, []))
+
+
+# What Ray 2.60's AWS provider calls with the head's role (ray/autoscaler/_private/aws/node_provider.py):
+# DescribeInstances (non_terminated_nodes, _get_node), RunInstances (_create_node), CreateTags
+# (_create_tags, fed by the updater's set_node_tags), TerminateInstances (terminate_node(s) without
+# cache_stopped_nodes). Start/StopInstances come only with cache_stopped_nodes, DeleteTags never.
+AUTOSCALER_EC2_ACTIONS = {"ec2:DescribeInstances", "ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances"}
+
+
+def test_head_policy_grants_only_what_rays_aws_provider_calls(config):
+    assert config["provider"]["cache_stopped_nodes"] is False, "stopped nodes would need Start/StopInstances"
+    granted = {action for s in statements("autoscaler-policy.json") for action in s["Action"]}
+    assert not [a for a in granted if "*" in a], f"wildcard actions: {granted}"
+    assert granted == AUTOSCALER_EC2_ACTIONS | {"iam:PassRole", "ssm:GetParameters"}
+    # Nothing Ray's code would not use for this config: AWSNodeProvider's reuse of stopped nodes,
+    # the CloudWatch agent check (describe_images) and `ray up`'s own bootstrap (config.py) are not
+    # the head's.
+    assert not config["provider"].get("cloudwatch")
+
+
+def test_head_policy_has_no_unconditioned_destructive_ec2_action(config):
+    """A job on the head holds the head's role: it may start, tag and end this cluster's workers only."""
+    from ray.autoscaler.tags import NODE_KIND_WORKER, TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+
+    region = config["provider"]["region"]
+    cluster = {TAG_RAY_CLUSTER_NAME: config["cluster_name"], TAG_RAY_NODE_KIND: NODE_KIND_WORKER}
+    for statement in statements("autoscaler-policy.json"):
+        ec2 = [a for a in statement["Action"] if a.startswith("ec2:")]
+        for resource in statement["Resource"]:
+            if resource == "*":
+                assert all(a.startswith("ec2:Describe") for a in statement["Action"]), statement["Sid"]
+            elif resource.split(":")[2] != "iam":    # IAM is global: its ARNs name no region
+                assert resource.split(":")[3] == region, f"{statement['Sid']}: {resource} is not in {region}"
+        destructive = [a for a in ec2 if not a.startswith("ec2:Describe")]
+        on_instances = any(":instance/" in r or r == "*" for r in statement["Resource"])
+        if not destructive or not on_instances:
+            continue    # RunInstances on images, subnets, volumes... launches nothing without the instance
+        for key, value in cluster.items():
+            existing = condition_values(statement, "StringEquals", f"ec2:ResourceTag/{key}")
+            requested = condition_values(statement, "StringEquals", f"aws:RequestTag/{key}")
+            assert existing == [value] or requested == [value], (
+                f"{statement['Sid']}: {destructive} on instances not tagged {key}={value}")
+        if "ec2:TerminateInstances" in destructive:
+            assert condition_values(statement, "StringEquals", f"ec2:ResourceTag/{TAG_RAY_CLUSTER_NAME}")
+
+
+def test_head_may_launch_only_the_worker_types_and_retag_only_their_status(config):
+    from ray.autoscaler.tags import TAG_RAY_FILE_MOUNTS_CONTENTS, TAG_RAY_NODE_STATUS, TAG_RAY_RUNTIME_CONFIG
+
+    launches = [s for s in statements("autoscaler-policy.json")
+                if "ec2:RunInstances" in s["Action"] and any(":instance/" in r for r in s["Resource"])]
+    [launch] = launches
+    worker_types = {t["node_config"]["InstanceType"] for name, t in config["available_node_types"].items()
+                    if name != config["head_node_type"]}
+    assert set(condition_values(launch, "StringEquals", "ec2:InstanceType")) == worker_types
+
+    # After launch Ray only rewrites a worker's status tags (autoscaler/_private/updater.py, set_node_tags);
+    # ray-cluster-name and ray-node-type stay as set at launch, so a job cannot adopt the head as a worker.
+    retags = [s for s in statements("autoscaler-policy.json")
+              if "ec2:CreateTags" in s["Action"] and "ec2:CreateAction" not in s["Condition"]["StringEquals"]]
+    [retag] = retags
+    assert set(condition_values(retag, "ForAllValues:StringEquals", "aws:TagKeys")) == {
+        TAG_RAY_NODE_STATUS, TAG_RAY_RUNTIME_CONFIG, TAG_RAY_FILE_MOUNTS_CONTENTS}
+
+
 SECRET_PATTERNS = re.compile("|".join([
     r"aws_access_key_id", r"aws_secret",  # aws_secret_access_key, AWS_SECRET...
     r"KAGGLE_KEY", r"aws_session_token", r"RAY_AUTH_TOKEN\s*[=:]",
