@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import posixpath
 import re
 import shlex
@@ -144,7 +145,7 @@ def dockerfile_builds() -> tuple[dict[str, str], dict[str, dict[str, str]]]:
 
 def test_manifests_are_kuberay_v1_resources():
     assert sorted((d["apiVersion"], d["kind"]) for d in documents(CLUSTER_FILE)) == [
-        ("ray.io/v1", "RayCluster"), ("v1", "ServiceAccount")]
+        ("ray.io/v1", "RayCluster"), ("v1", "ServiceAccount"), ("v1", "ServiceAccount")]
     for job in JOBS:
         path = KUBERAY / f"rayjob-{job}.yaml"
         assert [(d["apiVersion"], d["kind"]) for d in documents(path)] == [("ray.io/v1", "RayJob")], path.name
@@ -200,15 +201,64 @@ def test_dockerfile_installs_the_project_with_the_constraints_where_the_jobs_run
         assert copied.get(posixpath.join(workdir, name)) == name, f"{name} is not in the working directory {workdir}"
 
 
-def test_pods_run_as_the_s3_service_account_with_a_memory_backed_object_store():
-    account = the_one("ServiceAccount", CLUSTER_FILE)["metadata"]
-    assert "eks.amazonaws.com/role-arn" in account.get("annotations", {})
+def service_accounts() -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in documents(CLUSTER_FILE) if doc.get("kind") == "ServiceAccount"}
+
+
+def autoscaler_service_account(cluster: dict) -> str:
+    """The account KubeRay binds its autoscaler Role to, as KubeRay v1.5.1 names it: the head template's
+    serviceAccountName, else the cluster's name (ray-operator/controllers/ray/utils/util.go,
+    GetHeadGroupServiceAccountName; common/rbac.go, BuildRoleBinding)."""
+    return cluster["spec"]["headGroupSpec"]["template"]["spec"].get("serviceAccountName") or cluster["metadata"]["name"]
+
+
+def mounts_api_token(pod: dict, accounts: dict[str, dict]) -> bool:
+    """Kubernetes' rule: the pod's automountServiceAccountToken wins over its ServiceAccount's; default true."""
+    if "automountServiceAccountToken" in pod:
+        return pod["automountServiceAccountToken"]
+    return accounts.get(pod.get("serviceAccountName", "default"), {}).get("automountServiceAccountToken", True)
+
+
+def test_pods_reach_s3_through_irsa_with_a_memory_backed_object_store():
+    accounts = service_accounts()
     for name, group in groups(ray_cluster()).items():
         pod = group["template"]["spec"]
-        assert pod.get("serviceAccountName") == account["name"], name
+        account = accounts.get(pod.get("serviceAccountName"))
+        assert account, f"group {name}: runs as {pod.get('serviceAccountName')}, which this file does not define"
+        assert "eks.amazonaws.com/role-arn" in account["metadata"].get("annotations", {}), name
         shm = [m["name"] for m in ray_container(group).get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
         media = [v.get("emptyDir", {}).get("medium") for v in pod.get("volumes", []) if v["name"] in shm]
         assert media == ["Memory"], f"group {name}: /dev/shm is not a memory-backed emptyDir"
+
+
+def test_no_worker_group_shares_the_heads_token():
+    """The autoscaler's rights (patch pods, patch rayclusters) stay with the head's account: no worker pod
+    runs as it, and none mounts a Kubernetes API token. IRSA needs no such token (its webhook mounts its own)."""
+    cluster = ray_cluster()
+    accounts = service_accounts()
+    head_account = autoscaler_service_account(cluster)
+    assert head_account in accounts, "KubeRay wants the head's named ServiceAccount to exist"
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        assert pod.get("serviceAccountName", "default") != head_account, group["groupName"]
+        assert not mounts_api_token(pod, accounts), f"group {group['groupName']}: mounts a Kubernetes API token"
+    # Nothing else in the file grants the workers' account rights of its own.
+    assert {doc["kind"] for doc in documents(CLUSTER_FILE)} == {"ServiceAccount", "RayCluster"}
+
+
+def test_the_irsa_role_trusts_exactly_the_pods_service_accounts():
+    trust = json.loads((REPO / "infra" / "aws" / "irsa-trust-policy.json").read_text())
+    [statement] = trust["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    provider = statement["Principal"]["Federated"].split(":oidc-provider/", 1)[1]
+    condition = statement["Condition"]["StringEquals"]
+    assert condition[f"{provider}:aud"] == "sts.amazonaws.com"
+    subjects = {subject.rsplit(":", 1)[1] for subject in condition[f"{provider}:sub"]}
+    pods = {group["template"]["spec"]["serviceAccountName"] for group in groups(ray_cluster()).values()}
+    assert subjects == pods
+    roles = {account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].rsplit("/", 1)[1]
+             for account in service_accounts().values()}
+    assert roles == {"cxr-ray-s3"}, "infra/aws/README.md creates the role under this name"
 
 
 def test_head_takes_no_work_and_each_group_has_its_pool_label_and_hardware():
