@@ -14,6 +14,8 @@ import json
 import posixpath
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -165,40 +167,93 @@ def test_dockerfile_builds_on_the_pinned_ray_and_python_with_one_tensorflow_extr
     defaults, builds = dockerfile_builds()
     python = SpecifierSet(PROJECT["requires-python"])
     for tag, args in {"(defaults)": defaults, **builds}.items():
-        match = re.fullmatch(r"rayproject/ray:(?P<ray>[^-]+)-py(?P<major>\d)(?P<minor>\d+)-(?P<flavour>cpu|gpu)",
-                             args["RAY_IMAGE"])
-        assert match, f"{tag}: RAY_IMAGE={args['RAY_IMAGE']} is not an official CPU or GPU Ray image"
+        # Ray's CPU image for both builds: the GPU build's CUDA comes with TensorFlow's wheels, and the
+        # CUDA 12.1 toolkit of Ray's -gpu images would only add weight (see the Dockerfile).
+        match = re.fullmatch(r"rayproject/ray:(?P<ray>[^-]+)-py(?P<major>\d)(?P<minor>\d+)-cpu", args["RAY_IMAGE"])
+        assert match, f"{tag}: RAY_IMAGE={args['RAY_IMAGE']} is not an official CPU Ray image"
         assert match["ray"] == pinned_ray_version(), f"{tag}: RAY_IMAGE={args['RAY_IMAGE']}"
         assert Version(f"{match['major']}.{match['minor']}") in python, f"{tag}: RAY_IMAGE={args['RAY_IMAGE']}"
-        # The TensorFlow build goes with the Ray image's: CUDA in the GPU image, none in the CPU one.
-        assert args["CXR_EXTRA"] == match["flavour"], f"{tag}: CXR_EXTRA={args['CXR_EXTRA']}"
         assert args["CXR_EXTRA"] in PROJECT["optional-dependencies"], f"{tag}: CXR_EXTRA={args['CXR_EXTRA']}"
+        assert tag == "(defaults)" or tag.endswith(f"-{args['CXR_EXTRA']}"), f"{tag}: CXR_EXTRA={args['CXR_EXTRA']}"
     assert {tag.rsplit(":", 1)[-1] for tag in builds} == {f"{PROJECT['version']}-{x}" for x in ("cpu", "gpu")}
 
 
-def test_dockerfile_installs_the_project_with_the_constraints_where_the_jobs_run():
-    workdir, copied, installed_in = "/", {}, []
+def dockerfile_steps() -> list[tuple[str, str, str]]:
+    """(instruction, its arguments, the working directory it runs in), in order."""
+    workdir, steps = "/", []
     for keyword, rest in dockerfile_instructions():
         if keyword == "WORKDIR":
             workdir = posixpath.join(workdir, rest)
-        elif keyword == "COPY":
-            *sources, dest = [word for word in rest.split() if not word.startswith("--")]
-            dest = posixpath.join(workdir, dest)
-            for source in sources:
-                name = source.rstrip("/")
-                assert (REPO / name).exists(), f"COPY {source}: not in the repository"
-                into = (REPO / name).is_file() and dest.endswith("/")
-                copied[posixpath.normpath(posixpath.join(dest, name) if into else dest)] = name
-        elif keyword == "RUN" and "pip install" in rest:
-            assert re.search(r"(^|\s)-c constraints\.txt\s", rest), rest
-            assert ".[${CXR_EXTRA}]" in rest, rest
-            installed_in.append(workdir)
+        steps.append((keyword, rest, workdir))
+    return steps
+
+
+def copied_files(steps) -> list[tuple[int, str, str]]:
+    """(step index, path in the image, repository path) of every COPY."""
+    copied = []
+    for index, (keyword, rest, workdir) in enumerate(steps):
+        if keyword != "COPY":
+            continue
+        *sources, dest = [word for word in rest.split() if not word.startswith("--")]
+        dest = posixpath.join(workdir, dest)
+        for source in sources:
+            name = source.rstrip("/")
+            assert (REPO / name).exists(), f"COPY {source}: not in the repository"
+            into = (REPO / name).is_file() and dest.endswith("/")
+            copied.append((index, posixpath.normpath(posixpath.join(dest, name) if into else dest), name))
+    return copied
+
+
+def pip_installs(steps) -> list[tuple[int, str, str]]:
+    return [(index, rest, workdir) for index, (keyword, rest, workdir) in enumerate(steps)
+            if keyword == "RUN" and "pip install" in rest]
+
+
+def test_dockerfile_installs_dependencies_before_copying_code():
+    """A code change must not reinstall TensorFlow and CUDA: the dependencies' layer comes first and is
+    built from files that change only with the dependencies; the code is installed with --no-deps."""
+    steps = dockerfile_steps()
+    copied = copied_files(steps)
     packages = {name.split(".")[0] for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
-    needed = {"pyproject.toml", "constraints.txt", PROJECT["readme"], *packages, "jobs"}
+    code = {*packages, "jobs"}
+    first_code_copy = min(index for index, _, name in copied if name in code)
+    installs = pip_installs(steps)
+    dependencies = [(i, rest) for i, rest, _ in installs if i < first_code_copy]
+    assert len(dependencies) == 1, "one pip install of the dependencies, before the code is copied"
+    [(index, rest)] = dependencies
+    assert {name for i, _, name in copied if i < index} == {"pyproject.toml", "constraints.txt", "constraints-gpu.txt"}
+    for constraints in ("constraints.txt", "constraints-gpu.txt"):
+        assert re.search(rf"(^|\s)-c {re.escape(constraints)}\s", rest), rest
+    for i, rest, _ in installs:
+        if i > first_code_copy:
+            assert "--no-deps" in shlex.split(rest), f"a pip install after the code is copied resolves dependencies: {rest}"
+
+
+def test_dockerfile_dependency_list_is_pyprojects_for_the_extra(tmp_path):
+    """The dependencies' RUN derives its requirements from pyproject.toml: run that very command."""
+    _, builds = dockerfile_builds()
+    [(_, rest, workdir)] = [step for step in pip_installs(dockerfile_steps()) if "-r " in step[1]]
+    words = shlex.split(rest.split("&&")[0].split(">")[0].replace('"$CXR_EXTRA"', "EXTRA"))
+    assert words[:2] == ["python", "-c"] and words[3:] == ["EXTRA"], words
+    (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    for extra in {args["CXR_EXTRA"] for args in builds.values()}:
+        listed = subprocess.run([sys.executable, "-c", words[2], extra], cwd=tmp_path, capture_output=True,
+                                text=True, check=True).stdout.splitlines()
+        assert listed == PROJECT["dependencies"] + PROJECT["optional-dependencies"][extra]
+
+
+def test_dockerfile_puts_the_project_where_the_jobs_run():
+    steps = dockerfile_steps()
+    packages = {name.split(".")[0] for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    needed = {"pyproject.toml", "constraints.txt", "constraints-gpu.txt", PROJECT["readme"], *packages, "jobs"}
+    copied = {path: name for _, path, name in copied_files(steps)}
     assert set(copied.values()) == needed
-    assert installed_in == [workdir], "one pip install, in the working directory the jobs run from"
+    workdir = steps[-1][2]
+    assert {workdir} == {w for _, _, w in pip_installs(steps)}, "pip runs in the working directory the jobs run from"
     for name in needed:
         assert copied.get(posixpath.join(workdir, name)) == name, f"{name} is not in the working directory {workdir}"
+    dockerignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert all(f"!{name}" in dockerignore or f"!{name}/" in dockerignore for name in needed), "not in the build context"
 
 
 def service_accounts() -> dict[str, dict]:
