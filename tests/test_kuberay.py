@@ -226,7 +226,7 @@ def test_dockerfile_installs_dependencies_before_copying_code():
         assert re.search(rf"(^|\s)-c {re.escape(constraints)}\s", rest), rest
     for i, rest, _ in installs:
         if i > first_code_copy:
-            assert "--no-deps" in shlex.split(rest), f"a pip install after the code is copied resolves dependencies: {rest}"
+            assert "--no-deps" in shlex.split(rest), f"a pip install after the code resolves dependencies: {rest}"
 
 
 def test_dockerfile_dependency_list_is_pyprojects_for_the_extra(tmp_path):
