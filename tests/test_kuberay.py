@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import posixpath
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -144,7 +147,7 @@ def dockerfile_builds() -> tuple[dict[str, str], dict[str, dict[str, str]]]:
 
 def test_manifests_are_kuberay_v1_resources():
     assert sorted((d["apiVersion"], d["kind"]) for d in documents(CLUSTER_FILE)) == [
-        ("ray.io/v1", "RayCluster"), ("v1", "ServiceAccount")]
+        ("ray.io/v1", "RayCluster"), ("v1", "ServiceAccount"), ("v1", "ServiceAccount")]
     for job in JOBS:
         path = KUBERAY / f"rayjob-{job}.yaml"
         assert [(d["apiVersion"], d["kind"]) for d in documents(path)] == [("ray.io/v1", "RayJob")], path.name
@@ -164,51 +167,153 @@ def test_dockerfile_builds_on_the_pinned_ray_and_python_with_one_tensorflow_extr
     defaults, builds = dockerfile_builds()
     python = SpecifierSet(PROJECT["requires-python"])
     for tag, args in {"(defaults)": defaults, **builds}.items():
-        match = re.fullmatch(r"rayproject/ray:(?P<ray>[^-]+)-py(?P<major>\d)(?P<minor>\d+)-(?P<flavour>cpu|gpu)",
-                             args["RAY_IMAGE"])
-        assert match, f"{tag}: RAY_IMAGE={args['RAY_IMAGE']} is not an official CPU or GPU Ray image"
+        # Ray's CPU image for both builds: the GPU build's CUDA comes with TensorFlow's wheels, and the
+        # CUDA 12.1 toolkit of Ray's -gpu images would only add weight (see the Dockerfile).
+        match = re.fullmatch(r"rayproject/ray:(?P<ray>[^-]+)-py(?P<major>\d)(?P<minor>\d+)-cpu", args["RAY_IMAGE"])
+        assert match, f"{tag}: RAY_IMAGE={args['RAY_IMAGE']} is not an official CPU Ray image"
         assert match["ray"] == pinned_ray_version(), f"{tag}: RAY_IMAGE={args['RAY_IMAGE']}"
         assert Version(f"{match['major']}.{match['minor']}") in python, f"{tag}: RAY_IMAGE={args['RAY_IMAGE']}"
-        # The TensorFlow build goes with the Ray image's: CUDA in the GPU image, none in the CPU one.
-        assert args["CXR_EXTRA"] == match["flavour"], f"{tag}: CXR_EXTRA={args['CXR_EXTRA']}"
         assert args["CXR_EXTRA"] in PROJECT["optional-dependencies"], f"{tag}: CXR_EXTRA={args['CXR_EXTRA']}"
+        assert tag == "(defaults)" or tag.endswith(f"-{args['CXR_EXTRA']}"), f"{tag}: CXR_EXTRA={args['CXR_EXTRA']}"
     assert {tag.rsplit(":", 1)[-1] for tag in builds} == {f"{PROJECT['version']}-{x}" for x in ("cpu", "gpu")}
 
 
-def test_dockerfile_installs_the_project_with_the_constraints_where_the_jobs_run():
-    workdir, copied, installed_in = "/", {}, []
+def dockerfile_steps() -> list[tuple[str, str, str]]:
+    """(instruction, its arguments, the working directory it runs in), in order."""
+    workdir, steps = "/", []
     for keyword, rest in dockerfile_instructions():
         if keyword == "WORKDIR":
             workdir = posixpath.join(workdir, rest)
-        elif keyword == "COPY":
-            *sources, dest = [word for word in rest.split() if not word.startswith("--")]
-            dest = posixpath.join(workdir, dest)
-            for source in sources:
-                name = source.rstrip("/")
-                assert (REPO / name).exists(), f"COPY {source}: not in the repository"
-                into = (REPO / name).is_file() and dest.endswith("/")
-                copied[posixpath.normpath(posixpath.join(dest, name) if into else dest)] = name
-        elif keyword == "RUN" and "pip install" in rest:
-            assert re.search(r"(^|\s)-c constraints\.txt\s", rest), rest
-            assert ".[${CXR_EXTRA}]" in rest, rest
-            installed_in.append(workdir)
+        steps.append((keyword, rest, workdir))
+    return steps
+
+
+def copied_files(steps) -> list[tuple[int, str, str]]:
+    """(step index, path in the image, repository path) of every COPY."""
+    copied = []
+    for index, (keyword, rest, workdir) in enumerate(steps):
+        if keyword != "COPY":
+            continue
+        *sources, dest = [word for word in rest.split() if not word.startswith("--")]
+        dest = posixpath.join(workdir, dest)
+        for source in sources:
+            name = source.rstrip("/")
+            assert (REPO / name).exists(), f"COPY {source}: not in the repository"
+            into = (REPO / name).is_file() and dest.endswith("/")
+            copied.append((index, posixpath.normpath(posixpath.join(dest, name) if into else dest), name))
+    return copied
+
+
+def pip_installs(steps) -> list[tuple[int, str, str]]:
+    return [(index, rest, workdir) for index, (keyword, rest, workdir) in enumerate(steps)
+            if keyword == "RUN" and "pip install" in rest]
+
+
+def test_dockerfile_installs_dependencies_before_copying_code():
+    """A code change must not reinstall TensorFlow and CUDA: the dependencies' layer comes first and is
+    built from files that change only with the dependencies; the code is installed with --no-deps."""
+    steps = dockerfile_steps()
+    copied = copied_files(steps)
     packages = {name.split(".")[0] for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
-    needed = {"pyproject.toml", "constraints.txt", PROJECT["readme"], *packages, "jobs"}
+    code = {*packages, "jobs"}
+    first_code_copy = min(index for index, _, name in copied if name in code)
+    installs = pip_installs(steps)
+    dependencies = [(i, rest) for i, rest, _ in installs if i < first_code_copy]
+    assert len(dependencies) == 1, "one pip install of the dependencies, before the code is copied"
+    [(index, rest)] = dependencies
+    assert {name for i, _, name in copied if i < index} == {"pyproject.toml", "constraints.txt", "constraints-gpu.txt"}
+    for constraints in ("constraints.txt", "constraints-gpu.txt"):
+        assert re.search(rf"(^|\s)-c {re.escape(constraints)}\s", rest), rest
+    for i, rest, _ in installs:
+        if i > first_code_copy:
+            assert "--no-deps" in shlex.split(rest), f"a pip install after the code resolves dependencies: {rest}"
+
+
+def test_dockerfile_dependency_list_is_pyprojects_for_the_extra(tmp_path):
+    """The dependencies' RUN derives its requirements from pyproject.toml: run that very command."""
+    _, builds = dockerfile_builds()
+    [(_, rest, workdir)] = [step for step in pip_installs(dockerfile_steps()) if "-r " in step[1]]
+    words = shlex.split(rest.split("&&")[0].split(">")[0].replace('"$CXR_EXTRA"', "EXTRA"))
+    assert words[:2] == ["python", "-c"] and words[3:] == ["EXTRA"], words
+    (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    for extra in {args["CXR_EXTRA"] for args in builds.values()}:
+        listed = subprocess.run([sys.executable, "-c", words[2], extra], cwd=tmp_path, capture_output=True,
+                                text=True, check=True).stdout.splitlines()
+        assert listed == PROJECT["dependencies"] + PROJECT["optional-dependencies"][extra]
+
+
+def test_dockerfile_puts_the_project_where_the_jobs_run():
+    steps = dockerfile_steps()
+    packages = {name.split(".")[0] for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    needed = {"pyproject.toml", "constraints.txt", "constraints-gpu.txt", PROJECT["readme"], *packages, "jobs"}
+    copied = {path: name for _, path, name in copied_files(steps)}
     assert set(copied.values()) == needed
-    assert installed_in == [workdir], "one pip install, in the working directory the jobs run from"
+    workdir = steps[-1][2]
+    assert {workdir} == {w for _, _, w in pip_installs(steps)}, "pip runs in the working directory the jobs run from"
     for name in needed:
         assert copied.get(posixpath.join(workdir, name)) == name, f"{name} is not in the working directory {workdir}"
+    dockerignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert all(f"!{name}" in dockerignore or f"!{name}/" in dockerignore for name in needed), "not in the build context"
 
 
-def test_pods_run_as_the_s3_service_account_with_a_memory_backed_object_store():
-    account = the_one("ServiceAccount", CLUSTER_FILE)["metadata"]
-    assert "eks.amazonaws.com/role-arn" in account.get("annotations", {})
+def service_accounts() -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in documents(CLUSTER_FILE) if doc.get("kind") == "ServiceAccount"}
+
+
+def autoscaler_service_account(cluster: dict) -> str:
+    """The account KubeRay binds its autoscaler Role to, as KubeRay v1.5.1 names it: the head template's
+    serviceAccountName, else the cluster's name (ray-operator/controllers/ray/utils/util.go,
+    GetHeadGroupServiceAccountName; common/rbac.go, BuildRoleBinding)."""
+    return cluster["spec"]["headGroupSpec"]["template"]["spec"].get("serviceAccountName") or cluster["metadata"]["name"]
+
+
+def mounts_api_token(pod: dict, accounts: dict[str, dict]) -> bool:
+    """Kubernetes' rule: the pod's automountServiceAccountToken wins over its ServiceAccount's; default true."""
+    if "automountServiceAccountToken" in pod:
+        return pod["automountServiceAccountToken"]
+    return accounts.get(pod.get("serviceAccountName", "default"), {}).get("automountServiceAccountToken", True)
+
+
+def test_pods_reach_s3_through_irsa_with_a_memory_backed_object_store():
+    accounts = service_accounts()
     for name, group in groups(ray_cluster()).items():
         pod = group["template"]["spec"]
-        assert pod.get("serviceAccountName") == account["name"], name
+        account = accounts.get(pod.get("serviceAccountName"))
+        assert account, f"group {name}: runs as {pod.get('serviceAccountName')}, which this file does not define"
+        assert "eks.amazonaws.com/role-arn" in account["metadata"].get("annotations", {}), name
         shm = [m["name"] for m in ray_container(group).get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
         media = [v.get("emptyDir", {}).get("medium") for v in pod.get("volumes", []) if v["name"] in shm]
         assert media == ["Memory"], f"group {name}: /dev/shm is not a memory-backed emptyDir"
+
+
+def test_no_worker_group_shares_the_heads_token():
+    """The autoscaler's rights (patch pods, patch rayclusters) stay with the head's account: no worker pod
+    runs as it, and none mounts a Kubernetes API token. IRSA needs no such token (its webhook mounts its own)."""
+    cluster = ray_cluster()
+    accounts = service_accounts()
+    head_account = autoscaler_service_account(cluster)
+    assert head_account in accounts, "KubeRay wants the head's named ServiceAccount to exist"
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        assert pod.get("serviceAccountName", "default") != head_account, group["groupName"]
+        assert not mounts_api_token(pod, accounts), f"group {group['groupName']}: mounts a Kubernetes API token"
+    # Nothing else in the file grants the workers' account rights of its own.
+    assert {doc["kind"] for doc in documents(CLUSTER_FILE)} == {"ServiceAccount", "RayCluster"}
+
+
+def test_the_irsa_role_trusts_exactly_the_pods_service_accounts():
+    trust = json.loads((REPO / "infra" / "aws" / "irsa-trust-policy.json").read_text())
+    [statement] = trust["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    provider = statement["Principal"]["Federated"].split(":oidc-provider/", 1)[1]
+    condition = statement["Condition"]["StringEquals"]
+    assert condition[f"{provider}:aud"] == "sts.amazonaws.com"
+    subjects = {subject.rsplit(":", 1)[1] for subject in condition[f"{provider}:sub"]}
+    pods = {group["template"]["spec"]["serviceAccountName"] for group in groups(ray_cluster()).values()}
+    assert subjects == pods
+    roles = {account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].rsplit("/", 1)[1]
+             for account in service_accounts().values()}
+    assert roles == {"cxr-ray-s3"}, "infra/aws/README.md creates the role under this name"
 
 
 def test_head_takes_no_work_and_each_group_has_its_pool_label_and_hardware():
