@@ -189,7 +189,7 @@ def report(results: dict) -> str:
                  for run in a["runs"]]),
             "",
         ]
-    lines += [f"Machine: {common.machine_markdown(results['machine'])}"]
+    lines += [f"Machine:\n{common.machine_markdown(results['machine'])}"]
     return "\n".join(lines)
 
 

@@ -93,7 +93,7 @@ def report(results: dict) -> str:
               row["class_weights"], f"{float(row['best_val_loss']):.3f}", f"{float(row['best_val_auc']):.3f}"]
              for row in sweep["rows"]]),
         "",
-        f"Machine: {common.machine_markdown(results['machine'])}",
+        f"Machine:\n{common.machine_markdown(results['machine'])}",
     ]
     return "\n".join(lines)
 
