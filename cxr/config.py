@@ -66,16 +66,29 @@ class SplitConfig:
     val: float = 0.1
     test: float = 0.1
     seed: int = 0
+    # Leave-sources-out: every image of these sources goes to the test split, none to train
+    # or val; the other images are split by the ratios above, so the test split also holds an
+    # in-distribution share (none with a test ratio of 0).
+    test_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         ratios = (self.train, self.val, self.test)
         _require(all(r >= 0 for r in ratios), f"split ratios must not be negative, got {ratios}")
         _require(math.isclose(sum(ratios), 1.0, abs_tol=1e-6), f"split ratios must add up to 1, got {ratios}")
         _require(self.train > 0, "the train split ratio must be positive")
+        object.__setattr__(self, "test_sources", tuple(self.test_sources))  # a JSON list, read back
+        _require(all(name.strip() == name and name for name in self.test_sources),
+                 f"--test-sources must be comma-separated source names, got {list(self.test_sources)}")
+        _require(len(set(self.test_sources)) == len(self.test_sources),
+                 f"--test-sources has duplicates: {list(self.test_sources)}")
 
     @property
     def ratios(self) -> dict[str, float]:
         return {"train": self.train, "val": self.val, "test": self.test}
+
+
+# The synthetic generator's distinct sites (cxr.ingest.synthetic.SITES has one style each).
+MAX_SYNTHETIC_SOURCES = 6
 
 
 @dataclass(frozen=True)
@@ -90,13 +103,29 @@ class SyntheticConfig:
     marking_fraction: float = 0.15
     # Exact copies of other images, so that duplicate removal has work to do.
     duplicate_fraction: float = 0.02
+    # 1: one source, "synthetic", every image drawn from one acquisition distribution (the
+    # quickstart's data). 2 or more: sites that differ as hospitals do (cxr.ingest.synthetic,
+    # SITES), equally many images each.
+    sources: int = 1
+    # How strongly the COVID rate differs between the training sites, from 0 (the same
+    # everywhere) to 1 (as far apart as the overall rate allows: the first site has none).
+    # The last site always keeps the overall rate: hold it out (--test-sources) to measure
+    # what a model learned from the site instead of the lungs.
+    confound: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.images >= 2, f"--synthetic-images must be at least 2, got {self.images}")
         _require(64 <= self.size <= 2048, f"--synthetic-size must be in [64, 2048], got {self.size}")
-        for name in ("covid_fraction", "marking_fraction", "duplicate_fraction"):
+        for name in ("covid_fraction", "marking_fraction", "duplicate_fraction", "confound"):
             value = getattr(self, name)
             _require(0 <= value <= 1, f"synthetic {name} must be in [0, 1], got {value}")
+        _require(1 <= self.sources <= MAX_SYNTHETIC_SOURCES,
+                 f"--synthetic-sources must be in [1, {MAX_SYNTHETIC_SOURCES}], got {self.sources}")
+        _require(self.confound == 0 or self.sources >= 3,
+                 "--synthetic-confound needs --synthetic-sources 3 or more: two training sites to differ, "
+                 "and the last one to hold out")
+        _require(self.images >= 2 * self.sources, f"--synthetic-images {self.images} is too few for "
+                                                  f"{self.sources} sources of two classes each")
 
 
 KAGGLE_SOURCE = "kaggle"
@@ -176,6 +205,9 @@ class PreprocessConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    # A CSV (local or s3://) of per-image metadata: a path or file-name column, a source
+    # column, any others kept as shard columns (cxr.ingest.metadata).
+    metadata: str | None = None
     # Larger images are rejected from their header, before any pixel is decoded.
     max_pixels: int = 50_000_000
     # Images are downscaled to this longest side before marking detection and CLAHE: both
@@ -198,6 +230,8 @@ class PreprocessConfig:
             _require(all(c and "/" not in c for c in self.classes), f"bad class names in --classes: {list(self.classes)}")
         _require(is_kaggle_source(self.source) or (self.download.raw_cache is None and not self.download.archive),
                  "--raw-cache and --kaggle-archive apply to --source kaggle only")
+        _require(self.metadata is None or (bool(self.metadata) and self.source != "synthetic"),
+                 "--metadata applies to folder, zip, S3 and Kaggle sources (synthetic images carry their own)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
