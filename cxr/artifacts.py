@@ -257,6 +257,10 @@ class Manifest:
         """The preprocessing config as recorded (JSON), for a report that quotes it."""
         return copy.deepcopy(self._raw["config"])
 
+    def has_column(self, name: str) -> bool:
+        """True when the shards have this column (shards of older versions lack `source`)."""
+        return name in self._raw.get("columns", {})
+
     def metadata_record(self) -> dict:
         """Where the sources came from (source.metadata: sheets, csv), as recorded; {} if none."""
         return copy.deepcopy(self._raw["source"].get("metadata", {}))
