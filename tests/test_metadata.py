@@ -108,6 +108,14 @@ def test_zip_with_sheets_and_a_broken_sheet_is_a_recorded_reject(tmp_path):
     assert reject["source_uri"].endswith("Normal.metadata.xlsx")
 
 
+def test_sheet_names_meet_class_folders_whatever_their_case(tmp_path):
+    tree = kaggle_tree(tmp_path)
+    (tree / "Dataset" / "Normal.metadata.xlsx").rename(tree / "Dataset" / "NORMAL.metadata.xlsx")
+    listing = list_source(PreprocessConfig(source=str(tree)))
+    assert {i["source"] for i in listing.items if i["class_name"] == "Normal"} == {"rsna", "pediatric-pneumonia"}
+    assert set(listing.metadata["sheets"]) == {"COVID", "Normal"}
+
+
 def test_sheet_of_an_unselected_class_is_ignored_and_of_no_class_rejected(tmp_path):
     tree = kaggle_tree(tmp_path, sheets={"Dataset/Lung_Opacity/images/x.png": b"",
                                          "Dataset/Lung_Opacity.metadata.xlsx": kaggle_sheet("Lung_Opacity", 1, str),
@@ -159,9 +167,11 @@ def test_a_file_name_that_names_two_images_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("", "empty"),
-    ("source,age\na,1\n", "no column naming the images"),
+    ("source,age\na,1\n", "names no column of image paths"),
+    ("COVID/a.png,north,PX-0001\n", "names no column of image paths"),  # no header: nothing of it is shown
     ("path\nCOVID/a.png\n", "nothing to add"),
     ("path,source,source\na,b,c\n", "distinct"),
+    ("COVID/a.png,,PX-0001\n", "distinct, non-empty"),
     ("path,source\nCOVID/a.png,x\nCOVID/b.png\n", "row 3 has 1 fields"),
     ("path,source\nCOVID/a.png,x\n./COVID/a.png,y\n", "rows 2 and 3 name the same image"),
     ("path,source\n,x\n", "row 2 has an empty path"),
@@ -172,7 +182,7 @@ def test_a_file_name_that_names_two_images_is_an_error(tmp_path):
 def test_bad_csv_is_one_line_without_values(text, message):
     with pytest.raises(UserError, match=message) as info:
         parse_metadata_csv(text, "meta.csv")
-    assert "\n" not in str(info.value) and "P00" not in str(info.value)
+    assert "\n" not in str(info.value) and "PX-" not in str(info.value)
 
 
 def test_csv_file_checks_are_user_errors(tmp_path):

@@ -115,6 +115,18 @@ def test_held_out_sources_go_whole_to_test_and_nowhere_else():
         assert in_test == ({"b", "d"} if ratios[2] == 0 else {"a", "b", "c", "d"} | ({None} & in_test))
 
 
+def test_a_held_out_image_copied_into_a_training_source_is_in_one_split_only():
+    rows = sourced(20, ("a", "b"))
+    twin = {**rows[23], "source_uri": "a/twin.png", "source": "a"}  # b's image, filed under a as well
+    kept, rejected = remove_duplicates(rows + [twin])
+    assignment = assign_splits(kept, SplitConfig(test_sources=("b",)))
+    splits_of_pixels = {}
+    for r in kept:
+        splits_of_pixels.setdefault(r["content_hash"], set()).add(assignment[r["source_uri"]])
+    assert all(len(s) == 1 for s in splits_of_pixels.values())
+    assert [(r["reason"], r["source_uri"]) for r in rejected] == [("duplicate", "b/0003.png")]
+
+
 def test_test_sources_must_exist_and_leave_some_for_training():
     from cxr.errors import UserError
     from cxr.preprocess.shards import check_test_sources

@@ -166,11 +166,12 @@ def parse_metadata_csv(text: str, uri: str) -> MetadataTable:
         raise UserError(f"{where}: the file is empty")
     header = [cell.strip() for cell in rows[0]]
     lowered = [name.lower() for name in header]
+    # The first line is named only by its shape: without a header it would be a patient's row.
     if any(not name for name in header) or len(set(lowered)) != len(lowered):
-        raise UserError(f"{where}: the header needs distinct, non-empty column names, got {header}")
+        raise UserError(f"{where}: the first line must be a header of distinct, non-empty column names")
     key_at = next((lowered.index(c) for c in PATH_COLUMNS + FILE_NAME_COLUMNS if c in lowered), None)
     if key_at is None:
-        raise UserError(f"{where}: no column naming the images (one of: path, file_name); found {header}")
+        raise UserError(f"{where}: the header names no column of image paths (path) or file names (file_name)")
     key_column = "path" if lowered[key_at] in PATH_COLUMNS else "file_name"
     source_at = lowered.index(SOURCE_COLUMN) if SOURCE_COLUMN in lowered else None
     extras = [i for i in range(len(header)) if i not in (key_at, source_at)]

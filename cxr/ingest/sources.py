@@ -216,6 +216,8 @@ def list_tree(kind: str, root: str, relative: list[str], classes: tuple[str, ...
         uri = uri_of(original)
         sheet_of = metadata.sheet_class(parts[0]) if len(parts) == 1 else None
         if sheet_of is not None and read_sheet is not None:
+            # Case aside: the archive's older versions name a sheet NORMAL for the folder Normal.
+            sheet_of = next((c for c in found_classes if c.lower() == sheet_of.lower()), sheet_of)
             if sheet_of in label_of:
                 sheets[sheet_of] = (original, uri)
             elif sheet_of in found_classes:
