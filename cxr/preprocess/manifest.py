@@ -93,7 +93,8 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
     for what, n in counts.ignored.items():
         lines.append(f"  ignored {what}: {n}")
     lines += _metadata_lines(manifest.metadata_record())
-    if manifest.sources:
+    # One source (the quickstart's) would only repeat the table above.
+    if len({name for per_split in manifest.sources.values() for name in per_split}) > 1:
         lines += ["", *_source_table(manifest)]
     if manifest.kaggle:
         how = Counter()
