@@ -215,8 +215,8 @@ class Manifest:
                           ignored=_frozen(counts["ignored"])),
             source_uri=raw["source"]["uri"],
             kaggle=_kaggle_source(raw["source"].get("kaggle")),
-            sources=_frozen({split: _frozen({source: _split_counts(per_class) for source, per_class in by_source.items()})
-                             for split, by_source in counts.get("sources", {}).items()}),
+            sources=_frozen({split: _frozen({name: _split_counts(per_class) for name, per_class in per_source.items()})
+                             for split, per_source in counts.get("sources", {}).items()}),
             test_sources=tuple(raw["config"]["split"].get("test_sources", ())),
             extra_columns=tuple(name for name in raw.get("columns", {}) if name not in SHARD_SCHEMA.names),
             wall_seconds=raw["timing"]["wall_seconds"]["total"],

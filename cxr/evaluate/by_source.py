@@ -75,8 +75,9 @@ def split_note(by_source: dict) -> str:
     held_out = by_source["held_out"]
     if not held_out:
         return "The evaluated images come from several sources, each also seen in training."
-    rest = (f" It also holds a share of the training sources' images ({', '.join(by_source['groups'][TRAINING_GROUP]['sources'])}),"
-            " chosen by hash as the ordinary split does." if TRAINING_GROUP in by_source["groups"] else "")
+    training = by_source["groups"].get(TRAINING_GROUP)
+    rest = (f" It also holds a share of the training sources' images ({', '.join(training['sources'])}), chosen by "
+            "hash as the ordinary split does." if training else "")
     which = f"the source {held_out[0]}" if len(held_out) == 1 else f"the sources {', '.join(held_out)}"
     return (f"The test split holds out {which}: every one of their images, none of which "
             f"was in training or validation.{rest} Metrics on held-out sources measure how the model does on a "

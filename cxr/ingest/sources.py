@@ -5,8 +5,10 @@ A source is a class-per-folder tree (`<class>/*.png` or the Kaggle archive's
 `s3://` prefix, a `.zip` of such a tree (local or on S3), or `synthetic`; a Kaggle dataset
 (cxr.ingest.downloads) is listed with the same rules. Listing runs on the driver and is cheap; it
 returns one row per input found, each either readable or already rejected (unsupported
-file, wrong layout), so that nothing is silently lost. Reading runs in Ray workers, a
-batch at a time.
+file, wrong layout), so that nothing is silently lost. Each row carries its `source` (the
+collection or hospital) when one is known: from the archive's metadata sheets beside the
+class folders, a --metadata CSV (cxr.ingest.metadata), or the synthetic site. Reading runs
+in Ray workers, a batch at a time.
 """
 
 from __future__ import annotations
