@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--synthetic-seed", type=int, default=defaults.synthetic.seed)
     parser.add_argument("--synthetic-size", type=int, default=defaults.synthetic.size,
                         help="side of the generated originals in pixels, before --image-size (default: %(default)s)")
+    parser.add_argument("--synthetic-covid-fraction", type=float, default=defaults.synthetic.covid_fraction,
+                        help="share of COVID images over all sites (default: %(default)s)")
     parser.add_argument("--synthetic-sources", type=int, default=defaults.synthetic.sources,
                         help="sites the images come from, each with its own acquisition look, up to "
                              f"{MAX_SYNTHETIC_SOURCES} (default: %(default)s: one broad source)")
@@ -106,7 +108,8 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
                           nbins=args.clahe_nbins),
         split=SplitConfig(*ratios, seed=args.split_seed, test_sources=test_sources), metadata=args.metadata,
         synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed, size=args.synthetic_size,
-                                  sources=args.synthetic_sources, confound=args.synthetic_confound),
+                                  covid_fraction=args.synthetic_covid_fraction, sources=args.synthetic_sources,
+                                  confound=args.synthetic_confound),
         download=DownloadConfig(raw_cache=args.raw_cache, archive=args.kaggle_archive,
                                 concurrency=args.download_concurrency, retries=args.download_retries,
                                 timeout_seconds=args.download_timeout, max_failed_share=args.max_failed_share))
