@@ -276,7 +276,7 @@ def list_synthetic(spec: SyntheticConfig) -> Listing:
         classes, sites = [], []
         for site, (size, rate) in enumerate(zip(_site_sizes(spec), site_covid_rates(spec))):
             # Every site keeps both classes unless the confound empties one on purpose.
-            low, high = (0, size) if rate in (0.0, 1.0) else (1, size - 1)
+            low, high = (0, size) if min(rate, 1.0 - rate) < 1e-9 else (1, size - 1)
             n_covid = max(low, min(high, round(size * rate)))
             classes += ["COVID"] * n_covid + ["Normal"] * (size - n_covid)
             sites += [site] * size
