@@ -11,6 +11,8 @@ The stages talk through files only, so these layouts are the contract between th
 - an export (`<run>/model/`, `ExportLayout`): the best model, a copy of the shards'
   manifest (class order and preprocessing for scoring), the training record, the
   history and its learning curve.
+- a sweep (`jobs/tune.py`, `<storage>/<name>/`, `SweepLayout`): one run per trial, Ray Tune's
+  experiment, the trials table and figure, and the best trial's export as a run of its own.
 - a report (`jobs/evaluate.py`, `<run>/report/` by default, `ReportLayout`).
 - predictions (`jobs/predict.py --output`, `PredictionsLayout`).
 
@@ -346,6 +348,37 @@ class RunLayout(_Layout):
     def worker_record(self, rank: int) -> storage.Location:
         """workers/rank-N.json: each worker's final weights digest, to check they ended in sync."""
         return self.root.join(WORKERS_DIR, f"rank-{rank}.json")
+
+
+# ---------------------------------------------------------------- a hyperparameter sweep
+
+SWEEP_SETTINGS_FILE = "sweep.json"  # what defines the sweep, written before its first trial (cxr.tune.settings)
+TRIALS_CSV_FILE = "trials.csv"
+TRIALS_MARKDOWN_FILE = "trials.md"
+TRIALS_FIGURE_FILE = "trials_val_auc.png"
+TUNE_EXPERIMENT_DIR = "tune"  # Ray Tune's own state: once it exists, rerunning the sweep resumes it
+TRIALS_DIR = "trials"  # one training run per trial, named by its Ray Tune trial id
+BEST_DIR = "best"
+
+
+@dataclass(frozen=True)
+class SweepLayout(_Layout):
+    """`<storage>/<name>/` of jobs/tune.py: every trial an ordinary run under `trials/`, and
+    `best/` a run holding the export of the trial chosen on the validation split."""
+
+    settings = _File(SWEEP_SETTINGS_FILE)
+    trials_csv = _File(TRIALS_CSV_FILE)
+    trials_markdown = _File(TRIALS_MARKDOWN_FILE)
+    trials_figure = _File(TRIALS_FIGURE_FILE)
+    experiment = _File(TUNE_EXPERIMENT_DIR)
+    trials = _File(TRIALS_DIR)
+
+    def trial(self, trial_id: str) -> RunLayout:
+        return RunLayout(self.root.join(TRIALS_DIR, trial_id))
+
+    @property
+    def best(self) -> RunLayout:
+        return RunLayout(self.root.join(BEST_DIR))
 
 
 # ---------------------------------------------------------------- an evaluation report

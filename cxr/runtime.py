@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 
@@ -31,8 +32,11 @@ RAY_DATA_QUIET = {"RAY_DATA_LOG_LEVEL": "WARNING"}
 # answers our own choice of no bars in a log. Ray Train reports each result at INFO from
 # a logger named after its file, not `ray.train...` (ray/train/v2/_internal/execution/
 # context.py: `logging.getLogger(__file__)`), which its LoggingConfig therefore misses.
+# Ray Train's placement-group cleaner warns when it frees the workers of a run whose
+# controller died, which is its job when a sweep is interrupted or Ray Tune ends a trial.
 QUIET_LOGGERS = {
     "tensorflow": logging.WARNING,
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "ray.data._internal.progress": logging.ERROR,
     "{ray}/train/v2/_internal/execution/context.py": logging.WARNING,
 }
@@ -98,10 +102,13 @@ def setup_worker() -> None:
     _quiet_libraries()
 
 
-def ensure_ray() -> bool:
+def ensure_ray(state_api: bool = False) -> bool:
     """Connect to the cluster this runs on (RAY_ADDRESS, as `ray job submit` sets) or start a
     local Ray, its workers set up as this process (setup_logging); configure Ray Data. True
-    when this process started the Ray it uses (so nothing but it will ever join)."""
+    when this process started the Ray it uses (so nothing but it will ever join).
+
+    `state_api`: a local Ray gets its dashboard, which serves Ray's State API (a sweep needs
+    it: see cxr.train.job._trainer_class), and every worker is told its address."""
     # Ray takes a second or two to import: the jobs import this module before parsing
     # their arguments, and --help or a bad argument should answer at once.
     import ray
@@ -132,7 +139,14 @@ def ensure_ray() -> bool:
             # slower, 4 s more CPU to start, 190 MB more memory (PSS), and 4-5% of a core
             # more while idle. (Ray's State API lives there: see cxr.train.job for the one user
             # of it that this costs.)
-            ray.init(logging_level=level, include_dashboard=False, runtime_env=runtime_env,
+            dashboard: dict = {"include_dashboard": False}
+            if state_api:
+                port = _free_port()
+                dashboard = {"include_dashboard": True, "dashboard_port": port}
+                # Without it, a worker asking the State API looks for "the" Ray on its
+                # node, and fails where there are two (see above).
+                runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+            ray.init(logging_level=level, runtime_env=runtime_env, **dashboard,
                      _system_config={"worker_maximum_startup_concurrency": _startup_concurrency()})
             started = True
     context = DataContext.get_current()
@@ -155,6 +169,13 @@ def ensure_ray() -> bool:
     # Per-operator progress lines ("Running Dataset ...") only help a person at a terminal.
     context.print_on_execution_start = interactive()
     return started
+
+
+def _free_port() -> int:
+    """A port free now, from the system's ephemeral range (outside Ray's worker ports)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _startup_concurrency() -> int:

@@ -19,8 +19,15 @@ from cxr.runtime import run_job, setup_logging  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults = TrainConfig()
     parser = argparse.ArgumentParser(description="Train a chest X-ray classifier with Ray Train and Keras.")
+    add_training_arguments(parser, name_help="run name (default: the model's name)")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, name_help: str) -> None:
+    """The training job's options, which jobs/tune.py takes too (build_config reads them)."""
+    defaults = TrainConfig()
     parser.add_argument("--data", default=defaults.data,
                         help="output of jobs/preprocess.py, local or s3:// (default: %(default)s)")
     parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
@@ -29,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "vgg19_head, none for scratch_cnn)")
     parser.add_argument("--storage", default=defaults.storage,
                         help="where runs live, local or s3:// (default: %(default)s)")
-    parser.add_argument("--name", default=defaults.name, help="run name (default: the model's name)")
+    parser.add_argument("--name", default=defaults.name, help=name_help)
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="upper bound (default: %(default)s)")
     parser.add_argument("--patience", type=int, default=defaults.patience,
                         help="epochs without a better validation loss before stopping (default: %(default)s)")
@@ -56,8 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--fail-at-epoch", type=int, default=defaults.fail_at_epoch,
                         help="resilience drill: one worker raises once in this epoch")
-    parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:

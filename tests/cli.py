@@ -41,6 +41,7 @@ NOISE = {
     "tf_keras' legacy format": r"saving your model as an HDF5 file",
     "Ray Data's INFO and notices": r"Progress bars (for operators )?disabled|execution finished in|Data sink \S+ finished"
                                    r"|Running Dataset",
+    "Ray Tune's experiment banner": r"Configuration for experiment|View detailed results here|tensorboard --logdir",
     "Ray's own log lines": r"\t(DEBUG|INFO|WARNING) \S+\.py:\d+ -- ",
     "output of Ray's processes": r"pid=\w+\)|\(raylet\)",
     "Python warnings": r"\w+Warning: ",

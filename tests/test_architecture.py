@@ -14,7 +14,7 @@ from cxr import artifacts
 ROOT = Path(__file__).resolve().parents[1]
 # The stages in the data's order (evaluate and predict side by side, both over scoring);
 # the shared modules at the top of cxr/ come before all.
-STAGE_RANKS = {"ingest": 1, "preprocess": 2, "train": 3, "scoring": 4, "evaluate": 5, "predict": 5}
+STAGE_RANKS = {"ingest": 1, "preprocess": 2, "train": 3, "tune": 4, "scoring": 5, "evaluate": 6, "predict": 6}
 # Imports across siblings that docs/architecture.md names: prediction applies the operating
 # point the way evaluation chose it.
 ALLOWED_SIBLING_IMPORTS = {("predict", "cxr.evaluate.metrics")}

@@ -29,7 +29,7 @@ DOCKERFILE = REPO / "infra" / "Dockerfile"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 
-JOBS = ("preprocess", "train")    # each runs as infra/kuberay/rayjob-<job>.yaml
+JOBS = ("preprocess", "train", "tune")    # each runs as infra/kuberay/rayjob-<job>.yaml
 POOL = "cxr-pool"                 # the Ray node label that tells the GPU pool from the CPU pool
 GPU = "nvidia.com/gpu"
 
@@ -249,8 +249,13 @@ def test_training_reads_what_preprocessing_writes():
     assert entrypoint_config("train")[1].data == entrypoint_config("preprocess")[1].output
 
 
-def test_training_is_pinned_to_the_gpu_group_and_fits_it():
-    args, config = entrypoint_config("train")
+@pytest.mark.parametrize("job", ("train", "tune"))
+def test_training_is_pinned_to_the_gpu_group_and_fits_it(job):
+    """A sweep's trials are training runs: the same placement, --max-concurrent of them at once."""
+    args, config = entrypoint_config(job)
+    concurrent = 1
+    if job == "tune":
+        concurrent, config = config.max_concurrent, config.train
     assert config.gpu
     assert args.node_label == [f"{POOL}=gpu"]
     cluster = ray_cluster()
@@ -260,7 +265,11 @@ def test_training_is_pinned_to_the_gpu_group_and_fits_it():
     assert len(matching) == 1 and pod_gpus(groups(cluster)[matching[0]]), \
         f"--node-label {args.node_label} selects {matching}, not the GPU group alone"
     node = view[matching[0]]
-    assert config.workers <= node["resources"]["GPU"] * node["max_workers"]
+    assert config.workers * concurrent <= node["resources"]["GPU"] * node["max_workers"]
+
+
+def test_tuning_reads_what_preprocessing_writes():
+    assert entrypoint_config("tune")[1].train.data == entrypoint_config("preprocess")[1].output
 
 
 def test_no_secrets_in_the_manifests_or_the_dockerfile():

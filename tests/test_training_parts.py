@@ -14,8 +14,8 @@ from cxr.errors import UserError
 from cxr.preprocess.transforms import encode_png
 from cxr.train.data import class_weights, decode_batch
 from cxr.train.history import history_csv, learning_curve_png
-from cxr.train.job import _cpus_per_worker, _worker_cpus
-from cxr.train.loop import TrainingState
+from cxr.train.job import _cpus_per_worker, worker_cpus
+from cxr.train.loop import TrainingState, _compute_threads
 from tests.manifests import as_manifest
 
 
@@ -67,6 +67,17 @@ def test_workers_leave_a_cpu_for_the_data(workers, cpus, expected):
     assert _cpus_per_worker(TrainConfig(workers=workers), {"CPU": cpus}) == pytest.approx(expected)
 
 
+def test_workers_split_the_nodes_cores_unless_other_runs_share_them(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert _compute_threads(1) == 8  # alone: the core reserved for Ray Data too
+    assert _compute_threads(3) == 2
+    assert _compute_threads(16) == 1
+    # A sweep's concurrent trials on one node: each keeps to what it reserved.
+    assert _compute_threads(1, reserved_cpus=1.0) == 1
+    assert _compute_threads(1, reserved_cpus=2.5) == 2
+    assert _compute_threads(1, reserved_cpus=0.5) == 1
+
+
 def test_more_workers_than_the_cluster_holds_is_a_user_error():
     with pytest.raises(UserError, match="needs 4 GPUs, found 1 on the cluster"):
         _cpus_per_worker(TrainConfig(workers=4, gpu=True), {"CPU": 16, "GPU": 1})
@@ -86,16 +97,16 @@ def test_node_labels_pick_the_nodes_that_may_hold_workers(caplog):
     head, cpu_node = _node(0), _node(16, **{"cxr-pool": "cpu"})
     gpu_node, dead_gpu_node = _node(48, 4, **{"cxr-pool": "gpu"}), _node(48, 4, alive=False, **{"cxr-pool": "gpu"})
     # Only the labelled, live nodes count: 48 CPUs for 4 workers.
-    assert _worker_cpus(gpu_pool, [head, cpu_node, gpu_node, dead_gpu_node], started_ray=False) == 1.0
+    assert worker_cpus(gpu_pool, [head, cpu_node, gpu_node, dead_gpu_node], started_ray=False) == 1.0
     # Not started yet on a cluster: wait for the autoscaler, one whole CPU each, and say so.
     with caplog.at_level("WARNING", logger="cxr.train.job"):
-        assert _worker_cpus(gpu_pool, [head, cpu_node, dead_gpu_node], started_ray=False) == 1.0
+        assert worker_cpus(gpu_pool, [head, cpu_node, dead_gpu_node], started_ray=False) == 1.0
     assert "found 0 on the nodes labelled cxr-pool=gpu; waiting for the autoscaler" in caplog.text
     # A Ray the job started itself never grows, and without labels nothing is waited for.
     with pytest.raises(UserError, match="found 0 on the nodes labelled cxr-pool=gpu"):
-        _worker_cpus(gpu_pool, [_node(8)], started_ray=True)
+        worker_cpus(gpu_pool, [_node(8)], started_ray=True)
     with pytest.raises(UserError, match="found 0 on the cluster"):
-        _worker_cpus(TrainConfig(workers=4, gpu=True), [head, cpu_node], started_ray=False)
+        worker_cpus(TrainConfig(workers=4, gpu=True), [head, cpu_node], started_ray=False)
 
 
 def test_node_labels_are_key_value_pairs():

@@ -6,6 +6,10 @@ checkpoints, then `model/` with the best model, a copy of the preprocessing mani
 the history as CSV and the learning curve. Rerunning the same command resumes from the
 latest checkpoint, if the settings recorded in `run.json` at the start agree
 (cxr.train.settings); a non-finite loss stops the run with an error.
+
+A hyperparameter sweep (cxr.tune) runs this job once per trial: it makes the checks once
+(`check_data`, `check_storage`, `worker_cpus`, `run_inputs`), and each trial calls
+`train_and_export`, the part of `run_training` after them.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 
 import ray
 
 from cxr import progress, runtime, storage
-from cxr.artifacts import (HISTORY_FILE, LEARNING_CURVE_FILE, MODEL_FILE, RUN_SETTINGS_FILE, Manifest, RunLayout,
-                           read_manifest)
+from cxr.artifacts import (HISTORY_FILE, LEARNING_CURVE_FILE, MODEL_FILE, RUN_SETTINGS_FILE, ExportLayout, Manifest,
+                           RunLayout, read_manifest)
 from cxr.config import TrainConfig
 from cxr.errors import UserError
 from cxr.train.data import cached_bytes_per_worker, split_dataset
@@ -40,25 +45,78 @@ log = logging.getLogger(__name__)
 # 0", ray-project/ray#53727), and it is one more process on a small machine.
 RAY_TRAIN_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
+@dataclass(frozen=True)
+class RunInputs:
+    """What the driver checked and resolved before any worker starts: all a run needs
+    besides its TrainConfig, shared by the trials of a sweep."""
+
+    manifest: Manifest
+    data: storage.Location  # the shards
+    cpus_per_worker: float
+    weights_sha256: str | None
+    weights_ref: object | None  # the checked weights file (name, bytes) in Ray's object store
+    # Whether Ray Train may start its placement-group cleaner (see _trainer_class).
+    placement_group_cleaner: bool
+    # Whether other runs' workers share the nodes (a sweep's concurrent trials): each worker's
+    # TensorFlow then keeps to the CPUs it reserved instead of its share of the node's cores.
+    cores_shared: bool = False
+
+
 def run_training(config: TrainConfig) -> dict:
     """Train (or resume) and export; return a summary of the run."""
+    data, manifest = check_data(config)
+    storage_root = check_storage(config)
+    started_ray = runtime.ensure_ray()
+    inputs = run_inputs(config, data, manifest, worker_cpus(config, ray.nodes(), started_ray),
+                        placement_group_cleaner=not started_ray)
+    log.info("training %s on %d worker(s) (%s, %g CPU each), %s, run %s", config.model, config.workers,
+             "GPU" if config.gpu else "CPU", inputs.cpus_per_worker,
+             "decoded images kept in memory after epoch 1" if _keeps_cache(config, manifest)
+             else "streaming every epoch", storage_root.join(config.run_name).uri)
+    total_images = config.epochs * manifest.splits["train"].total
+    with progress.Progress("train", total_images, "images", runtime.progress_style()) as shown:
+        return train_and_export(config, inputs, tally=shown.tally)
+
+
+def check_data(config: TrainConfig) -> tuple[storage.Location, Manifest]:
+    """The shards and their manifest, with the splits training needs."""
     data = storage.resolve(config.data)
     manifest = read_manifest(config.data)
     _check_splits(manifest, data.uri)
+    return data, manifest
+
+
+def check_storage(config: TrainConfig) -> storage.Location:
+    """--storage, refused in one line when its bucket is missing or it cannot be written."""
     storage_root = storage.resolve(config.storage)
     storage.check_bucket(storage_root)
     storage.check_writable(storage_root)
-    run = RunLayout(storage_root.join(config.run_name))
+    return storage_root
 
-    started_ray = runtime.ensure_ray()
-    cpus_per_worker = _worker_cpus(config, ray.nodes(), started_ray)
+
+def run_inputs(config: TrainConfig, data: storage.Location, manifest: Manifest, cpus_per_worker: float,
+               placement_group_cleaner: bool, cores_shared: bool = False) -> RunInputs:
+    """The checked weights (put in the object store, for every worker) and the rest of RunInputs."""
     weights = _checked_weights(config, manifest)
-    _record_settings(run, settings.run_record(config, manifest, data.uri,
-                                              hashlib.sha256(weights[1]).hexdigest() if weights else None))
-    result = _fit(config, manifest, data, storage_root, run, cpus_per_worker,
-                  ray.put(weights) if weights else None, started_ray)
+    return RunInputs(manifest=manifest, data=data, cpus_per_worker=cpus_per_worker,
+                     weights_sha256=hashlib.sha256(weights[1]).hexdigest() if weights else None,
+                     weights_ref=ray.put(weights) if weights else None,
+                     placement_group_cleaner=placement_group_cleaner, cores_shared=cores_shared)
+
+
+def train_and_export(config: TrainConfig, inputs: RunInputs, tally=None, datasets: dict | None = None,
+                     callbacks: tuple = ()) -> dict:
+    """One run, its inputs checked: record (or check) its settings, train, export.
+
+    `datasets` replaces the run's own reading of a split by one a sweep read once for all
+    its trials; `callbacks` go to Ray Train (a trial's report to Ray Tune).
+    """
+    storage_root = storage.resolve(config.storage)
+    run = RunLayout(storage_root.join(config.run_name))
+    _record_settings(run, settings.run_record(config, inputs.manifest, inputs.data.uri, inputs.weights_sha256))
+    result = _fit(config, inputs, storage_root, run, tally, datasets or {}, list(callbacks))
     _check_finite(run)
-    return export(result, config, manifest, run)
+    return export(result, config, inputs.manifest, run)
 
 
 def _record_settings(run: RunLayout, record: dict) -> None:
@@ -89,20 +147,19 @@ def _check_splits(manifest: Manifest, uri: str) -> None:
             raise UserError(f"{uri}: the {split} split is empty; preprocess more images or change --split")
 
 
-def _worker_cpus(config: TrainConfig, nodes: list[dict], started_ray: bool) -> float:
-    """CPUs each worker reserves, from the live nodes that may hold workers (`ray.nodes()`).
+def worker_cpus(config: TrainConfig, nodes: list[dict], started_ray: bool, concurrent_runs: int = 1) -> float:
+    """CPUs each worker reserves, from the live nodes that may hold workers (`ray.nodes()`),
+    when `concurrent_runs` runs of `config.workers` workers train at once (a sweep's trials).
 
     A Ray this job started is all there will be: a request it cannot hold is an error. On
     a cluster, workers pinned to a node pool by --node-label may wait for the autoscaler
     to start that pool's nodes (none may be running yet), so a shortage there is a warning.
     """
-    eligible = [n for n in nodes if n.get("Alive") and all(n.get("Labels", {}).get(k) == v
-                                                             for k, v in config.node_labels)]
-    resources = {key: sum(n["Resources"].get(key, 0) for n in eligible) for key in ("CPU", "GPU")}
+    resources = eligible_resources(config, nodes)
     where = ("the nodes labelled " + ",".join(f"{k}={v}" for k, v in config.node_labels)
              if config.node_labels else "the cluster")
     try:
-        return _cpus_per_worker(config, resources, where)
+        return _cpus_per_worker(config, resources, where, concurrent_runs)
     except UserError as short:
         if started_ray or not config.node_labels:
             raise
@@ -111,25 +168,33 @@ def _worker_cpus(config: TrainConfig, nodes: list[dict], started_ray: bool) -> f
         return config.cpus_per_worker or 1.0
 
 
-def _cpus_per_worker(config: TrainConfig, resources: dict, where: str = "the cluster") -> float:
+def eligible_resources(config: TrainConfig, nodes: list[dict]) -> dict[str, float]:
+    """CPUs and GPUs of the live nodes that may hold this config's workers (--node-label)."""
+    eligible = [n for n in nodes if n.get("Alive") and all(n.get("Labels", {}).get(k) == v
+                                                             for k, v in config.node_labels)]
+    return {key: sum(n["Resources"].get(key, 0) for n in eligible) for key in ("CPU", "GPU")}
+
+
+def _cpus_per_worker(config: TrainConfig, resources: dict, where: str = "the cluster",
+                     concurrent_runs: int = 1) -> float:
     """CPUs each worker reserves; refuse a request `resources` cannot hold."""
     cpus = resources.get("CPU", 0)
-    if config.gpu and resources.get("GPU", 0) < config.workers:
-        raise UserError(f"--workers {config.workers} --gpu needs {config.workers} GPUs, "
-                        f"found {int(resources.get('GPU', 0))} on {where}")
+    workers = config.workers * concurrent_runs
+    asked = f"--workers {config.workers}" + (f" x --max-concurrent {concurrent_runs}" if concurrent_runs > 1 else "")
+    if config.gpu and resources.get("GPU", 0) < workers:
+        raise UserError(f"{asked} --gpu needs {workers} GPUs, found {int(resources.get('GPU', 0))} on {where}")
     if config.cpus_per_worker is not None:
         wanted = config.cpus_per_worker
-    elif config.workers + 1 <= cpus:
+    elif workers + 1 <= cpus:
         wanted = 1.0
     elif cpus > 0:
         # Whole CPUs for every worker would leave none for Ray Data to decode the stream,
         # and the run would wait forever for resources (GUIDE: 2 workers on 2 CPUs).
-        wanted = max(cpus - 1, cpus / 2) / config.workers
+        wanted = max(cpus - 1, cpus / 2) / workers
     else:
         wanted = 1.0
-    if wanted * config.workers > cpus:
-        raise UserError(f"--workers {config.workers} x {wanted:g} CPUs needs {wanted * config.workers:g} CPUs, "
-                        f"found {cpus:g} on {where}")
+    if wanted * workers > cpus:
+        raise UserError(f"{asked} x {wanted:g} CPUs needs {wanted * workers:g} CPUs, found {cpus:g} on {where}")
     return wanted
 
 
@@ -150,8 +215,13 @@ def _checked_weights(config: TrainConfig, manifest: Manifest) -> tuple[str, byte
         return os.path.basename(path), handle.read()
 
 
-def _fit(config: TrainConfig, manifest: Manifest, data: storage.Location, storage_root: storage.Location,
-         run: RunLayout, cpus_per_worker: float, weights_ref, started_ray: bool):
+def _keeps_cache(config: TrainConfig, manifest: Manifest) -> bool:
+    """Whether each worker keeps its decoded images in memory after the first epoch (--cache-mib)."""
+    return cached_bytes_per_worker(manifest, config.workers) <= config.cache_mib * 2**20
+
+
+def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location, run: RunLayout, tally, shared: dict,
+         callbacks: list):
     configure_environment()
     for name, value in RAY_TRAIN_ENVIRONMENT.items():
         os.environ.setdefault(name, value)  # the driver's, which Ray Train passes on to its controller
@@ -160,49 +230,49 @@ def _fit(config: TrainConfig, manifest: Manifest, data: storage.Location, storag
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
-    cache = cached_bytes_per_worker(manifest, config.workers) <= config.cache_mib * 2**20
-    train, val = split_dataset(data, manifest, "train"), split_dataset(data, manifest, "val")
-    for dataset in (train, val):
+    manifest = inputs.manifest
+    cache = _keeps_cache(config, manifest)
+    datasets = {split: shared[split] if split in shared else split_dataset(inputs.data, manifest, split)
+                for split in ("train", "val")}
+    for dataset in datasets.values():
         # The training bar counts these images: Ray Data's own bars for the streams that
         # feed it (drawn by Ray Train's split coordinators) would only repeat it.
         dataset.context.enable_progress_bars = False
-    # Without the workers' cache, validation (read every epoch) is decoded once into the
-    # object store rather than re-read and re-decoded by a new stream each time.
-    datasets = {"train": train, "val": val if cache else val.materialize()}
-    log.info("training %s on %d worker(s) (%s, %g CPU each), %s, run %s", config.model, config.workers,
-             "GPU" if config.gpu else "CPU", cpus_per_worker,
-             "decoded images kept in memory after epoch 1" if cache else "streaming every epoch", run.root.uri)
-    total_images = config.epochs * manifest.splits["train"].total
-    with progress.Progress("train", total_images, "images", runtime.progress_style()) as shown:
-        trainer = _trainer_class(started_ray)(
-            train_loop_per_worker,
-            train_loop_config={"config": config, "manifest": manifest, "weights": weights_ref, "run_uri": run.root.uri,
-                               "cache": cache, "tally": shown.tally},
-            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
-                                         resources_per_worker={"CPU": cpus_per_worker},
-                                         label_selector=dict(config.node_labels) or None),
-            run_config=RunConfig(
-                name=config.run_name, storage_path=storage_root.path, storage_filesystem=storage_root.fs,
-                failure_config=FailureConfig(max_failures=config.max_failures),
-                # The best by validation loss; Ray Train always keeps the latest too, to resume from.
-                checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
-                                                   checkpoint_score_order="min"),
-                # Ray Train's INFO ("Requesting resources", "Started training worker group",
-                # "Checkpoint successfully created", "Reporting training result N: ...") is
-                # about its internals: the epoch lines say the same for a person.
-                logging_config=LoggingConfig(log_level="INFO" if runtime.is_verbose() else "WARNING"),
-                worker_runtime_env={"env_vars": TF_ENVIRONMENT}),
-            # Explicit Ray Data options, Ray Data's defaults: without them Ray Train builds its
-            # own from the deprecated `exclude_resources` (ray/train/_internal/data_config.py,
-            # default_ingest_options), and its DatasetManager warns about that on every run.
-            dataset_config=DataConfig(execution_options=ExecutionOptions()),
-            datasets=datasets)
-        return trainer.fit()
+    if not cache and "val" not in shared:
+        # Without the workers' cache, validation (read every epoch) is decoded once into the
+        # object store rather than re-read and re-decoded by a new stream each time.
+        datasets["val"] = datasets["val"].materialize()
+    trainer = _trainer_class(inputs.placement_group_cleaner)(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "manifest": manifest, "weights": inputs.weights_ref,
+                           "run_uri": run.root.uri, "cache": cache, "tally": tally,
+                           "cores_shared": inputs.cores_shared},
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
+                                     resources_per_worker={"CPU": inputs.cpus_per_worker},
+                                     label_selector=dict(config.node_labels) or None),
+        run_config=RunConfig(
+            name=config.run_name, storage_path=storage_root.path, storage_filesystem=storage_root.fs,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            # The best by validation loss; Ray Train always keeps the latest too, to resume from.
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
+            # Ray Train's INFO ("Requesting resources", "Started training worker group",
+            # "Checkpoint successfully created", "Reporting training result N: ...") is
+            # about its internals: the epoch lines say the same for a person.
+            logging_config=LoggingConfig(log_level="INFO" if runtime.is_verbose() else "WARNING"),
+            worker_runtime_env={"env_vars": TF_ENVIRONMENT},
+            callbacks=callbacks or None),
+        # Explicit Ray Data options, Ray Data's defaults: without them Ray Train builds its
+        # own from the deprecated `exclude_resources` (ray/train/_internal/data_config.py,
+        # default_ingest_options), and its DatasetManager warns about that on every run.
+        dataset_config=DataConfig(execution_options=ExecutionOptions()),
+        datasets=datasets)
+    return trainer.fit()
 
 
-def _trainer_class(started_ray: bool):
-    """Ray Train's TensorflowTrainer; on a Ray this job started, without its placement-group
-    cleaner.
+def _trainer_class(placement_group_cleaner: bool):
+    """Ray Train's TensorflowTrainer; without its placement-group cleaner where it cannot work
+    (`placement_group_cleaner` False: a Ray this job started without the State API).
 
     Ray Train V2 always starts a detached PlacementGroupCleaner actor (ray/train/v2/api/
     data_parallel_trainer.py, `_create_default_callbacks`; no setting turns it off) that asks
@@ -213,11 +283,15 @@ def _trainer_class(started_ray: bool):
     Train Controller actor state" once a second instead; with another Ray on the machine
     it could not even tell which one to ask ("Found multiple active Ray instances"). It
     has nothing to do there either: that Ray, placement groups and all, ends with this
-    job. On a cluster (dashboard and State API on the head) it stays.
+    job. On a cluster (dashboard and State API on the head) it stays, and so it does in a
+    sweep, which starts its own Ray with the State API (cxr.tune.job): Ray Tune stops a
+    trial by ending its process, and the workers' placement group outlives the Ray Train
+    controller that dies with it (it belongs to the job, ray-project/ray#58515), holding
+    its CPUs or GPUs from the next trials until the cleaner removes it.
     """
     from ray.train.tensorflow import TensorflowTrainer
 
-    if not started_ray:
+    if placement_group_cleaner:
         return TensorflowTrainer
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
@@ -229,15 +303,17 @@ def _trainer_class(started_ray: bool):
     return LocalTensorflowTrainer
 
 
-def export(result, config: TrainConfig, manifest: Manifest, run: RunLayout) -> dict:
-    """Copy the best checkpoint's model, the manifest and the history into `<run>/model/`."""
+def export(result, config: TrainConfig, manifest: Manifest, run: RunLayout, into: ExportLayout | None = None,
+           extra: dict | None = None) -> dict:
+    """Copy the best checkpoint's model, the manifest and the history into `<run>/model/`,
+    or `into` another run's (a sweep's `best/`); `extra` joins training.json."""
     latest = result.checkpoint
     if latest is None:
         raise UserError(f"{run.root.uri}: training produced no checkpoint")
     best = result.get_best_checkpoint(metric="val_loss", mode="min") or latest
     with latest.as_directory() as directory:
         state = TrainingState.load(directory)
-    target = run.export
+    target = into or run.export
     with best.as_directory() as directory:
         with open(os.path.join(directory, MODEL_FILE), "rb") as handle:
             storage.write_bytes(target.model, handle.read())
@@ -249,7 +325,7 @@ def export(result, config: TrainConfig, manifest: Manifest, run: RunLayout) -> d
     summary = {"model": config.model, "run": run.root.uri, "export": target.root.uri,
                "class_names": list(manifest.class_names), "image_size": manifest.image_size,
                "epochs_trained": state.next_epoch, "stopped_early": state.stopped_early, "best_epoch": state.best_epoch,
-               "best": best_row, "restarts": state.attempt, "config": config.to_dict()}
+               "best": best_row, "restarts": state.attempt, "config": config.to_dict(), **(extra or {})}
     storage.write_json(target.training, summary)
     return summary
 

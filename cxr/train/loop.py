@@ -68,7 +68,11 @@ class TrainingState:
     @classmethod
     def load(cls, directory: str) -> TrainingState:
         with open(os.path.join(directory, STATE_FILE)) as handle:
-            fields = json.load(handle)
+            return cls.from_dict(json.load(handle))
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> TrainingState:
+        """The state `save` wrote, as JSON gives it back."""
         return cls(**{**fields, "history": tuple(fields["history"])})
 
 
@@ -192,7 +196,11 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
                 keras_lib.save_model(self.model, os.path.join(directory, MODEL_FILE))
                 if rank == 0:
                     state.save(directory)
-                ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early},
+                # epochs_trained counts epochs across restarts: Ray Tune's scheduler measures
+                # a trial's progress by it (cxr.tune), where its own iteration count would
+                # restart with a resumed trial.
+                ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early,
+                                  "epochs_trained": state.next_epoch},
                                  checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
             # Every rank sees the same all-reduced validation loss, so all stop together.
             if state.stopped_early:
@@ -244,7 +252,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     keras()
     # TensorFlow's default is every core per process: with several workers on one node
     # they would oversubscribe it. Each takes its share instead.
-    tf.config.threading.set_intra_op_parallelism_threads(_compute_threads(context.get_local_world_size()))
+    reserved = ray.get_runtime_context().get_assigned_resources().get("CPU") if loop_config["cores_shared"] else None
+    tf.config.threading.set_intra_op_parallelism_threads(_compute_threads(context.get_local_world_size(), reserved))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
     checkpoint = ray.train.get_checkpoint()
@@ -284,8 +293,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     _write_worker_summary(loop_config["run_uri"], rank, model, state, non_finite)
 
 
-def _compute_threads(workers_on_node: int) -> int:
-    """This worker's share of the node's cores for TensorFlow's kernels."""
+def _compute_threads(workers_on_node: int, reserved_cpus: float | None = None) -> int:
+    """This worker's threads for TensorFlow's kernels: its share of the node's cores, or the
+    CPUs it reserved when other runs' workers share the node (a sweep's concurrent trials).
+
+    Alone on a node, a worker takes the core it left to Ray Data too: once the data is
+    cached (or a sweep shares it) that core would sit idle.
+    """
+    if reserved_cpus is not None:
+        return max(1, int(reserved_cpus))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, workers_on_node))
 

@@ -84,7 +84,7 @@ def compare(recorded: dict, current: dict) -> tuple[list[tuple[str, object, obje
                if old.get(key) != new.get(key) and not (key == "epochs" and constant)]
     before = recorded["starts"][-1]["config"]  # every start records its execution settings
     now = _execution(current["config"])
-    allowed = [f"{_flag(key)} {_shown(before.get(key))} -> {_shown(now[key])}" for key in now
+    allowed = [f"{flag(key)} {shown(before.get(key))} -> {shown(now[key])}" for key in now
                if key not in ("storage", "name") and before.get(key) != now[key]]
     return refused, allowed
 
@@ -95,21 +95,25 @@ def check_resume(run: RunLayout, current: dict) -> tuple[dict, list[str]]:
     Refuse, in one line, a setting that makes it another run; otherwise return the record
     to write (the first start's, with this start appended) and the allowed changes.
     """
-    recorded = storage.read_json(run.settings)
+    return check_record(run.root.uri, storage.read_json(run.settings), current)
+
+
+def check_record(where: str, recorded: dict, current: dict, what: str = "run") -> tuple[dict, list[str]]:
+    """check_resume for the record of the run (or `what`: a sweep) at `where`."""
     refused, allowed = compare(recorded, current)
     if refused:
         key, old, new = refused[0]
-        more = f" (and {', '.join(_flag(k) for k, _, _ in refused[1:])})" if refused[1:] else ""
+        more = f" (and {', '.join(flag(k) for k, _, _ in refused[1:])})" if refused[1:] else ""
         if key == "manifest":
-            what = (f"the run was trained on other shards (manifest {str(old)[:12]} at {recorded['data']['uri']}) "
-                    f"than --data {current['data']['uri']} (manifest {str(new)[:12]})")
+            change = (f"the {what} was trained on other shards (manifest {str(old)[:12]} at "
+                      f"{recorded['data']['uri']}) than --data {current['data']['uri']} (manifest {str(new)[:12]})")
             fix = f"--data {recorded['data']['uri']}"
         else:
-            what = f"the run was started with {_flag(key)} {_shown(old)}, not {_shown(new)}"
-            fix = f"{_flag(key)} {_shown(old)}"
+            change = f"the {what} was started with {flag(key)} {shown(old)}, not {shown(new)}"
+            fix = f"{flag(key)} {shown(old)}"
         if key == "epochs":
-            what += " (the cosine learning-rate schedule's length is fixed when a run starts)"
-        raise UserError(f"{run.root.uri}: {what}{more}; resume it with {fix}, or start a new run with another --name")
+            change += " (the cosine learning-rate schedule's length is fixed when a run starts)"
+        raise UserError(f"{where}: {change}{more}; resume it with {fix}, or start a new {what} with another --name")
     start = dict(current["starts"][-1])
     if allowed:
         start["changed"] = allowed
@@ -124,11 +128,13 @@ def _execution(config: dict) -> dict:
     return {key: config[key] for key in keys}
 
 
-def _flag(key: str) -> str:
+def flag(key: str) -> str:
+    """The command-line spelling of a setting, for messages."""
     return _FLAGS.get(key, "--" + key.replace("_", "-").replace(".sha256", " (file content)"))
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
+    """A setting's value as messages show it."""
     if value is None:
         return "(default)"
     if isinstance(value, bool):

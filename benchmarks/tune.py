@@ -1,0 +1,176 @@
+"""Hyperparameter search: jobs/tune.py's default space on the real sample, its best trial
+against the training job's defaults, both scored by jobs/evaluate.py on the test split.
+
+    python benchmarks/tune.py [--shards PATH] [--image-size 96] [--epochs 10] [--trials 10]
+                              [--grace-period 3] [--no-write]
+
+1. The sweep: `run_tuning` with the default search space (learning rate, dropout, batch
+   size, augmentation strength, class weights), ASHA and the default searcher, every trial
+   the training job with `--epochs` at most. The best trial is chosen on validation loss.
+2. The training job's defaults, trained with the same epochs on the same shards.
+3. `run_evaluation` of both on the test split, which neither the search nor the choice of
+   the best trial ever read: accuracy, balanced accuracy and AUC with 95% intervals, at the
+   threshold each report chooses on the validation split.
+
+The quality benchmark's ablation ran at 96 px for 10 epochs; so does this search by default,
+to fit about an hour on 2 cores. Results go to docs/benchmarks.md (section "tune") and
+docs/benchmarks/tune.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from time import perf_counter
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # as in benchmarks/preprocess.py
+
+from benchmarks import common  # noqa: E402
+from cxr.config import TrainConfig, TuneConfig  # noqa: E402
+
+SECTION = "tune"
+PACKAGES = ("ray", "tensorflow-cpu", "tf-keras", "numpy", "optuna")
+log = logging.getLogger("benchmark")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = TuneConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-source", type=Path, default=common.REAL_SAMPLE,
+                        help="class-per-folder tree of real images (default: the shared sample)")
+    parser.add_argument("--shards", default=None, help="an existing preprocess output")
+    parser.add_argument("--image-size", type=int, default=96, help="(default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=10, help="per trial, and for the defaults (default: %(default)s)")
+    parser.add_argument("--trials", type=int, default=10, help="(default: %(default)s)")
+    parser.add_argument("--grace-period", type=int, default=defaults.grace_period, help="(default: %(default)s)")
+    parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    return parser.parse_args(argv)
+
+
+def trial_rows(table: Path) -> list[dict]:
+    with open(table) as handle:
+        return list(csv.DictReader(handle))
+
+
+def report(results: dict) -> str:
+    from cxr.evaluate.report import format_ci
+
+    sweep, runs = results["sweep"], results["runs"]
+    lines = [
+        "## Hyperparameter search: jobs/tune.py's best trial vs. the training job's defaults", "",
+        f"`python benchmarks/tune.py{results['arguments']}`, {results['date']}: {results['source']} at "
+        f"{results['image_size']} px ({results['images']['train']} training, {results['images']['val']} validation, "
+        f"{results['images']['test']} test images). A sweep of {sweep['trials']} trials of at most "
+        f"{results['epochs']} epochs over the default space, one trial at a time on 2 cores "
+        f"({sweep['minutes']:.0f} min, {sweep['epochs_trained']} epochs trained in all; {sweep['how']}), the best "
+        f"chosen on validation loss; then the training job's defaults with the same epochs. Both scored by "
+        f"`jobs/evaluate.py` on the test split, at the threshold each report chose on the validation split; "
+        f"95% bootstrap intervals.",
+        "",
+        common.markdown_table(
+            ["run", "learning rate", "dropout", "batch", "augmentation", "class weights", "epochs (best)",
+             "val loss", "test accuracy", "balanced accuracy", "test AUC", "training minutes"],
+            [[run["name"], f"{run['config']['learning_rate']:.2g}", f"{run['config']['dropout']:.2f}",
+              run["config"]["batch_size"], run["augment_text"], run["config"]["class_weights"],
+              f"{run['epochs_trained']} ({run['best_epoch'] + 1})", f"{run['best_val_loss']:.3f}",
+              format_ci(run["metrics"]["accuracy"]), format_ci(run["metrics"]["balanced_accuracy"]),
+              format_ci(run["metrics"]["auc"]), f"{run['minutes']:.1f}"] for run in runs]),
+        "",
+        "Every trial of the sweep (trials.md), best validation scores:",
+        "",
+        common.markdown_table(
+            ["trial", "status", "epochs", "learning rate", "dropout", "batch", "augment", "class weights",
+             "best val loss", "best val AUC"],
+            [[row["trial"], row["status"], row["epochs"], f"{float(row['learning_rate']):.2g}",
+              f"{float(row['dropout']):.2f}", row["batch_size"], f"{float(row['augment']):.2f}",
+              row["class_weights"], f"{float(row['best_val_loss']):.3f}", f"{float(row['best_val_auc']):.3f}"]
+             for row in sweep["rows"]]),
+        "",
+        f"Machine: {common.machine_markdown(results['machine'])}",
+    ]
+    return "\n".join(lines)
+
+
+def scored(name: str, run: str, minutes: float) -> dict:
+    from benchmarks.quality import evaluate_run
+
+    evaluated = evaluate_run(run)
+    training = evaluated["report"]["model"]["training"]
+    augment = training["config"]["augment"]
+    return {"name": name, "run": run, "config": training["config"], "minutes": minutes,
+            "augment_text": f"rotation {augment['rotation']:g}, shift {augment['shift']:g}, zoom {augment['zoom']:g}",
+            "epochs_trained": evaluated["epochs_trained"], "best_epoch": evaluated["best_epoch"],
+            "best_val_loss": training["best"]["val_loss"], "metrics": evaluated["report"]["metrics"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.require_own_ray()
+    if not args.shards:
+        common.require_real_images(args.data_source)
+    from cxr.keras_lib import configure_environment
+
+    configure_environment()
+    import ray
+
+    from benchmarks.quality import shards_for
+    from cxr import runtime
+    from cxr.artifacts import read_manifest
+    from cxr.train.job import run_training
+    from cxr.tune.job import run_tuning
+
+    runtime.setup_logging()
+    results: dict = {"date": datetime.date.today().isoformat(),
+                     "arguments": "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+                     "machine": common.machine_description(PACKAGES), "epochs": args.epochs}
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-tune-") as scratch:
+        scratch = Path(scratch)
+        # The sweep's Ray, with the State API it needs (cxr.tune.job), for every stage.
+        runtime.ensure_ray(state_api=True)
+        shards = shards_for(args.shards, args.image_size, args.data_source, scratch)
+        manifest = read_manifest(shards)
+        results["image_size"] = manifest.image_size
+        results["source"] = manifest.source_uri
+        results["images"] = {split: manifest.splits[split].total for split in ("train", "val", "test")}
+        base = TrainConfig(data=shards, storage=str(scratch / "runs"), epochs=args.epochs)
+
+        start = perf_counter()
+        summary = run_tuning(TuneConfig(train=dataclasses.replace(base, name="sweep"), trials=args.trials,
+                                        grace_period=args.grace_period))
+        sweep_minutes = (perf_counter() - start) / 60
+        sweep = scratch / "runs" / "sweep"
+        rows = trial_rows(sweep / "trials.csv")
+        results["sweep"] = {"trials": args.trials, "minutes": sweep_minutes, "rows": rows,
+                            "epochs_trained": sum(int(row["epochs"] or 0) for row in rows),
+                            "how": summary["search"], "best": summary["best"]}
+
+        run_training(dataclasses.replace(base, name="defaults"))
+        best_trial = summary["best"]["trial"]
+        results["runs"] = [
+            scored(f"best trial ({best_trial})", str(sweep / "best"), _trial_minutes(sweep / "best")),
+            scored("job defaults", str(scratch / "runs" / "defaults"), _trial_minutes(scratch / "runs" / "defaults")),
+        ]
+        ray.shutdown()
+    common.publish(SECTION, report(results), results, write=not args.no_write)
+    return 0
+
+
+def _trial_minutes(run: Path) -> float:
+    """A run's training time: the sum of its epochs' seconds (history.csv)."""
+    from cxr.artifacts import RunLayout
+
+    with open(RunLayout.at(str(run)).export.history.path) as handle:
+        return sum(float(row["seconds"]) for row in csv.DictReader(handle)) / 60
+
+
+if __name__ == "__main__":
+    from cxr.runtime import run_job
+
+    run_job(main)

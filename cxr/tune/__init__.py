@@ -1,0 +1,1 @@
+"""jobs/tune.py: hyperparameter search over the training job with Ray Tune."""
