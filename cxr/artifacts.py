@@ -31,7 +31,7 @@ from types import MappingProxyType
 import pyarrow as pa
 
 from cxr import storage
-from cxr.config import ClaheConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig
+from cxr.config import ClaheConfig, LungFocusConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.errors import UserError
 
 
@@ -245,9 +245,11 @@ class Manifest:
         to preprocess other images alike; how its originals were fetched does not carry over."""
         settings = copy.deepcopy(self._raw["config"])
         settings.pop("download", None)
-        nested = {"clahe": ClaheConfig, "markings": MarkingConfig, "split": SplitConfig, "synthetic": SyntheticConfig}
+        nested = {"clahe": ClaheConfig, "markings": MarkingConfig, "lungs": LungFocusConfig, "split": SplitConfig,
+                  "synthetic": SyntheticConfig}
         for name, config_class in nested.items():
-            settings[name] = config_class(**settings[name])
+            # Manifests older than a part (lungs) were made without it: its defaults, all off.
+            settings[name] = config_class(**settings.get(name, {}))
         # Which images carry a source was decided by the listing; scoring other images does
         # not read the training data's metadata file.
         settings.pop("metadata", None)

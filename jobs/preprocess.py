@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cxr.config import (KAGGLE_DEFAULT_CLASSES, KAGGLE_DEFAULT_DATASET, MARKING_POLICIES,  # noqa: E402
                         MAX_SYNTHETIC_SOURCES,
-                        ClaheConfig, DownloadConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig,
-                        parse_classes)
+                        ClaheConfig, DownloadConfig, LungFocusConfig, MarkingConfig, PreprocessConfig, SplitConfig,
+                        SyntheticConfig, parse_classes)
 from cxr.errors import UserError  # noqa: E402
 from cxr.runtime import run_job, setup_logging  # noqa: E402
 
@@ -43,6 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="what to do with images carrying burned-in markings (default: %(default)s)")
     parser.add_argument("--marking-threshold", type=float, default=defaults.markings.threshold,
                         help="marking score at or above which the policy applies (default: %(default)s)")
+    parser.add_argument("--remove-all-markings", action="store_true",
+                        help="inpaint every burned-in mark the detector finds in a kept image, not only those "
+                             "at or above --marking-threshold; recorded, so scoring does the same")
+    parser.add_argument("--lung-crop", action="store_true",
+                        help="crop each image to the box around its lung fields, found per image; recorded, "
+                             "so evaluate and predict do the same")
+    parser.add_argument("--lung-suppress", action="store_true",
+                        help="black out everything outside the lung fields (with --lung-crop or alone)")
+    parser.add_argument("--lung-margin", type=float, default=defaults.lungs.margin,
+                        help="how far the lung fields are grown before cropping or blacking out, as a fraction "
+                             "of their box (default: %(default)s)")
     parser.add_argument("--clahe-clip-limit", type=float, default=defaults.clahe.clip_limit)
     parser.add_argument("--clahe-kernel-size", type=int, default=defaults.clahe.kernel_size,
                         help="CLAHE tile size in pixels (default: 1/8 of the image)")
@@ -103,7 +114,9 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
     return PreprocessConfig(
         source=args.source, output=args.output, overwrite=args.overwrite, classes=classes,
         image_size=args.image_size, max_pixels=args.max_pixels, rows_per_shard=args.rows_per_shard,
-        markings=MarkingConfig(policy=args.markings, threshold=args.marking_threshold),
+        markings=MarkingConfig(policy=args.markings, threshold=args.marking_threshold,
+                               remove_all=args.remove_all_markings),
+        lungs=LungFocusConfig(crop=args.lung_crop, suppress=args.lung_suppress, margin=args.lung_margin),
         clahe=ClaheConfig(kernel_size=args.clahe_kernel_size, clip_limit=args.clahe_clip_limit,
                           nbins=args.clahe_nbins),
         split=SplitConfig(*ratios, seed=args.split_seed, test_sources=test_sources), metadata=args.metadata,

@@ -74,6 +74,14 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
     }
 
 
+def _focus_lines(config) -> list[str]:
+    """The generalization levers this shard set was made with; none for the defaults."""
+    done = (["every detected marking inpainted"] if config.markings.remove_all else []) + \
+           (["cropped to the lung fields"] if config.lungs.crop else []) + \
+           (["outside the lung fields blacked out"] if config.lungs.suppress else [])
+    return [f"  images {', '.join(done)} (evaluate and predict do the same)"] if done else []
+
+
 def format_summary(manifest: Manifest, output_uri: str) -> str:
     """A table a person reads at the end of the job."""
     classes, counts = manifest.class_names, manifest.counts
@@ -92,6 +100,7 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
         lines.append(f"  kept with markings inpainted: {counts.inpainted}")
     for what, n in counts.ignored.items():
         lines.append(f"  ignored {what}: {n}")
+    lines += _focus_lines(manifest.preprocess_config())
     lines += _metadata_lines(manifest.metadata_record())
     # One source (the quickstart's) would only repeat the table above.
     if len({name for per_split in manifest.sources.values() for name in per_split}) > 1:

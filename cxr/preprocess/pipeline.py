@@ -28,6 +28,7 @@ from cxr.ingest import downloads, sources
 from cxr.ingest.metadata import EXTRA_PREFIX, read_metadata_csv
 from cxr.preprocess import manifest as manifest_lib
 from cxr.preprocess import shards
+from cxr.preprocess.lungs import crop_to_box, find_lungs, suppress_outside
 from cxr.preprocess.markings import detect_markings, inpaint_markings
 from cxr.preprocess.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
                                        resize_square, to_grayscale, to_uint8)
@@ -43,6 +44,10 @@ MIN_BLOCKS_PER_CPU = 4
 
 def process_image(data: bytes, config: PreprocessConfig) -> dict:
     """One image's bytes through decode .. PNG; the shard fields plus per-stage seconds.
+
+    The one definition of the image work: preprocessing runs it on every input, scoring
+    (cxr.scoring.datasets) on raw images with the settings the manifest recorded, so the
+    markings removed and the lung focus are the same in training and inference.
 
     Raises ImageRejected when the image cannot be used; a marking drop is not an error
     but a status, so its score and hash still reach rejected.parquet.
@@ -65,16 +70,24 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
     fields = {"content_hash": content_hash, "marking_score": float(marks.score),
               "orig_height": int(pixels.shape[0]), "orig_width": int(pixels.shape[1]),
               "marking_inpainted": False, "status": "ok", "detail": None}
-    if marks.score >= config.markings.threshold:
-        if config.markings.policy == "drop":
-            lap("markings")
-            return {**fields, **seconds, "status": "marking",
-                    "detail": f"marking score {marks.score:.2f} >= {config.markings.threshold}"}
-        if config.markings.policy == "inpaint":
-            gray = inpaint_markings(gray, marks.mask)
-            fields["marking_inpainted"] = True
+    heavy = marks.score >= config.markings.threshold
+    if heavy and config.markings.policy == "drop":
+        lap("markings")
+        return {**fields, **seconds, "status": "marking",
+                "detail": f"marking score {marks.score:.2f} >= {config.markings.threshold}"}
+    if (heavy and config.markings.policy == "inpaint") or (config.markings.remove_all and marks.mask.any()):
+        gray = inpaint_markings(gray, marks.mask)
+        fields["marking_inpainted"] = True
     lap("markings")
+    # The lung focus is timed with CLAHE (a stage of its own would change the staging schema).
+    lungs = find_lungs(gray, config.lungs.margin) if config.lungs.enabled else None
+    if lungs is not None and config.lungs.crop:
+        gray = crop_to_box(gray, lungs.box)
     equalized = apply_clahe(gray, config.clahe)
+    if lungs is not None and config.lungs.suppress:
+        # After CLAHE, so that the blacked-out area neither shifts its histograms nor gets lifted by them.
+        equalized = suppress_outside(equalized, crop_to_box(lungs.mask, lungs.box) if config.lungs.crop
+                                     else lungs.mask)
     lap("clahe")
     resized = resize_square(to_uint8(equalized), config.image_size)
     lap("resize")
