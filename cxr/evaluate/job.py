@@ -21,6 +21,7 @@ from cxr import runtime, storage
 from cxr.artifacts import MODEL_CARD_FILE, REPORT_MARKDOWN_FILE, ReportLayout, ShardsLayout, read_manifest
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
+from cxr.evaluate.by_source import summary_lines
 from cxr.evaluate.report import build_report, format_ci, write_report
 from cxr.evaluate.shortcuts import VARIANTS, variant_functions
 from cxr.ingest import sources
@@ -41,6 +42,8 @@ class Scored:
     probs: dict[str, np.ndarray]
     rejected: dict[str, int]
     images: object  # callable: source_uris -> uint8 (n, H, W) images, for Grad-CAM
+    sources: list[str | None]  # each image's source, None when unknown
+    held_out: tuple[str, ...] = ()  # the sources the evaluated split holds out from training (--test-sources)
 
 
 def run_evaluation(config: EvaluateConfig) -> dict:
@@ -98,9 +101,11 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
     paths = manifest.split_paths(data, split)
     if not paths or manifest.splits[split].total == 0:
         raise UserError(f"{data.uri}: the {split} split is empty")
-    rows = score(shard_images(data, paths), export, variant_functions(variants), gpu=config.gpu,
-                 actors=config.actors).take_all()
-    return _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths))
+    rows = score(shard_images(data, paths, with_source=manifest.has_column("source")), export,
+                 variant_functions(variants), gpu=config.gpu, actors=config.actors).take_all()
+    held_out = manifest.test_sources if split == "test" else ()
+    return _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths),
+                   held_out)
 
 
 def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
@@ -124,7 +129,7 @@ def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
 
 
 def _scored(description: str, rows: list[dict], variants: tuple[str, ...], rejected: dict[str, int],
-            images) -> Scored:
+            images, held_out: tuple[str, ...] = ()) -> Scored:
     rows = sorted(rows, key=lambda r: r["source_uri"])
     rejected = dict(rejected)
     # Only "ok": an image with markings of the kind preprocessing dropped from the training
@@ -138,7 +143,9 @@ def _scored(description: str, rows: list[dict], variants: tuple[str, ...], rejec
     return Scored(description=description, source_uris=[r["source_uri"] for r in rows],
                   labels=np.array([r["label"] for r in rows], dtype=np.int64),
                   probs={v: np.stack([r[f"probs_{v}"] for r in rows]).astype(np.float64) for v in variants},
-                  rejected=rejected, images=images)
+                  rejected=rejected, images=images, held_out=held_out,
+                  # Ray Data may turn a batch's all-None object column into NaN: a source is text or nothing.
+                  sources=[r.get("source") if isinstance(r.get("source"), str) else None for r in rows])
 
 
 def format_summary(report: dict) -> str:
@@ -150,6 +157,7 @@ def format_summary(report: dict) -> str:
         masked = report["shortcuts"]["variants"]["lungs_masked"]["auc"]
         lines.append(f"  AUC with the lungs blacked out {format_ci(masked)}: see the shortcut check in "
                      f"{REPORT_MARKDOWN_FILE}")
+    lines += summary_lines(report.get("sources"), format_ci)
     lines.append(f"  report: {report['output']}/{REPORT_MARKDOWN_FILE}, "
                  f"model card: {report['output']}/{MODEL_CARD_FILE}")
     return "\n".join(lines)

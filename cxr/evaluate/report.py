@@ -15,7 +15,7 @@ import numpy as np
 from cxr import storage
 from cxr.artifacts import (CONFUSION_FIGURE, GRADCAM_FIGURE, LEARNING_CURVE_FILE, MODEL_CARD_FILE, RELIABILITY_FIGURE,
                            REPORT_FILE, ROC_FIGURE, ReportLayout, figure_path, positive_label)
-from cxr.evaluate import figures, metrics
+from cxr.evaluate import by_source, figures, metrics
 from cxr.evaluate.gradcam import grad_cam, overlay
 from cxr.evaluate.shortcuts import LUNG_ELLIPSES, VARIANTS, verdict
 from cxr.scoring.export import load_export_model
@@ -47,6 +47,9 @@ def build_report(export, evaluated, validation, config) -> dict:
         "threshold": {"value": threshold, "note": threshold_note},
         "metrics": full,
     }
+    per_source = by_source.source_metrics(evaluated, names, positive, threshold, config.resamples, config.seed)
+    if per_source is not None:
+        report["sources"] = per_source
     if "lungs_masked" in by_variant:
         auc = {v: by_variant[v]["auc"] for v in VARIANTS}
         report["shortcuts"] = {
@@ -194,6 +197,7 @@ def report_markdown(report: dict) -> str:
         f"({len(full['calibration']['bins'])} bins of top-class confidence); see {figure_path(RELIABILITY_FIGURE)}.",
         "",
     ]
+    lines += by_source.markdown_section(report.get("sources"), names, format_ci)
     if "shortcuts" in report:
         lines += ["## Shortcut check", "", report["shortcuts"]["verdict"], "",
                   f"The lung fields are a fixed template of two ellipses ({REPORT_FILE}: shortcuts.lung_template); "
@@ -206,6 +210,17 @@ def report_markdown(report: dict) -> str:
                   f"model used, not where disease is; heat outside the lungs is a warning sign.", ""]
     lines += ["## Figures", ""] + [f"- {path}" for path in report.get("figures", [])] + [""]
     return "\n".join(lines)
+
+
+def _source_performance(per_source: dict | None) -> list[str]:
+    """The model card's lines on sources: the held-out and training groups, or each source."""
+    if not per_source:
+        return []
+    lines = [f"- {by_source.split_note(per_source)}"]
+    named = per_source["groups"] or per_source["per_source"]
+    for name, m in named.items():
+        lines.append(f"- {name}: {m['n']} images, accuracy {format_ci(m['accuracy'])}, ROC AUC {format_ci(m['auc'])}")
+    return lines
 
 
 def _fmt_threshold(value: float | None) -> str:
@@ -266,6 +281,7 @@ def model_card(report: dict) -> str:
         *[f"- {n}: sensitivity {format_ci(full['per_class'][n]['sensitivity'])}, specificity "
           f"{format_ci(full['per_class'][n]['specificity'])}" for n in model["class_names"]],
         f"- expected calibration error {full['calibration']['ece']:.3f}",
+        *_source_performance(report.get("sources")),
         "",
         "## Known confounders and limits",
         "",
@@ -278,7 +294,10 @@ def model_card(report: dict) -> str:
     lines += [
         "- The lung-field template of the shortcut check is fixed, not segmented per image.",
         "- Near-duplicate images of one patient may sit in different splits; only exact pixel duplicates are removed.",
-        "- Performance on other hospitals, devices, children, or other lung diseases is unknown.",
+        ("- Performance on other hospitals than those evaluated, devices, children, or other lung diseases is "
+         "unknown." if not (report.get("sources") or {}).get("held_out") else
+         "- Held-out sources measure one unseen hospital or collection each; performance on others, devices, "
+         "children, or other lung diseases is unknown."),
         "",
     ]
     return "\n".join(lines)

@@ -21,12 +21,14 @@ import pyarrow.dataset as pads
 import ray
 
 from cxr import progress, runtime, storage
-from cxr.artifacts import MANIFEST_FILE, SPLITS, ShardsLayout
+from cxr.artifacts import MANIFEST_FILE, SPLITS, ShardsLayout, shard_schema
 from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
 from cxr.ingest import downloads, sources
+from cxr.ingest.metadata import EXTRA_PREFIX, read_metadata_csv
 from cxr.preprocess import manifest as manifest_lib
 from cxr.preprocess import shards
+from cxr.preprocess.lungs import crop_to_box, find_lungs, suppress_outside
 from cxr.preprocess.markings import detect_markings, inpaint_markings
 from cxr.preprocess.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
                                        resize_square, to_grayscale, to_uint8)
@@ -42,6 +44,10 @@ MIN_BLOCKS_PER_CPU = 4
 
 def process_image(data: bytes, config: PreprocessConfig) -> dict:
     """One image's bytes through decode .. PNG; the shard fields plus per-stage seconds.
+
+    The one definition of the image work: preprocessing runs it on every input, scoring
+    (cxr.scoring.datasets) on raw images with the settings the manifest recorded, so the
+    markings removed and the lung focus are the same in training and inference.
 
     Raises ImageRejected when the image cannot be used; a marking drop is not an error
     but a status, so its score and hash still reach rejected.parquet.
@@ -64,16 +70,24 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
     fields = {"content_hash": content_hash, "marking_score": float(marks.score),
               "orig_height": int(pixels.shape[0]), "orig_width": int(pixels.shape[1]),
               "marking_inpainted": False, "status": "ok", "detail": None}
-    if marks.score >= config.markings.threshold:
-        if config.markings.policy == "drop":
-            lap("markings")
-            return {**fields, **seconds, "status": "marking",
-                    "detail": f"marking score {marks.score:.2f} >= {config.markings.threshold}"}
-        if config.markings.policy == "inpaint":
-            gray = inpaint_markings(gray, marks.mask)
-            fields["marking_inpainted"] = True
+    heavy = marks.score >= config.markings.threshold
+    if heavy and config.markings.policy == "drop":
+        lap("markings")
+        return {**fields, **seconds, "status": "marking",
+                "detail": f"marking score {marks.score:.2f} >= {config.markings.threshold}"}
+    if (heavy and config.markings.policy == "inpaint") or (config.markings.remove_all and marks.mask.any()):
+        gray = inpaint_markings(gray, marks.mask)
+        fields["marking_inpainted"] = True
     lap("markings")
+    # The lung focus is timed with CLAHE (a stage of its own would change the staging schema).
+    lungs = find_lungs(gray, config.lungs.margin) if config.lungs.enabled else None
+    if lungs is not None and config.lungs.crop:
+        gray = crop_to_box(gray, lungs.box)
     equalized = apply_clahe(gray, config.clahe)
+    if lungs is not None and config.lungs.suppress:
+        # After CLAHE, so that the blacked-out area neither shifts its histograms nor gets lifted by them.
+        equalized = suppress_outside(equalized, crop_to_box(lungs.mask, lungs.box) if config.lungs.crop
+                                     else lungs.mask)
     lap("clahe")
     resized = resize_square(to_uint8(equalized), config.image_size)
     lap("resize")
@@ -82,17 +96,20 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
     return {**fields, **seconds, "image_png": png}
 
 
-def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None) -> pa.Table:
+def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None,
+                  extra_columns: tuple[str, ...] = ()) -> pa.Table:
     """Ray Data stage: read and process a batch of listed inputs, one staging row each.
 
     Every failure is caught per image and becomes the row's status, so one bad file never
     aborts the job and never vanishes. The batch is counted into `tally` (cxr.progress).
+    The item's source and the user's metadata columns (`extra_columns`) ride along.
     """
     rows = []
     with sources.BatchReader(config.synthetic) as reader:
         for item in batch.to_pylist():
             row = {"source_uri": item["source_uri"], "class_name": item["class_name"], "label": item["label"],
-                   "fetch": item.get("fetch")}
+                   "source": item.get("source"), "fetch": item.get("fetch"),
+                   **{name: item.get(EXTRA_PREFIX + name) for name in extra_columns}}
             start = perf_counter()
             try:
                 data, row["marking_truth"] = reader.read(item)
@@ -112,7 +129,7 @@ def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None) -> pa.T
                 row.update(status="processing_error", detail=one_line(exc))
             rows.append(row)
     progress.count(tally, len(rows), **Counter(row["status"] for row in rows))
-    return pa.Table.from_pylist(rows, schema=shards.STAGING_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=shards.staging_schema(extra_columns))
 
 
 def prepare_output(output: ShardsLayout, overwrite: bool) -> None:
@@ -143,10 +160,14 @@ def block_count(items: int, cpus: int) -> int:
 def run_preprocess(config: PreprocessConfig) -> dict:
     """Run the whole job; return the manifest it wrote."""
     started = time.time()
+    table = read_metadata_csv(config.metadata) if config.metadata else None  # a bad file fails first
     listing = downloads.list_kaggle(config) if is_kaggle_source(config.source) else sources.list_source(config)
     if not listing.items:
         raise UserError(f"{listing.root}: no image files (.png, .jpg) in the class folders "
                         f"({len(listing.rejects)} other files)")
+    if table is not None:
+        listing = sources.with_metadata_csv(listing, table)
+    shards.check_test_sources(listing.items, config.split)
     log.info("found %d inputs in %s (%s), classes %s", listing.found, listing.root, listing.kind,
              ", ".join(listing.class_names))
     output = ShardsLayout.at(config.output)
@@ -165,7 +186,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     with progress.Progress("preprocess", len(listing.items), "images",
                            runtime.progress_style(ray_data_bars=True)) as shown:
         dataset = dataset.map_batches(process_batch, batch_format="pyarrow", batch_size=None,
-                                      fn_kwargs={"config": config, "tally": shown.tally})
+                                      fn_kwargs={"config": config, "tally": shown.tally,
+                                                 "extra_columns": listing.extra_columns})
         dataset.write_parquet(staging.path, filesystem=staging.fs)
     processed_at = time.time()
 
@@ -190,7 +212,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
 
     file_rows = {path: Counter(assignment[r["source_uri"]] for r in rows if r["source_uri"] in assignment)
                  for path, rows in metadata.items()}
-    shard_files = _write_shards(staging, output, assignment, file_rows, config.rows_per_shard)
+    shard_files = _write_shards(staging, output, assignment, file_rows, config.rows_per_shard,
+                                shard_schema(listing.extra_columns))
     shards.write_rejects(rejects, output.rejected)
 
     manifest = manifest_lib.build_manifest(
@@ -211,7 +234,7 @@ def _read_staging_metadata(staging: storage.Location) -> dict[str, list[dict]]:
 
 
 def _write_shards(staging: storage.Location, output: ShardsLayout, assignment: dict[str, str],
-                  file_rows: dict[str, Counter], rows_per_shard: int) -> dict[str, list[dict]]:
+                  file_rows: dict[str, Counter], rows_per_shard: int, schema: pa.Schema) -> dict[str, list[dict]]:
     """Second pass: one Ray task per final shard, regrouping kept staging rows by split."""
     write_shard = ray.remote(num_cpus=1)(shards.write_shard)
     uris_by_split: dict[str, set[str]] = defaultdict(set)
@@ -222,7 +245,7 @@ def _write_shards(staging: storage.Location, output: ShardsLayout, assignment: d
         keep = ray.put(uris_by_split[split])  # once per split, not once per task
         for index, files in enumerate(groups):
             name = ShardsLayout.shard_name(split, index)
-            pending[name] = write_shard.remote(files, keep, output.root.join(name).uri)
+            pending[name] = write_shard.remote(files, keep, output.root.join(name).uri, schema)
     rows = dict(zip(pending, ray.get(list(pending.values()))))
     shard_files: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for name, count in sorted(rows.items()):

@@ -15,17 +15,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxr import storage
-from cxr.artifacts import REJECT_SCHEMA, SHARD_SCHEMA, SPLITS
+from cxr.errors import UserError
+from cxr.artifacts import REJECT_SCHEMA, SPLITS, shard_schema
 from cxr.config import SplitConfig
 
 STAGES = ("read", "decode", "grayscale", "markings", "clahe", "resize", "encode")
-STAGING_SCHEMA = pa.schema(
-    # fetch: how a remote source's image was had (downloaded, cached, failed); null otherwise.
-    list(SHARD_SCHEMA) + [("status", pa.string()), ("detail", pa.string()), ("fetch", pa.string())]
-    + [(f"t_{stage}", pa.float32()) for stage in STAGES])
+
+
+def staging_schema(extra_columns: tuple[str, ...] = ()) -> pa.Schema:
+    """The shard columns (with the user's metadata columns), each image's status and stage seconds."""
+    return pa.schema(
+        # fetch: how a remote source's image was had (downloaded, cached, failed); null otherwise.
+        list(shard_schema(extra_columns)) + [("status", pa.string()), ("detail", pa.string()), ("fetch", pa.string())]
+        + [(f"t_{stage}", pa.float32()) for stage in STAGES])
+
+
+STAGING_SCHEMA = staging_schema()
 
 # What the driver reads back from the staging shards to decide duplicates and splits.
-METADATA_COLUMNS = ["source_uri", "label", "class_name", "content_hash", "status", "detail", "fetch",
+METADATA_COLUMNS = ["source_uri", "label", "class_name", "source", "content_hash", "status", "detail", "fetch",
                     "marking_score", "marking_truth"] + [f"t_{stage}" for stage in STAGES]
 
 
@@ -66,12 +74,15 @@ def assign_splits(rows: list[dict], split: SplitConfig) -> dict[str, str]:
     Within a class, images are ordered by a hash of their pixels and cut at the ratios, so
     the assignment depends only on which images there are: not on listing order, block
     layout or worker count. Duplicates are removed before this, so no image can sit in two
-    splits.
+    splits. Images of `split.test_sources` all go to test, whatever the ratios; the others
+    are split as if those sources were not there.
     """
+    held_out = set(split.test_sources)
+    assignment = {row["source_uri"]: "test" for row in rows if row.get("source") in held_out}
     by_label: dict[int, list[dict]] = defaultdict(list)
     for row in rows:
-        by_label[row["label"]].append(row)
-    assignment = {}
+        if row["source_uri"] not in assignment:
+            by_label[row["label"]].append(row)
     for members in by_label.values():
         members.sort(key=lambda r: split_key(r["content_hash"], split.seed))
         n = len(members)
@@ -83,18 +94,33 @@ def assign_splits(rows: list[dict], split: SplitConfig) -> dict[str, str]:
     return assignment
 
 
-def write_shard(staging_files: list[str], keep: set[str], output_uri: str) -> int:
+def check_test_sources(rows: list[dict], split: SplitConfig) -> None:
+    """--test-sources must name sources the images have, and leave some for training."""
+    if not split.test_sources:
+        return
+    known = {row.get("source") for row in rows} - {None}
+    unknown = [name for name in split.test_sources if name not in known]
+    if unknown:
+        listed = ", ".join(sorted(known)) if known else "none: no image's source is known"
+        raise UserError(f"--test-sources: no image comes from {', '.join(unknown)} (sources: {listed})")
+    if not any(row.get("source") not in split.test_sources for row in rows):
+        raise UserError("--test-sources names every source: none would be left for training")
+
+
+def write_shard(staging_files: list[str], keep: set[str], output_uri: str,
+                schema: pa.Schema | None = None) -> int:
     """Copy the rows of `keep` (source URIs) from staging files into one shard; return rows.
 
     Runs in a Ray task. Rows are sorted by content hash so a shard's content is the same
     whatever order the staging files were written in.
     """
     location = storage.resolve(output_uri)
+    schema = schema or shard_schema()
     tables = []
     for path in staging_files:
         table = pq.read_table(storage.resolve(path).path, filesystem=location.fs)
         mask = pa.array([uri in keep for uri in table.column("source_uri").to_pylist()])
-        tables.append(table.filter(mask).select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA))
+        tables.append(table.filter(mask).select(schema.names).cast(schema))
     shard = pa.concat_tables(tables).sort_by("content_hash")
     if shard.num_rows:
         # Row groups of a few hundred images: the unit a training reader fetches at once.
