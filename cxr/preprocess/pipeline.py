@@ -25,6 +25,7 @@ from cxr.artifacts import MANIFEST_FILE, SPLITS, ShardsLayout
 from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
 from cxr.ingest import downloads, sources
+from cxr.preprocess import dicom
 from cxr.preprocess import manifest as manifest_lib
 from cxr.preprocess import shards
 from cxr.preprocess.markings import detect_markings, inpaint_markings
@@ -40,11 +41,15 @@ ROWS_PER_BLOCK = 96
 MIN_BLOCKS_PER_CPU = 4
 
 
-def process_image(data: bytes, config: PreprocessConfig) -> dict:
+def process_image(data: bytes, config: PreprocessConfig, input_format: str = "image") -> dict:
     """One image's bytes through decode .. PNG; the shard fields plus per-stage seconds.
 
-    Raises ImageRejected when the image cannot be used; a marking drop is not an error
-    but a status, so its score and hash still reach rejected.parquet.
+    A DICOM file (by its magic, whatever its name) is decoded to gray by cxr.preprocess.dicom,
+    a PNG or JPEG by Pillow; from grayscale on both take the same path. `input_format` is
+    what the listing read the name as (cxr.ingest.sources.input_format): a "dicom" name
+    without the magic is rejected rather than guessed at. Raises ImageRejected when the image
+    cannot be used; a marking drop is not an error but a status, so its score and hash still
+    reach rejected.parquet.
     """
     seconds: dict[str, float] = {}
     clock = perf_counter()
@@ -55,7 +60,10 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
         seconds[f"t_{stage}"] = now - clock
         clock = now
 
-    pixels = decode_image(data, config.max_pixels)
+    if input_format == "dicom" or dicom.is_dicom(data):
+        pixels = dicom.decode_dicom(data, config.max_pixels)  # already gray float32 in [0, 1]
+    else:
+        pixels = decode_image(data, config.max_pixels)
     content_hash = pixel_hash(pixels)
     lap("decode")
     gray = limit_size(to_grayscale(pixels), config.working_max_side)
@@ -105,7 +113,7 @@ def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None) -> pa.T
             # A fetched image's read is its download (or its read from the raw cache).
             row["t_read"] = perf_counter() - start + (item.get("t_fetch") or 0.0)
             try:
-                row.update(process_image(data, config))
+                row.update(process_image(data, config, sources.input_format(item["source_uri"])))
             except ImageRejected as exc:
                 row.update(status=exc.reason, detail=exc.detail)
             except Exception as exc:  # noqa: BLE001 - recorded, counted and shown in the summary
@@ -145,7 +153,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     started = time.time()
     listing = downloads.list_kaggle(config) if is_kaggle_source(config.source) else sources.list_source(config)
     if not listing.items:
-        raise UserError(f"{listing.root}: no image files (.png, .jpg) in the class folders "
+        raise UserError(f"{listing.root}: no {sources.SUPPORTED} files in the class folders "
                         f"({len(listing.rejects)} other files)")
     log.info("found %d inputs in %s (%s), classes %s", listing.found, listing.root, listing.kind,
              ", ".join(listing.class_names))
