@@ -141,10 +141,10 @@ def test_decoding_inside_ray_data_equals_decoding_directly(ray_session):
             except ImageRejected as exc:
                 means.append(None)
                 reasons.append(exc.reason)
-        return pa.table({"mean": pa.array(means, pa.float64()), "reason": reasons})
+        return pa.table({"index": batch.column("index"), "mean": pa.array(means, pa.float64()), "reason": reasons})
 
-    rows = ray_session.data.from_items([{"data": d} for d in files]).map_batches(
-        decode_batch, batch_format="pyarrow").take_all()
+    rows = sorted(ray_session.data.from_items([{"index": i, "data": d} for i, d in enumerate(files)]).map_batches(
+        decode_batch, batch_format="pyarrow").take_all(), key=lambda row: row["index"])
     expected = float(decode_dicom(files[0], MAX_PIXELS).mean())
     assert [r["reason"] for r in rows] == ["ok", "ok", "ok", "no_pixel_data"]
     assert [r["mean"] for r in rows[:3]] == [pytest.approx(expected, abs=1e-7)] * 3
