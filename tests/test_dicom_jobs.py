@@ -50,13 +50,13 @@ def dicom_tree() -> tuple[dict[str, bytes], dict[str, str]]:
     files = {}
     for c, class_name in enumerate(("COVID", "Normal")):
         for i in range(KEPT_PER_CLASS):
-            pixels = render_synthetic(class_name, i, seed=3, size=96, marking_fraction=0.0).pixels
+            pixels = render_synthetic(class_name, i, seed=4, size=96, marking_fraction=0.0).pixels
             name = (f"{class_name}-{i}.dcm", f"{class_name}-{i}.DICOM", f"IM{c}{i:03d}",
                     f"1.2.826.0.1.3680043.{c}.{i}")[i % 4]
             data = (make_dicom(pixels, syntax=JPEGBaseline8Bit) if i == 5
                     else dicom_x_ray(pixels, monochrome1=i % 2 == 1, syntax=SYNTAXES[i % 4]))
             files[f"{class_name}/images/{name}"] = data
-    signed = render_synthetic("Normal", 40, seed=3, size=96, marking_fraction=0.0).pixels.astype(np.int16) * 64 - 8192
+    signed = render_synthetic("Normal", 40, seed=4, size=96, marking_fraction=0.0).pixels.astype(np.int16) * 64 - 8192
     files["Normal/images/signed.dcm"] = make_dicom(signed, bits_stored=16)
     good = files["COVID/images/COVID-0.dcm"]
     bad = {
