@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default=",".join(f"{r:g}" for r in defaults.split.ratios.values()),
                         help="train,val,test ratios (default: %(default)s)")
     parser.add_argument("--split-seed", type=int, default=defaults.split.seed)
+    parser.add_argument("--near-duplicate-distance", type=int, default=defaults.split.near_duplicate_distance,
+                        help="images whose 256-bit fingerprints differ in at most this many bits are "
+                             "near-duplicates, kept in one split; -1: off (default: %(default)s)")
     parser.add_argument("--rows-per-shard", type=int, default=defaults.rows_per_shard)
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
                         help="larger images are rejected unread (default: %(default)s)")
@@ -90,7 +93,7 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
         markings=MarkingConfig(policy=args.markings, threshold=args.marking_threshold),
         clahe=ClaheConfig(kernel_size=args.clahe_kernel_size, clip_limit=args.clahe_clip_limit,
                           nbins=args.clahe_nbins),
-        split=SplitConfig(*ratios, seed=args.split_seed),
+        split=SplitConfig(*ratios, seed=args.split_seed, near_duplicate_distance=args.near_duplicate_distance),
         synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed, size=args.synthetic_size),
         download=DownloadConfig(raw_cache=args.raw_cache, archive=args.kaggle_archive,
                                 concurrency=args.download_concurrency, retries=args.download_retries,

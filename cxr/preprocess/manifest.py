@@ -29,7 +29,8 @@ def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, st
 
 def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dict], assignment: dict[str, str],
                    rejects: list[dict], shard_files: dict[str, list[dict]], source_details: dict,
-                   stage_seconds: dict[str, float], wall_seconds: dict[str, float]) -> dict:
+                   stage_seconds: dict[str, float], wall_seconds: dict[str, float],
+                   near_duplicates: dict | None = None) -> dict:
     splits = {split: {name: 0 for name in listing.class_names} for split in SPLITS}
     for row in kept:
         splits[assignment[row["source_uri"]]][row["class_name"]] += 1
@@ -54,6 +55,8 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
             "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
             "inpainted": sum(1 for r in kept if r.get("marking_inpainted")),
             "ignored": dict(sorted(listing.ignored.items())),
+            # Groups of two or more near-duplicates (each kept inside one split), and their sizes.
+            "near_duplicates": near_duplicates or {},
         },
         "shards": shard_files,
         "columns": {field.name: str(field.type) for field in SHARD_SCHEMA},
@@ -77,6 +80,10 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
     lines.append(f"inputs found {counts.found} = kept {counts.kept} + rejected {counts.rejected}")
     for reason, n in counts.rejected_by_reason.items():
         lines.append(f"  rejected {reason}: {n}")
+    near = counts.near_duplicates
+    if near.get("groups"):
+        lines.append(f"  near-duplicate groups kept within one split: {near['groups']} "
+                     f"({near['images_in_groups']} images)")
     if counts.inpainted:
         lines.append(f"  kept with markings inpainted: {counts.inpainted}")
     for what, n in counts.ignored.items():

@@ -25,7 +25,7 @@ from cxr.artifacts import MANIFEST_FILE, SPLITS, ShardsLayout
 from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
 from cxr.ingest import downloads, sources
-from cxr.preprocess import dicom
+from cxr.preprocess import dicom, fingerprints
 from cxr.preprocess import manifest as manifest_lib
 from cxr.preprocess import shards
 from cxr.preprocess.markings import detect_markings, inpaint_markings
@@ -84,6 +84,7 @@ def process_image(data: bytes, config: PreprocessConfig, input_format: str = "im
     equalized = apply_clahe(gray, config.clahe)
     lap("clahe")
     resized = resize_square(to_uint8(equalized), config.image_size)
+    fields["fingerprint"] = fingerprints.perceptual_hash(resized)
     lap("resize")
     png = encode_png(resized)
     lap("encode")
@@ -193,7 +194,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             storage.delete_tree(staging)
             raise
     kept, duplicates = shards.remove_duplicates(ok_rows)
-    rejects += duplicates
+    kept, conflicting, near_duplicates = shards.group_near_duplicates(kept, config.split.near_duplicate_distance)
+    rejects += duplicates + conflicting
     assignment = shards.assign_splits(kept, config.split)
 
     file_rows = {path: Counter(assignment[r["source_uri"]] for r in rows if r["source_uri"] in assignment)
@@ -204,6 +206,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     manifest = manifest_lib.build_manifest(
         config=config, listing=listing, kept=kept, assignment=assignment, rejects=rejects,
         shard_files=shard_files, source_details=source_details, stage_seconds=_stage_seconds(processed),
+        near_duplicates=near_duplicates,
         wall_seconds={"process": processed_at - started, "total": time.time() - started})
     storage.write_json(output.manifest, manifest)
     storage.delete_tree(staging)
