@@ -79,7 +79,8 @@ def time_each(function, inputs: list[bytes]) -> list[float]:
 
 def summary(times: list[float], inputs: list[bytes]) -> dict:
     return {"images": len(times), "median_ms": round(statistics.median(times), 3),
-            "mean_ms": round(statistics.fmean(times), 3), "p95_ms": round(sorted(times)[int(0.95 * (len(times) - 1))], 3),
+            "mean_ms": round(statistics.fmean(times), 3),
+            "p95_ms": round(sorted(times)[int(0.95 * (len(times) - 1))], 3),
             "mean_kib": round(sum(map(len, inputs)) / len(inputs) / 1024, 1)}
 
 

@@ -142,7 +142,8 @@ def test_dicom_from_kaggle(ray_session, fake_kaggle, tmp_path):
     manifest, splits, rejected = read_output(str(output))
     check_consistent(manifest, splits, rejected)
     kept = [r["source_uri"] for rows in splits.values() for r in rows]
-    assert sum(uri.endswith(".dcm") for uri in kept) == 4 and not rejected
+    assert sum(uri.endswith(".dcm") for uri in kept) == 4
+    assert {r["reason"] for r in rejected} == {"wrong_layout"}  # the metadata spreadsheets
 
 
 # ---------------------------------------------------------------- real images

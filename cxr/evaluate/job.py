@@ -10,6 +10,7 @@ cxr.evaluate.shortcuts); the report puts the three side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -21,6 +22,7 @@ from cxr import runtime, storage
 from cxr.artifacts import MODEL_CARD_FILE, REPORT_MARKDOWN_FILE, ReportLayout, ShardsLayout, read_manifest
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
+from cxr.evaluate.overlap import training_overlap
 from cxr.evaluate.report import build_report, format_ci, write_report
 from cxr.evaluate.shortcuts import VARIANTS, variant_functions
 from cxr.ingest import sources
@@ -41,6 +43,7 @@ class Scored:
     probs: dict[str, np.ndarray]
     rejected: dict[str, int]
     images: object  # callable: source_uris -> uint8 (n, H, W) images, for Grad-CAM
+    shards: str | None = None  # the shard set scored, if it was one
 
 
 def run_evaluation(config: EvaluateConfig) -> dict:
@@ -62,6 +65,10 @@ def run_evaluation(config: EvaluateConfig) -> dict:
                  else score_data(export, config))
     log.debug("scored %d images of %s", len(evaluated.labels), evaluated.description)
     report = build_report(export, evaluated, validation, config)
+    if config.data is not None and evaluated.shards is not None and training_data is not None:
+        overlap = training_overlap(training_data, evaluated.shards, config.split, evaluated.source_uris)
+        if overlap is not None:
+            report["data"]["near_duplicates_in_training"] = overlap
     report["seconds"] = round(time.time() - started, 1)
     report["output"] = output.root.uri
     write_report(report, export, evaluated, output, config)
@@ -100,7 +107,8 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
         raise UserError(f"{data.uri}: the {split} split is empty")
     rows = score(shard_images(data, paths), export, variant_functions(variants), gpu=config.gpu,
                  actors=config.actors).take_all()
-    return _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths))
+    scored = _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths))
+    return dataclasses.replace(scored, shards=data.uri)
 
 
 def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
@@ -150,6 +158,11 @@ def format_summary(report: dict) -> str:
         masked = report["shortcuts"]["variants"]["lungs_masked"]["auc"]
         lines.append(f"  AUC with the lungs blacked out {format_ci(masked)}: see the shortcut check in "
                      f"{REPORT_MARKDOWN_FILE}")
+    overlap = report["data"].get("near_duplicates_in_training")
+    if overlap:
+        lines.append(f"  {overlap['with_near_duplicate']} of {overlap['evaluated_images']} evaluated images have a "
+                     f"near-duplicate in the model's training data "
+                     f"(fingerprints <= {overlap['max_distance']} bits apart)")
     lines.append(f"  report: {report['output']}/{REPORT_MARKDOWN_FILE}, "
                  f"model card: {report['output']}/{MODEL_CARD_FILE}")
     return "\n".join(lines)
