@@ -14,7 +14,9 @@ from cxr.artifacts import SCHEMA_VERSION, SHARD_SCHEMA, SPLITS, Manifest
 from cxr.config import PreprocessConfig
 from cxr.ingest.sources import Listing
 
-RECORDED_PACKAGES = ("ray", "scikit-image", "pyarrow", "numpy", "pillow")
+# pydicom and its decoders: what a DICOM input became depends on them too.
+RECORDED_PACKAGES = ("ray", "scikit-image", "pyarrow", "numpy", "pillow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
+                     "pylibjpeg-openjpeg", "pylibjpeg-rle")
 
 
 def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str]:
