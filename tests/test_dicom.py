@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, RLELossless
 
 from cxr.config import PreprocessConfig
 from cxr.ingest.sources import input_format
@@ -11,9 +12,6 @@ from cxr.preprocess.dicom import decode_dicom, is_dicom
 from cxr.preprocess.pipeline import process_image
 from cxr.preprocess.transforms import ImageRejected, decode_png_gray, encode_png
 from tests.dicom_files import PATIENT_ID, PATIENT_NAME, gradient, make_dicom
-
-pytest.importorskip("pydicom")
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, RLELossless  # noqa: E402
 
 MAX_PIXELS = 50_000_000
 

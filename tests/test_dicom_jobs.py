@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, RLELossless
 
 from cxr.config import AugmentConfig, PreprocessConfig
 from cxr.ingest.synthetic import render_synthetic
@@ -24,8 +25,6 @@ from tests.test_preprocess_job import check_consistent, read_output
 from tests.trees import write_tree, write_zip
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("pydicom")
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, RLELossless  # noqa: E402
 
 # What must appear nowhere cxr writes: the planted name's parts, the ID, the birth date, the study.
 PLANTED = (b"Plantedname", b"Zelda", PATIENT_ID.encode(), b"19700101", b"Planted study")
