@@ -80,6 +80,8 @@ SHARD_SCHEMA = pa.schema([
     ("marking_truth", pa.string()),
     ("orig_height", pa.int32()),
     ("orig_width", pa.int32()),
+    # 256-bit perceptual hash, 64 hex digits (cxr.preprocess.fingerprints): near-duplicates.
+    ("fingerprint", pa.string()),
 ])
 
 REJECT_SCHEMA = pa.schema([
@@ -158,6 +160,9 @@ class Counts:
     rejected_by_reason: Mapping[str, int]
     inpainted: int  # kept with their markings inpainted
     ignored: Mapping[str, int]  # files that were no inputs (masks, unselected classes, ...)
+    # Near-duplicate groups kept within one split: max_distance, groups, images_in_groups,
+    # group_sizes ({size: groups}); empty in a manifest written before they were counted.
+    near_duplicates: Mapping = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -214,7 +219,8 @@ class Manifest:
                             for split, files in raw["shards"].items()}),
             counts=Counts(found=counts["found"], kept=counts["kept"], rejected=counts["rejected"],
                           rejected_by_reason=_frozen(counts["rejected_by_reason"]), inpainted=counts["inpainted"],
-                          ignored=_frozen(counts["ignored"])),
+                          ignored=_frozen(counts["ignored"]),
+                          near_duplicates=_frozen(counts.get("near_duplicates", {}))),
             source_uri=raw["source"]["uri"],
             kaggle=_kaggle_source(raw["source"].get("kaggle")),
             sources=_frozen({split: _frozen({name: _split_counts(per_class) for name, per_class in per_source.items()})

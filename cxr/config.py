@@ -87,7 +87,11 @@ class LungFocusConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Train/val/test ratios; the split is stratified by class and keyed by pixel content."""
+    """Train/val/test ratios; the split is stratified by class and keyed by pixel content.
+
+    Near-duplicates (fingerprints at most `near_duplicate_distance` of 256 bits apart:
+    cxr.preprocess.fingerprints) are kept inside one split; -1 turns the grouping off.
+    """
 
     train: float = 0.8
     val: float = 0.1
@@ -97,6 +101,12 @@ class SplitConfig:
     # or val; the other images are split by the ratios above, so the test split also holds an
     # in-distribution share (none with a test ratio of 0).
     test_sources: tuple[str, ...] = ()
+    # Off by default until measured on the real sample (benchmarks/near_duplicates.py). On 40
+    # real X-rays, resized, re-windowed and re-compressed copies were at most 24 bits from
+    # their original, distinct images at least 74 apart (3%-cropped copies 36 to 76); but the
+    # synthetic source's images share one drawn anatomy and group across classes at any
+    # useful distance (12 bits already joins a COVID and a Normal one).
+    near_duplicate_distance: int = -1
 
     def __post_init__(self) -> None:
         ratios = (self.train, self.val, self.test)
@@ -108,6 +118,8 @@ class SplitConfig:
                  f"--test-sources must be comma-separated source names, got {list(self.test_sources)}")
         _require(len(set(self.test_sources)) == len(self.test_sources),
                  f"--test-sources has duplicates: {list(self.test_sources)}")
+        _require(-1 <= self.near_duplicate_distance < 256,
+                 f"--near-duplicate-distance must be -1 (off) to 255 bits, got {self.near_duplicate_distance}")
 
     @property
     def ratios(self) -> dict[str, float]:

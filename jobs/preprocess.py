@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metadata", default=defaults.metadata, metavar="CSV",
                         help="per-image metadata (local or s3://): a path (relative to --source) or file_name "
                              "column, a source column, and other columns to keep in the shards")
+    parser.add_argument("--near-duplicate-distance", type=int, default=defaults.split.near_duplicate_distance,
+                        help="images whose 256-bit fingerprints differ in at most this many bits are "
+                             "near-duplicates, kept in one split; -1: off (default: %(default)s)")
     parser.add_argument("--rows-per-shard", type=int, default=defaults.rows_per_shard)
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
                         help="larger images are rejected unread (default: %(default)s)")
@@ -119,7 +122,8 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
         lungs=LungFocusConfig(crop=args.lung_crop, suppress=args.lung_suppress, margin=args.lung_margin),
         clahe=ClaheConfig(kernel_size=args.clahe_kernel_size, clip_limit=args.clahe_clip_limit,
                           nbins=args.clahe_nbins),
-        split=SplitConfig(*ratios, seed=args.split_seed, test_sources=test_sources), metadata=args.metadata,
+        split=SplitConfig(*ratios, seed=args.split_seed, test_sources=test_sources,
+                          near_duplicate_distance=args.near_duplicate_distance), metadata=args.metadata,
         synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed, size=args.synthetic_size,
                                   covid_fraction=args.synthetic_covid_fraction, sources=args.synthetic_sources,
                                   confound=args.synthetic_confound),

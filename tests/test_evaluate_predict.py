@@ -157,7 +157,7 @@ def test_bad_input_fails_in_one_line(trained, tmp_path):
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "a.txt").write_text("x")
     assert_one_line_error(run_job("predict", "--model", model, "--input", str(tmp_path / "texts"),
-                                  "--output", str(tmp_path / "out"), env=env), "no .png/.jpg/.jpeg images found")
+                                  "--output", str(tmp_path / "out"), env=env), "no PNG/JPEG/DICOM images found")
     assert_one_line_error(run_job("predict", "--model", str(tmp_path / "empty"), "--input", str(tmp_path / "texts"),
                                   "--output", str(tmp_path / "out"), env=env), "no exported model")
 

@@ -10,6 +10,7 @@ cxr.evaluate.shortcuts); the report puts the three side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -22,6 +23,7 @@ from cxr.artifacts import MODEL_CARD_FILE, REPORT_MARKDOWN_FILE, ReportLayout, S
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
 from cxr.evaluate.by_source import summary_lines
+from cxr.evaluate.overlap import training_overlap
 from cxr.evaluate.report import build_report, format_ci, write_report
 from cxr.evaluate.shortcuts import VARIANTS, variant_functions
 from cxr.ingest import sources
@@ -44,6 +46,7 @@ class Scored:
     images: object  # callable: source_uris -> uint8 (n, H, W) images, for Grad-CAM
     sources: list[str | None]  # each image's source, None when unknown
     held_out: tuple[str, ...] = ()  # the sources the evaluated split holds out from training (--test-sources)
+    shards: str | None = None  # the shard set scored, if it was one
 
 
 def run_evaluation(config: EvaluateConfig) -> dict:
@@ -65,6 +68,10 @@ def run_evaluation(config: EvaluateConfig) -> dict:
                  else score_data(export, config))
     log.debug("scored %d images of %s", len(evaluated.labels), evaluated.description)
     report = build_report(export, evaluated, validation, config)
+    if config.data is not None and evaluated.shards is not None and training_data is not None:
+        overlap = training_overlap(training_data, evaluated.shards, config.split, evaluated.source_uris)
+        if overlap is not None:
+            report["data"]["near_duplicates_in_training"] = overlap
     report["seconds"] = round(time.time() - started, 1)
     report["output"] = output.root.uri
     write_report(report, export, evaluated, output, config)
@@ -104,8 +111,9 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
     rows = score(shard_images(data, paths, with_source=manifest.has_column("source")), export,
                  variant_functions(variants), gpu=config.gpu, actors=config.actors).take_all()
     held_out = manifest.test_sources if split == "test" else ()
-    return _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths),
-                   held_out)
+    scored = _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths),
+                     held_out)
+    return dataclasses.replace(scored, shards=data.uri)
 
 
 def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
@@ -158,6 +166,11 @@ def format_summary(report: dict) -> str:
         lines.append(f"  AUC with the lungs blacked out {format_ci(masked)}: see the shortcut check in "
                      f"{REPORT_MARKDOWN_FILE}")
     lines += summary_lines(report.get("sources"), format_ci)
+    overlap = report["data"].get("near_duplicates_in_training")
+    if overlap:
+        lines.append(f"  {overlap['with_near_duplicate']} of {overlap['evaluated_images']} evaluated images have a "
+                     f"near-duplicate in the model's training data "
+                     f"(fingerprints <= {overlap['max_distance']} bits apart)")
     lines.append(f"  report: {report['output']}/{REPORT_MARKDOWN_FILE}, "
                  f"model card: {report['output']}/{MODEL_CARD_FILE}")
     return "\n".join(lines)

@@ -175,7 +175,8 @@ def report_markdown(report: dict) -> str:
         f"Model `{report['model']['export']}`, evaluated on {report['data']['evaluated']}: "
         f"{report['data']['images']} images ("
         + ", ".join(f"{n} {c}" for n, c in report["data"]["per_class"].items()) + ")."
-        + (f" Not scored: {report['data']['not_scored']}." if report["data"]["not_scored"] else ""),
+        + (f" Not scored: {report['data']['not_scored']}." if report["data"]["not_scored"] else "")
+        + _overlap_sentence(report["data"].get("near_duplicates_in_training")),
         "",
         f"Not for clinical use. See {MODEL_CARD_FILE}.",
         "",
@@ -246,7 +247,7 @@ def model_card(report: dict) -> str:
         "## Intended use",
         "",
         "Research and teaching: studying how image classifiers behave on chest X-rays, including their shortcuts. "
-        "Input: one frontal (PA/AP) chest X-ray, any size, PNG or JPEG, preprocessed by this project exactly as "
+        "Input: one frontal (PA/AP) chest X-ray, any size, PNG, JPEG or DICOM, preprocessed by this project exactly as "
         "the training data. Output: a probability per class.",
         "",
         "## Data",
@@ -293,7 +294,8 @@ def model_card(report: dict) -> str:
         lines.append(f"- Shortcut check on the evaluated images: {report['shortcuts']['verdict']}")
     lines += [
         "- The lung-field template of the shortcut check is fixed, not segmented per image.",
-        "- Near-duplicate images of one patient may sit in different splits; only exact pixel duplicates are removed.",
+        "- Near-duplicates (resized, re-windowed, re-compressed copies) are kept in one split only when the "
+        "preprocessing grouped them (`--near-duplicate-distance`); two films of one patient are not detected.",
         ("- Performance on other hospitals than those evaluated, devices, children, or other lung diseases is "
          "unknown." if not (report.get("sources") or {}).get("held_out") else
          "- Held-out sources measure one unseen hospital or collection each; performance on others, devices, "
@@ -301,3 +303,12 @@ def model_card(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _overlap_sentence(overlap: dict | None) -> str:
+    if not overlap:
+        return ""
+    return (f" {overlap['with_near_duplicate']} of them have a near-duplicate among the model's "
+            f"{overlap['training_images']} training images (fingerprints at most {overlap['max_distance']} of 256 "
+            f"bits apart; {overlap['with_same_fingerprint']} with the same fingerprint): their scores are not "
+            "evidence of generalisation.")

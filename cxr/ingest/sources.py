@@ -1,7 +1,7 @@
 """Where images come from: find every input of a source, then read each one's bytes.
 
 A source is a class-per-folder tree (`<class>/*.png` or the Kaggle archive's
-`<class>/images/*.png`, with `masks/` beside `images/`) in a local folder or under an
+`<class>/images/*.png`, with `masks/` beside `images/`; PNG, JPEG or DICOM files) in a local folder or under an
 `s3://` prefix, a `.zip` of such a tree (local or on S3), or `synthetic`; a Kaggle dataset
 (cxr.ingest.downloads) is listed with the same rules. Listing runs on the driver and is cheap; it
 returns one row per input found, each either readable or already rejected (unsupported
@@ -27,6 +27,9 @@ from cxr.ingest import metadata, synthetic
 from cxr.ingest.xlsx import SpreadsheetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+# What a listing says it reads, in its rejects and errors.
+SUPPORTED = "PNG/JPEG/DICOM"
 # The Kaggle archive keeps lung masks beside the images; they are not inputs.
 IGNORED_FOLDERS = ("masks",)
 IMAGE_FOLDER = "images"
@@ -65,6 +68,24 @@ def item_row(source_uri: str, class_name: str, label: int, kind: str, location: 
     return {"source_uri": source_uri, "class_name": class_name, "label": label, "kind": kind,
             "location": location, "member": member, "synthetic_index": synthetic_index,
             "synthetic_source": synthetic_source, "source": source, "path": path, "wrapped_path": wrapped_path}
+
+
+def input_format(name: str) -> str | None:
+    """What a file named `name` (a path or URI) is read as: "image", "dicom" or None (not an input).
+
+    DICOM files often carry no extension, or are named by their SOP Instance UID
+    (`1.2.840....123`): such names are DICOM candidates, and one without the DICM magic is
+    rejected when read (cxr.preprocess.dicom), so it is still accounted for.
+    """
+    base = name.rsplit("/", 1)[-1].lower()
+    if not base or base.startswith("."):
+        return None
+    if base.endswith(IMAGE_EXTENSIONS):
+        return "image"
+    stem, dot, extension = base.rpartition(".")
+    if base.endswith(DICOM_EXTENSIONS) or not dot or (stem and extension.isdigit()):
+        return "dicom"
+    return None
 
 
 def reject_row(source_uri: str, class_name: str | None, reason: str, detail: str) -> dict:
@@ -161,14 +182,14 @@ def list_images(uri: str) -> Listing:
         name = source_uri.rsplit("/", 1)[-1]
         if any(part in IGNORED_FOLDERS for part in relative.split("/")[:-1]):
             masks += 1
-        elif name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+        elif input_format(name):
             items.append(item_row(source_uri, None, -1, kind, where, member))
         else:
-            rejects.append(reject_row(source_uri, None, "unsupported_file", f"not a {'/'.join(IMAGE_EXTENSIONS)} file"))
+            rejects.append(reject_row(source_uri, None, "unsupported_file", f"not a {SUPPORTED} file"))
     if masks:
         ignored["masks"] = masks
     if not items:
-        raise UserError(f"{location.uri}: no {'/'.join(IMAGE_EXTENSIONS)} images found")
+        raise UserError(f"{location.uri}: no {SUPPORTED} images found")
     return Listing(kind="images", root=location.uri, class_names=(), items=items, rejects=rejects, ignored=ignored)
 
 
@@ -238,9 +259,8 @@ def list_tree(kind: str, root: str, relative: list[str], classes: tuple[str, ...
             rejects.append(reject_row(uri, class_name, "wrong_layout",
                                       "not in <class>/ or <class>/images/"))
             continue
-        if not parts[-1].lower().endswith(IMAGE_EXTENSIONS) or parts[-1].startswith("."):
-            rejects.append(reject_row(uri, class_name, "unsupported_file",
-                                      f"not a {'/'.join(IMAGE_EXTENSIONS)} file"))
+        if not input_format(parts[-1]):
+            rejects.append(reject_row(uri, class_name, "unsupported_file", f"not a {SUPPORTED} file"))
             continue
         read_kind, location, member = read_spec_of(original)
         items.append(item_row(uri, class_name, label_of[class_name], read_kind, location, member,

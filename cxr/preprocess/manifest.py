@@ -14,7 +14,9 @@ from cxr.artifacts import SCHEMA_VERSION, SPLITS, UNKNOWN_SOURCE, Manifest, shar
 from cxr.config import PreprocessConfig
 from cxr.ingest.sources import Listing
 
-RECORDED_PACKAGES = ("ray", "scikit-image", "pyarrow", "numpy", "pillow")
+# pydicom and its decoders: what a DICOM input became depends on them too.
+RECORDED_PACKAGES = ("ray", "scikit-image", "pyarrow", "numpy", "pillow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
+                     "pylibjpeg-openjpeg", "pylibjpeg-rle")
 
 
 def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str]:
@@ -29,7 +31,8 @@ def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, st
 
 def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dict], assignment: dict[str, str],
                    rejects: list[dict], shard_files: dict[str, list[dict]], source_details: dict,
-                   stage_seconds: dict[str, float], wall_seconds: dict[str, float]) -> dict:
+                   stage_seconds: dict[str, float], wall_seconds: dict[str, float],
+                   near_duplicates: dict | None = None) -> dict:
     splits = {split: {name: 0 for name in listing.class_names} for split in SPLITS}
     by_source: dict[str, dict[str, dict[str, int]]] = {split: {} for split in SPLITS}
     for row in kept:
@@ -65,6 +68,8 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
                                     for source, per_class in sorted(by_source[split].items())}
                             for split in SPLITS}}
                if any(row.get("source") for row in kept) else {}),
+            # Groups of two or more near-duplicates (each kept inside one split), and their sizes.
+            "near_duplicates": near_duplicates or {},
         },
         "shards": shard_files,
         "columns": {field.name: str(field.type) for field in shard_schema(listing.extra_columns)},
@@ -96,6 +101,10 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
     lines.append(f"inputs found {counts.found} = kept {counts.kept} + rejected {counts.rejected}")
     for reason, n in counts.rejected_by_reason.items():
         lines.append(f"  rejected {reason}: {n}")
+    near = counts.near_duplicates
+    if near.get("groups"):
+        lines.append(f"  near-duplicate groups kept within one split: {near['groups']} "
+                     f"({near['images_in_groups']} images)")
     if counts.inpainted:
         lines.append(f"  kept with markings inpainted: {counts.inpainted}")
     for what, n in counts.ignored.items():

@@ -26,6 +26,7 @@ from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
 from cxr.ingest import downloads, sources
 from cxr.ingest.metadata import EXTRA_PREFIX, read_metadata_csv
+from cxr.preprocess import dicom, fingerprints
 from cxr.preprocess import manifest as manifest_lib
 from cxr.preprocess import shards
 from cxr.preprocess.lungs import crop_to_box, find_lungs, suppress_outside
@@ -42,15 +43,19 @@ ROWS_PER_BLOCK = 96
 MIN_BLOCKS_PER_CPU = 4
 
 
-def process_image(data: bytes, config: PreprocessConfig) -> dict:
+def process_image(data: bytes, config: PreprocessConfig, input_format: str = "image") -> dict:
     """One image's bytes through decode .. PNG; the shard fields plus per-stage seconds.
 
     The one definition of the image work: preprocessing runs it on every input, scoring
     (cxr.scoring.datasets) on raw images with the settings the manifest recorded, so the
     markings removed and the lung focus are the same in training and inference.
 
-    Raises ImageRejected when the image cannot be used; a marking drop is not an error
-    but a status, so its score and hash still reach rejected.parquet.
+    A DICOM file (by its magic, whatever its name) is decoded to gray by cxr.preprocess.dicom,
+    a PNG or JPEG by Pillow; from grayscale on both take the same path. `input_format` is
+    what the listing read the name as (cxr.ingest.sources.input_format): a "dicom" name
+    without the magic is rejected rather than guessed at. Raises ImageRejected when the image
+    cannot be used; a marking drop is not an error but a status, so its score and hash still
+    reach rejected.parquet.
     """
     seconds: dict[str, float] = {}
     clock = perf_counter()
@@ -61,7 +66,10 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
         seconds[f"t_{stage}"] = now - clock
         clock = now
 
-    pixels = decode_image(data, config.max_pixels)
+    if input_format == "dicom" or dicom.is_dicom(data):
+        pixels = dicom.decode_dicom(data, config.max_pixels)  # already gray float32 in [0, 1]
+    else:
+        pixels = decode_image(data, config.max_pixels)
     content_hash = pixel_hash(pixels)
     lap("decode")
     gray = limit_size(to_grayscale(pixels), config.working_max_side)
@@ -90,6 +98,7 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
                                      else lungs.mask)
     lap("clahe")
     resized = resize_square(to_uint8(equalized), config.image_size)
+    fields["fingerprint"] = fingerprints.perceptual_hash(resized)
     lap("resize")
     png = encode_png(resized)
     lap("encode")
@@ -122,7 +131,7 @@ def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None,
             # A fetched image's read is its download (or its read from the raw cache).
             row["t_read"] = perf_counter() - start + (item.get("t_fetch") or 0.0)
             try:
-                row.update(process_image(data, config))
+                row.update(process_image(data, config, sources.input_format(item["source_uri"])))
             except ImageRejected as exc:
                 row.update(status=exc.reason, detail=exc.detail)
             except Exception as exc:  # noqa: BLE001 - recorded, counted and shown in the summary
@@ -163,7 +172,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     table = read_metadata_csv(config.metadata) if config.metadata else None  # a bad file fails first
     listing = downloads.list_kaggle(config) if is_kaggle_source(config.source) else sources.list_source(config)
     if not listing.items:
-        raise UserError(f"{listing.root}: no image files (.png, .jpg) in the class folders "
+        raise UserError(f"{listing.root}: no {sources.SUPPORTED} files in the class folders "
                         f"({len(listing.rejects)} other files)")
     if table is not None:
         listing = sources.with_metadata_csv(listing, table)
@@ -207,7 +216,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             storage.delete_tree(staging)
             raise
     kept, duplicates = shards.remove_duplicates(ok_rows)
-    rejects += duplicates
+    kept, conflicting, near_duplicates = shards.group_near_duplicates(kept, config.split.near_duplicate_distance)
+    rejects += duplicates + conflicting
     assignment = shards.assign_splits(kept, config.split)
 
     file_rows = {path: Counter(assignment[r["source_uri"]] for r in rows if r["source_uri"] in assignment)
@@ -219,6 +229,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     manifest = manifest_lib.build_manifest(
         config=config, listing=listing, kept=kept, assignment=assignment, rejects=rejects,
         shard_files=shard_files, source_details=source_details, stage_seconds=_stage_seconds(processed),
+        near_duplicates=near_duplicates,
         wall_seconds={"process": processed_at - started, "total": time.time() - started})
     storage.write_json(output.manifest, manifest)
     storage.delete_tree(staging)

@@ -89,7 +89,7 @@ def preprocess_for_model(batch: pa.Table, config: PreprocessConfig) -> dict[str,
             try:
                 data, _ = reader.read(item)
                 stage = "processing_error"
-                result = process_image(data, scoring)
+                result = process_image(data, scoring, sources.input_format(item["source_uri"]))
                 images[i, ..., 0] = decode_png_gray(result["image_png"])
                 marking[i] = result["marking_score"]
                 flagged = config.markings.policy == "drop" and result["marking_score"] >= config.markings.threshold
