@@ -96,3 +96,15 @@ def test_the_distance_is_checked(distance):
 
     with pytest.raises(UserError, match="near-duplicate-distance"):
         SplitConfig(near_duplicate_distance=distance)
+
+
+def test_a_held_out_sources_near_duplicates_go_to_test_with_it():
+    # 40 Normal images of a training source; two of them are near-copies of a held-out one.
+    rows = [{**row(f"a{i}", 1, {3 * i}), "source": "a"} for i in range(40)]
+    rows += [{**row("b0", 1, {0, 1}), "source": "b"}, {**row("b1", 1, {200}), "source": "b"}]
+    kept, rejected, counts = group_near_duplicates(rows, max_distance=1)
+    assert not rejected and counts["groups"] == 1  # b0 with a0, 1 bit apart
+    assignment = assign_splits(kept, SplitConfig(test_sources=("b",)))
+    assert assignment["b0"] == assignment["b1"] == assignment["a0"] == "test"
+    rest = [r for r in kept if r["source_uri"] not in ("a0", "b0", "b1")]
+    assert {u: s for u, s in assignment.items() if u not in ("a0", "b0", "b1")} == assign_splits(rest, SplitConfig())
