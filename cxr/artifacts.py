@@ -31,7 +31,7 @@ from types import MappingProxyType
 import pyarrow as pa
 
 from cxr import storage
-from cxr.config import ClaheConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig
+from cxr.config import ClaheConfig, LungFocusConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.errors import UserError
 
 
@@ -70,6 +70,9 @@ SHARD_SCHEMA = pa.schema([
     ("label", pa.int32()),
     ("class_name", pa.string()),
     ("source_uri", pa.string()),
+    # The collection or hospital the image came from (a metadata sheet, --metadata, or the
+    # synthetic generator); null when unknown.
+    ("source", pa.string()),
     ("content_hash", pa.string()),
     ("marking_score", pa.float32()),
     ("marking_inpainted", pa.bool_()),
@@ -77,17 +80,29 @@ SHARD_SCHEMA = pa.schema([
     ("marking_truth", pa.string()),
     ("orig_height", pa.int32()),
     ("orig_width", pa.int32()),
+    # 256-bit perceptual hash, 64 hex digits (cxr.preprocess.fingerprints): near-duplicates.
+    ("fingerprint", pa.string()),
 ])
 
 REJECT_SCHEMA = pa.schema([
     ("source_uri", pa.string()),
     ("class_name", pa.string()),
+    ("source", pa.string()),
     ("reason", pa.string()),
     ("detail", pa.string()),
     ("marking_score", pa.float32()),
     ("content_hash", pa.string()),
     ("marking_truth", pa.string()),
 ])
+
+
+# In the manifest's per-source counts, the images whose source is not known.
+UNKNOWN_SOURCE = "(unknown)"
+
+
+def shard_schema(extra_columns: tuple[str, ...] = ()) -> pa.Schema:
+    """SHARD_SCHEMA plus the user's own metadata columns (--metadata), all text, as given."""
+    return pa.schema(list(SHARD_SCHEMA) + [(name, pa.string()) for name in extra_columns])
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,9 @@ class Counts:
     rejected_by_reason: Mapping[str, int]
     inpainted: int  # kept with their markings inpainted
     ignored: Mapping[str, int]  # files that were no inputs (masks, unselected classes, ...)
+    # Near-duplicate groups kept within one split: max_distance, groups, images_in_groups,
+    # group_sizes ({size: groups}); empty in a manifest written before they were counted.
+    near_duplicates: Mapping = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -173,6 +191,12 @@ class Manifest:
     counts: Counts
     source_uri: str  # --source as given
     kaggle: KaggleSource | None  # None for other sources
+    # Per split, per source (UNKNOWN_SOURCE for images without one): images per class and in
+    # all. Empty when no image's source is known (and in manifests older than sources).
+    sources: Mapping[str, Mapping[str, SplitCounts]]
+    # Sources put whole into the test split (--test-sources): none of their images is in train or val.
+    test_sources: tuple[str, ...]
+    extra_columns: tuple[str, ...]  # the user's metadata columns in the shards, beyond SHARD_SCHEMA
     wall_seconds: float  # the whole preprocessing job
     _raw: Mapping = dataclasses.field(repr=False, compare=False)
 
@@ -190,16 +214,19 @@ class Manifest:
             schema_version=version,
             class_names=tuple(raw["class_names"]),
             image_size=raw["image"]["height"],
-            splits=_frozen({split: SplitCounts(per_class=_frozen({k: v for k, v in per_class.items() if k != "total"}),
-                                               total=per_class["total"])
-                            for split, per_class in counts["splits"].items()}),
+            splits=_frozen({split: _split_counts(per_class) for split, per_class in counts["splits"].items()}),
             shards=_frozen({split: tuple(ShardFile(path=f["path"], rows=f["rows"]) for f in files)
                             for split, files in raw["shards"].items()}),
             counts=Counts(found=counts["found"], kept=counts["kept"], rejected=counts["rejected"],
                           rejected_by_reason=_frozen(counts["rejected_by_reason"]), inpainted=counts["inpainted"],
-                          ignored=_frozen(counts["ignored"])),
+                          ignored=_frozen(counts["ignored"]),
+                          near_duplicates=_frozen(counts.get("near_duplicates", {}))),
             source_uri=raw["source"]["uri"],
             kaggle=_kaggle_source(raw["source"].get("kaggle")),
+            sources=_frozen({split: _frozen({name: _split_counts(per_class) for name, per_class in per_source.items()})
+                             for split, per_source in counts.get("sources", {}).items()}),
+            test_sources=tuple(raw["config"]["split"].get("test_sources", ())),
+            extra_columns=tuple(name for name in raw.get("columns", {}) if name not in SHARD_SCHEMA.names),
             wall_seconds=raw["timing"]["wall_seconds"]["total"],
             _raw=raw,
         )
@@ -224,9 +251,14 @@ class Manifest:
         to preprocess other images alike; how its originals were fetched does not carry over."""
         settings = copy.deepcopy(self._raw["config"])
         settings.pop("download", None)
-        nested = {"clahe": ClaheConfig, "markings": MarkingConfig, "split": SplitConfig, "synthetic": SyntheticConfig}
+        nested = {"clahe": ClaheConfig, "markings": MarkingConfig, "lungs": LungFocusConfig, "split": SplitConfig,
+                  "synthetic": SyntheticConfig}
         for name, config_class in nested.items():
-            settings[name] = config_class(**settings[name])
+            # Manifests older than a part (lungs) were made without it: its defaults, all off.
+            settings[name] = config_class(**settings.get(name, {}))
+        # Which images carry a source was decided by the listing; scoring other images does
+        # not read the training data's metadata file.
+        settings.pop("metadata", None)
         if settings.get("classes") is not None:
             settings["classes"] = tuple(settings["classes"])
         return PreprocessConfig(**{**settings, **overrides})
@@ -235,6 +267,14 @@ class Manifest:
         """The preprocessing config as recorded (JSON), for a report that quotes it."""
         return copy.deepcopy(self._raw["config"])
 
+    def has_column(self, name: str) -> bool:
+        """True when the shards have this column (shards of older versions lack `source`)."""
+        return name in self._raw.get("columns", {})
+
+    def metadata_record(self) -> dict:
+        """Where the sources came from (source.metadata: sheets, csv), as recorded; {} if none."""
+        return copy.deepcopy(self._raw["source"].get("metadata", {}))
+
     def counts_record(self) -> dict:
         """The counts section as recorded (JSON), for a report that quotes it."""
         return copy.deepcopy(self._raw["counts"])
@@ -242,6 +282,10 @@ class Manifest:
 
 def _frozen(mapping: Mapping) -> Mapping:
     return MappingProxyType(dict(mapping))
+
+
+def _split_counts(per_class: Mapping[str, int]) -> SplitCounts:
+    return SplitCounts(per_class=_frozen({k: v for k, v in per_class.items() if k != "total"}), total=per_class["total"])
 
 
 def _kaggle_source(record: dict | None) -> KaggleSource | None:

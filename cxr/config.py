@@ -52,6 +52,10 @@ class MarkingConfig:
 
     policy: str = "drop"
     threshold: float = DEFAULT_MARKING_THRESHOLD
+    # Inpaint every mark the detector finds in a kept image, whatever its score, not only
+    # those at or above the threshold (with "drop", heavily marked images are still dropped).
+    # Off by default until measured (docs/benchmarks.md, "generalization").
+    remove_all: bool = False
 
     def __post_init__(self) -> None:
         _require(self.policy in MARKING_POLICIES,
@@ -60,23 +64,70 @@ class MarkingConfig:
 
 
 @dataclass(frozen=True)
+class LungFocusConfig:
+    """Preprocessing that points the model at the lungs (cxr.preprocess.lungs).
+
+    `crop`: cut each image to the box around its lung fields, found per image, plus
+    `margin` (a fraction of that box's side on every side), before CLAHE and the resize.
+    `suppress`: black out everything outside the lung fields (grown by the same margin).
+    Both off by default until measured (docs/benchmarks.md, "generalization").
+    """
+
+    crop: bool = False
+    suppress: bool = False
+    margin: float = 0.05
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.margin <= 0.5, f"--lung-margin must be in [0, 0.5], got {self.margin}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop or self.suppress
+
+
+@dataclass(frozen=True)
 class SplitConfig:
-    """Train/val/test ratios; the split is stratified by class and keyed by pixel content."""
+    """Train/val/test ratios; the split is stratified by class and keyed by pixel content.
+
+    Near-duplicates (fingerprints at most `near_duplicate_distance` of 256 bits apart:
+    cxr.preprocess.fingerprints) are kept inside one split; -1 turns the grouping off.
+    """
 
     train: float = 0.8
     val: float = 0.1
     test: float = 0.1
     seed: int = 0
+    # Leave-sources-out: every image of these sources goes to the test split, none to train
+    # or val; the other images are split by the ratios above, so the test split also holds an
+    # in-distribution share (none with a test ratio of 0).
+    test_sources: tuple[str, ...] = ()
+    # Off by default until measured on the real sample (benchmarks/near_duplicates.py). On 40
+    # real X-rays, resized, re-windowed and re-compressed copies were at most 24 bits from
+    # their original, distinct images at least 74 apart (3%-cropped copies 36 to 76); but the
+    # synthetic source's images share one drawn anatomy and group across classes at any
+    # useful distance (12 bits already joins a COVID and a Normal one).
+    near_duplicate_distance: int = -1
 
     def __post_init__(self) -> None:
         ratios = (self.train, self.val, self.test)
         _require(all(r >= 0 for r in ratios), f"split ratios must not be negative, got {ratios}")
         _require(math.isclose(sum(ratios), 1.0, abs_tol=1e-6), f"split ratios must add up to 1, got {ratios}")
         _require(self.train > 0, "the train split ratio must be positive")
+        object.__setattr__(self, "test_sources", tuple(self.test_sources))  # a JSON list, read back
+        _require(all(name.strip() == name and name for name in self.test_sources),
+                 f"--test-sources must be comma-separated source names, got {list(self.test_sources)}")
+        _require(len(set(self.test_sources)) == len(self.test_sources),
+                 f"--test-sources has duplicates: {list(self.test_sources)}")
+        _require(-1 <= self.near_duplicate_distance < 256,
+                 f"--near-duplicate-distance must be -1 (off) to 255 bits, got {self.near_duplicate_distance}")
 
     @property
     def ratios(self) -> dict[str, float]:
         return {"train": self.train, "val": self.val, "test": self.test}
+
+
+# The synthetic generator's distinct sites (cxr.ingest.synthetic.SITES has one style each).
+MAX_SYNTHETIC_SOURCES = 6
 
 
 @dataclass(frozen=True)
@@ -91,13 +142,29 @@ class SyntheticConfig:
     marking_fraction: float = 0.15
     # Exact copies of other images, so that duplicate removal has work to do.
     duplicate_fraction: float = 0.02
+    # 1: one source, "synthetic", every image drawn from one acquisition distribution (the
+    # quickstart's data). 2 or more: sites that differ as hospitals do (cxr.ingest.synthetic,
+    # SITES), equally many images each.
+    sources: int = 1
+    # How strongly the COVID rate differs between the training sites, from 0 (the same
+    # everywhere) to 1 (as far apart as the overall rate allows: the first site has none).
+    # The last site always keeps the overall rate: hold it out (--test-sources) to measure
+    # what a model learned from the site instead of the lungs.
+    confound: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.images >= 2, f"--synthetic-images must be at least 2, got {self.images}")
         _require(64 <= self.size <= 2048, f"--synthetic-size must be in [64, 2048], got {self.size}")
-        for name in ("covid_fraction", "marking_fraction", "duplicate_fraction"):
+        for name in ("covid_fraction", "marking_fraction", "duplicate_fraction", "confound"):
             value = getattr(self, name)
             _require(0 <= value <= 1, f"synthetic {name} must be in [0, 1], got {value}")
+        _require(1 <= self.sources <= MAX_SYNTHETIC_SOURCES,
+                 f"--synthetic-sources must be in [1, {MAX_SYNTHETIC_SOURCES}], got {self.sources}")
+        _require(self.confound == 0 or self.sources >= 3,
+                 "--synthetic-confound needs --synthetic-sources 3 or more: two training sites to differ, "
+                 "and the last one to hold out")
+        _require(self.images >= 2 * self.sources, f"--synthetic-images {self.images} is too few for "
+                                                  f"{self.sources} sources of two classes each")
 
 
 KAGGLE_SOURCE = "kaggle"
@@ -174,9 +241,13 @@ class PreprocessConfig:
     classes: tuple[str, ...] | None = None
     clahe: ClaheConfig = field(default_factory=ClaheConfig)
     markings: MarkingConfig = field(default_factory=MarkingConfig)
+    lungs: LungFocusConfig = field(default_factory=LungFocusConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    # A CSV (local or s3://) of per-image metadata: a path or file-name column, a source
+    # column, any others kept as shard columns (cxr.ingest.metadata).
+    metadata: str | None = None
     # Larger images are rejected from their header, before any pixel is decoded.
     max_pixels: int = 50_000_000
     # Images are downscaled to this longest side before marking detection and CLAHE: both
@@ -199,6 +270,8 @@ class PreprocessConfig:
             _require(all(c and "/" not in c for c in self.classes), f"bad class names in --classes: {list(self.classes)}")
         _require(is_kaggle_source(self.source) or (self.download.raw_cache is None and not self.download.archive),
                  "--raw-cache and --kaggle-archive apply to --source kaggle only")
+        _require(self.metadata is None or (bool(self.metadata) and self.source != "synthetic"),
+                 "--metadata applies to folder, zip, S3 and Kaggle sources (synthetic images carry their own)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -213,26 +286,64 @@ def check_model_name(name: str) -> None:
     _require(name in MODEL_NAMES, f"--model must be one of {', '.join(MODEL_NAMES)}, got {name!r}")
 
 
+# Appearance augmentation at strength 1 (--appearance-augment 1): the ranges a replica of
+# the scratch CNN trained with when it moved the held-out-source AUC most (issue 17): gamma
+# from e^-0.3 to e^0.3, contrast and brightness by up to 30% and 10%, Gaussian blur of up
+# to 1 px of the model's input, noise up to 3% of full scale, and a round trip through
+# down to 60% of the resolution.
+APPEARANCE_PRESET = {"gamma": 0.3, "contrast": 0.3, "brightness": 0.1, "blur": 1.0, "noise": 0.03,
+                     "resolution": 0.4}
+# Largest strength of each (geometric ones and gamma/contrast/brightness: below 0.5 or 1; the
+# tune space doubles the defaults, so every limit holds twice the preset).
+_AUGMENT_LIMITS = {"rotation": 0.5, "shift": 0.5, "zoom": 0.5, "gamma": 1.0, "contrast": 1.0, "brightness": 0.5,
+                   "blur": 4.0, "noise": 0.2, "resolution": 0.9}
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
-    """On-the-fly augmentation of training images, as the paper's Keras image generator.
+    """On-the-fly augmentation of training images (cxr.train.data.augmentation).
 
-    Rotation is a fraction of a full turn (0.03 is about 11 degrees); shift and zoom are
-    fractions of the image side. All zero turns augmentation off.
+    Geometric, as the paper's Keras image generator: rotation is a fraction of a full turn
+    (0.03 is about 11 degrees); shift and zoom are fractions of the image side.
+    Appearance, as hospitals differ (cxr.train.appearance), each drawn per image (blur and
+    resolution per batch): gamma is the largest |log gamma|; contrast and brightness the
+    largest relative change and shift; blur the largest Gaussian sigma in pixels of the
+    model's input; noise the largest standard deviation of added Gaussian noise (full scale 1);
+    resolution the largest fraction of the side lost in a down- and up-scaling round trip.
+    Appearance is off by default until measured. All zero turns augmentation off.
     """
 
     rotation: float = 0.03
     shift: float = 0.08
     zoom: float = 0.1
+    gamma: float = 0.0
+    contrast: float = 0.0
+    brightness: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
+    resolution: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("rotation", "shift", "zoom"):
+        for name, limit in _AUGMENT_LIMITS.items():
             value = getattr(self, name)
-            _require(0 <= value < 0.5, f"augmentation {name} must be in [0, 0.5), got {value}")
+            _require(0 <= value < limit, f"augmentation {name} must be in [0, {limit}), got {value}")
 
     @property
     def enabled(self) -> bool:
-        return any((self.rotation, self.shift, self.zoom))
+        return any(getattr(self, name) for name in _AUGMENT_LIMITS)
+
+    @property
+    def appearance(self) -> bool:
+        return any(getattr(self, name) for name in APPEARANCE_PRESET)
+
+    def scaled(self, strength: float) -> AugmentConfig:
+        """Every strength times `strength` (the result is checked as any config)."""
+        return AugmentConfig(**{name: round(getattr(self, name) * strength, 6) for name in _AUGMENT_LIMITS})
+
+    def with_appearance(self, strength: float) -> AugmentConfig:
+        """These geometric strengths, and the appearance preset times `strength` (0: none)."""
+        return dataclasses.replace(self, **{name: round(value * strength, 6)
+                                            for name, value in APPEARANCE_PRESET.items()})
 
 
 @dataclass(frozen=True)
@@ -390,11 +501,10 @@ DEFAULT_SPACE = (
 )
 
 
-def scaled_augmentation(strength: float) -> AugmentConfig:
-    """The training job's default augmentation times `strength` (AugmentConfig checks the result)."""
-    default = AugmentConfig()
-    return AugmentConfig(rotation=round(default.rotation * strength, 6), shift=round(default.shift * strength, 6),
-                         zoom=round(default.zoom * strength, 6))
+def scaled_augmentation(strength: float, base: AugmentConfig | None = None) -> AugmentConfig:
+    """`base` (default: the training job's default augmentation) times `strength`
+    (AugmentConfig checks the result)."""
+    return (base or AugmentConfig()).scaled(strength)
 
 
 @dataclass(frozen=True)
@@ -453,7 +563,8 @@ class TuneConfig:
         fields (the trial's storage and name)."""
         values = {name: _as_setting(name, value) for name, value in drawn.items()}
         if "augment" in values:
-            values["augment"] = scaled_augmentation(values["augment"])
+            # The sweep's own augmentation scaled: appearance asked for stays in every trial.
+            values["augment"] = scaled_augmentation(values["augment"], self.train.augment)
         return dataclasses.replace(self.train, **values, **changes)
 
     def to_dict(self) -> dict:

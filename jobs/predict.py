@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Batch inference on raw chest X-rays with Ray Data.")
     parser.add_argument("--model", required=True, help=f"an exported model folder: <storage>/<name>/{EXPORT_DIR}")
     parser.add_argument("--input", required=True,
-                        help="a folder, s3:// prefix or .zip of images (.png, .jpg) at any depth")
+                        help="a folder, s3:// prefix or .zip of images (PNG, JPEG, DICOM) at any depth")
     parser.add_argument("--output", required=True,
                         help=f"folder or s3:// prefix for {PREDICTIONS_FILE}, {PREDICTIONS_CSV_FILE} and "
                              f"{PREDICTIONS_SUMMARY_FILE}")

@@ -16,8 +16,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cxr.config import (KAGGLE_DEFAULT_CLASSES, KAGGLE_DEFAULT_DATASET, MARKING_POLICIES,  # noqa: E402
-                        ClaheConfig, DownloadConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig,
-                        parse_classes)
+                        MAX_SYNTHETIC_SOURCES,
+                        ClaheConfig, DownloadConfig, LungFocusConfig, MarkingConfig, PreprocessConfig, SplitConfig,
+                        SyntheticConfig, parse_classes)
 from cxr.errors import UserError  # noqa: E402
 from cxr.runtime import run_job, setup_logging  # noqa: E402
 
@@ -42,6 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="what to do with images carrying burned-in markings (default: %(default)s)")
     parser.add_argument("--marking-threshold", type=float, default=defaults.markings.threshold,
                         help="marking score at or above which the policy applies (default: %(default)s)")
+    parser.add_argument("--remove-all-markings", action="store_true",
+                        help="inpaint every burned-in mark the detector finds in a kept image, not only those "
+                             "at or above --marking-threshold; recorded, so scoring does the same")
+    parser.add_argument("--lung-crop", action="store_true",
+                        help="crop each image to the box around its lung fields, found per image; recorded, "
+                             "so evaluate and predict do the same")
+    parser.add_argument("--lung-suppress", action="store_true",
+                        help="black out everything outside the lung fields (with --lung-crop or alone)")
+    parser.add_argument("--lung-margin", type=float, default=defaults.lungs.margin,
+                        help="how far the lung fields are grown before cropping or blacking out, as a fraction "
+                             "of their box (default: %(default)s)")
     parser.add_argument("--clahe-clip-limit", type=float, default=defaults.clahe.clip_limit)
     parser.add_argument("--clahe-kernel-size", type=int, default=defaults.clahe.kernel_size,
                         help="CLAHE tile size in pixels (default: 1/8 of the image)")
@@ -49,6 +61,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default=",".join(f"{r:g}" for r in defaults.split.ratios.values()),
                         help="train,val,test ratios (default: %(default)s)")
     parser.add_argument("--split-seed", type=int, default=defaults.split.seed)
+    parser.add_argument("--test-sources", default=None, metavar="A,B",
+                        help="leave these sources out: all their images go to the test split and none to "
+                             "train or val (names as in the manifest's per-source counts)")
+    parser.add_argument("--metadata", default=defaults.metadata, metavar="CSV",
+                        help="per-image metadata (local or s3://): a path (relative to --source) or file_name "
+                             "column, a source column, and other columns to keep in the shards")
+    parser.add_argument("--near-duplicate-distance", type=int, default=defaults.split.near_duplicate_distance,
+                        help="images whose 256-bit fingerprints differ in at most this many bits are "
+                             "near-duplicates, kept in one split; -1: off (default: %(default)s)")
     parser.add_argument("--rows-per-shard", type=int, default=defaults.rows_per_shard)
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
                         help="larger images are rejected unread (default: %(default)s)")
@@ -56,6 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--synthetic-seed", type=int, default=defaults.synthetic.seed)
     parser.add_argument("--synthetic-size", type=int, default=defaults.synthetic.size,
                         help="side of the generated originals in pixels, before --image-size (default: %(default)s)")
+    parser.add_argument("--synthetic-covid-fraction", type=float, default=defaults.synthetic.covid_fraction,
+                        help="share of COVID images over all sites (default: %(default)s)")
+    parser.add_argument("--synthetic-sources", type=int, default=defaults.synthetic.sources,
+                        help="sites the images come from, each with its own acquisition look, up to "
+                             f"{MAX_SYNTHETIC_SOURCES} (default: %(default)s: one broad source)")
+    parser.add_argument("--synthetic-confound", type=float, default=defaults.synthetic.confound,
+                        help="0 to 1: how far the COVID rate differs between the sites, except the last, which "
+                             "keeps the overall rate (hold it out with --test-sources) (default: %(default)s)")
     kaggle = parser.add_argument_group("Kaggle sources")
     kaggle.add_argument("--raw-cache", default=defaults.download.raw_cache,
                         help="local folder or s3:// prefix that keeps the downloaded originals; "
@@ -84,14 +113,20 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
     if len(ratios) != 3:
         raise UserError(f"--split must be three comma-separated numbers, got {args.split!r}")
     classes = parse_classes(args.classes, args.source)
+    test_sources = tuple(name.strip() for name in args.test_sources.split(",")) if args.test_sources else ()
     return PreprocessConfig(
         source=args.source, output=args.output, overwrite=args.overwrite, classes=classes,
         image_size=args.image_size, max_pixels=args.max_pixels, rows_per_shard=args.rows_per_shard,
-        markings=MarkingConfig(policy=args.markings, threshold=args.marking_threshold),
+        markings=MarkingConfig(policy=args.markings, threshold=args.marking_threshold,
+                               remove_all=args.remove_all_markings),
+        lungs=LungFocusConfig(crop=args.lung_crop, suppress=args.lung_suppress, margin=args.lung_margin),
         clahe=ClaheConfig(kernel_size=args.clahe_kernel_size, clip_limit=args.clahe_clip_limit,
                           nbins=args.clahe_nbins),
-        split=SplitConfig(*ratios, seed=args.split_seed),
-        synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed, size=args.synthetic_size),
+        split=SplitConfig(*ratios, seed=args.split_seed, test_sources=test_sources,
+                          near_duplicate_distance=args.near_duplicate_distance), metadata=args.metadata,
+        synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed, size=args.synthetic_size,
+                                  covid_fraction=args.synthetic_covid_fraction, sources=args.synthetic_sources,
+                                  confound=args.synthetic_confound),
         download=DownloadConfig(raw_cache=args.raw_cache, archive=args.kaggle_archive,
                                 concurrency=args.download_concurrency, retries=args.download_retries,
                                 timeout_seconds=args.download_timeout, max_failed_share=args.max_failed_share))

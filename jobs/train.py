@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cxr.config import LR_SCHEDULES, MODEL_NAMES, AugmentConfig, TrainConfig, parse_node_labels  # noqa: E402
+from cxr.errors import UserError  # noqa: E402
 from cxr.runtime import run_job, setup_logging  # noqa: E402
 
 
@@ -48,7 +49,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, name_help: str) -> N
     parser.add_argument("--dropout", type=float, default=defaults.dropout,
                         help="dropout around the dense head; 0 for none (default: %(default)s)")
     parser.add_argument("--no-class-weights", action="store_true", help="do not weight classes by frequency")
-    parser.add_argument("--no-augment", action="store_true", help="no on-the-fly augmentation")
+    parser.add_argument("--no-augment", action="store_true", help="no on-the-fly geometric augmentation")
+    parser.add_argument("--appearance-augment", type=float, default=0.0, metavar="STRENGTH",
+                        help="appearance augmentation (gamma, contrast, brightness, blur, noise, resolution loss) "
+                             "as hospitals differ: 1 is the preset, 0 none (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
@@ -66,12 +70,15 @@ def add_training_arguments(parser: argparse.ArgumentParser, name_help: str) -> N
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
+    if args.appearance_augment < 0:
+        raise UserError(f"--appearance-augment must not be negative, got {args.appearance_augment}")
     return TrainConfig(
         data=args.data, model=args.model, weights=args.weights, storage=args.storage, name=args.name,
         epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule, dropout=args.dropout,
         class_weights=not args.no_class_weights,
-        augment=AugmentConfig(0, 0, 0) if args.no_augment else AugmentConfig(),
+        augment=(AugmentConfig(0, 0, 0) if args.no_augment else AugmentConfig()).with_appearance(
+            args.appearance_augment),
         workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures, cache_mib=args.cache_mib, seed=args.seed, fail_at_epoch=args.fail_at_epoch,
         node_labels=parse_node_labels(args.node_label))

@@ -22,19 +22,27 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from tests.trees import png_bytes, synthetic_png
+from tests.trees import kaggle_sheet, png_bytes, synthetic_png
 
 PORT = 7777  # where kagglesdk's TEST environment goes; not configurable in the client
 API = "/api/v1/datasets.DatasetApiService/"
 WRAPPER = "COVID-19_Radiography_Dataset"
 CLASS_SIZES = {"COVID": 8, "Normal": 10, "Lung_Opacity": 4, "Viral Pneumonia": 3}
+# Where each class's images come from, by their metadata sheets' URLs (image i: the i-th modulo).
+SHEET_URLS = {"COVID": ("https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/", "https://sirm.org/covid-19/"),
+              "Normal": ("https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data",
+                         "https://www.kaggle.com/paultimothymooney/chest-xray-pneumonia")}
+SHEET_SOURCES = {"COVID": ("bimcv", "sirm"), "Normal": ("rsna", "pediatric-pneumonia")}
 
 
 def kaggle_layout(sizes: dict[str, int] = CLASS_SIZES, side: int = 64) -> dict[str, bytes]:
     """The COVID-19 Radiography Database's layout in miniature: images, masks, metadata files."""
     files = {f"{WRAPPER}/README.md.txt": b"COVID-19 Radiography Database (synthetic stand-in)\n"}
     for c, (class_name, count) in enumerate(sizes.items()):
-        files[f"{WRAPPER}/{class_name}.metadata.xlsx"] = b"PK\x03\x04 not really a spreadsheet"
+        # Real sheets for the paper's two classes; the others' are broken, as a download can be.
+        files[f"{WRAPPER}/{class_name}.metadata.xlsx"] = (
+            kaggle_sheet(class_name, count, lambda i, urls=SHEET_URLS[class_name]: urls[i % 2])
+            if class_name in SHEET_URLS else b"PK\x03\x04 not really a spreadsheet")
         for i in range(count):
             name = f"{class_name}-{i + 1}.png"
             # Distinct indices per class: the renderer draws every non-COVID class alike.

@@ -144,3 +144,22 @@ def test_predictions():
     output = PredictionsLayout.at("s3://bucket/predictions")
     assert [output.parquet.uri, output.csv.uri, output.summary.uri] == [
         f"s3://bucket/predictions/{name}" for name in ("predictions.parquet", "predictions.csv", "summary.json")]
+
+
+def test_sources_held_out_sources_and_extra_columns_are_typed_and_older_manifests_have_none():
+    assert as_manifest().sources == {} and as_manifest().test_sources == () and as_manifest().extra_columns == ()
+    assert not as_manifest().has_column("source") and as_manifest().metadata_record() == {}
+    by_source = {"train": {"a": {"COVID": 3, "Normal": 5, "total": 8}}, "val": {}, "test": {
+        "b": {"COVID": 1, "Normal": 1, "total": 2}, "(unknown)": {"COVID": 0, "Normal": 1, "total": 1}}}
+    csv = {"uri": "m.csv", "key": "path", "columns": ["patient_id"], "rows": 9, "rows_without_image": 0,
+           "images_without_row": 1}
+    manifest = as_manifest({"counts": {"sources": by_source}, "source": {"uri": "/data", "metadata": {"csv": csv}},
+                            "columns": {"source": "string", "patient_id": "string"},
+                            "config": {"split": {"test_sources": ["b"]}, "source": "/data", "metadata": "m.csv"}})
+    assert manifest.sources["train"]["a"].per_class == {"COVID": 3, "Normal": 5}
+    assert manifest.sources["test"]["(unknown)"].total == 1
+    assert manifest.test_sources == ("b",) and manifest.extra_columns == ("patient_id",)
+    assert manifest.has_column("source") and manifest.metadata_record()["csv"] == csv
+    # Scoring other images repeats the image work, not the training data's metadata file.
+    config = manifest.preprocess_config(source="elsewhere")
+    assert config.split.test_sources == ("b",) and config.metadata is None

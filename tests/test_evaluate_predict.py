@@ -98,6 +98,21 @@ def test_evaluate_on_a_raw_image_tree(trained, tmp_path):
     assert "gradcam" not in report and "raw images" in report["data"]["evaluated"]
 
 
+def test_evaluate_on_shards_reports_near_duplicates_in_the_training_data(trained, tmp_path):
+    result = run_job("evaluate", "--run", str(trained["run"]), "--data", str(trained["shards"]), "--output",
+                     str(tmp_path / "report"), "--resamples", "100", "--gradcam-examples", "0", env=trained["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    overlap = report["data"]["near_duplicates_in_training"]
+    manifest = json.loads((Path(trained["shards"]) / "manifest.json").read_text())
+    assert overlap["evaluated_images"] == report["data"]["images"]
+    assert overlap["training_images"] == manifest["counts"]["splits"]["train"]["total"]
+    # Exact duplicates never cross splits; the synthetic images, alike by design, are near.
+    assert overlap["with_same_fingerprint"] == 0 and 0 < overlap["with_near_duplicate"] <= overlap["evaluated_images"]
+    assert f"{overlap['with_near_duplicate']} of {overlap['evaluated_images']} evaluated images" in result.stdout
+    assert "near-duplicate among the model's" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_predict_scores_every_file_as_training_preprocessed_it(trained, tmp_path, s3_bucket, s3_client, s3_env):
     raw = tmp_path / "raw"
     paths = write_raw_images(raw, per_class=4)
@@ -157,7 +172,7 @@ def test_bad_input_fails_in_one_line(trained, tmp_path):
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "a.txt").write_text("x")
     assert_one_line_error(run_job("predict", "--model", model, "--input", str(tmp_path / "texts"),
-                                  "--output", str(tmp_path / "out"), env=env), "no .png/.jpg/.jpeg images found")
+                                  "--output", str(tmp_path / "out"), env=env), "no PNG/JPEG/DICOM images found")
     assert_one_line_error(run_job("predict", "--model", str(tmp_path / "empty"), "--input", str(tmp_path / "texts"),
                                   "--output", str(tmp_path / "out"), env=env), "no exported model")
 

@@ -24,7 +24,7 @@ from cxr.config import DownloadConfig, PreprocessConfig
 from cxr.preprocess.pipeline import run_preprocess
 from tests.cli import assert_one_line_error, run_job
 from tests.conftest import REPO
-from tests.kaggle_server import CLASS_SIZES, WRAPPER, image_name
+from tests.kaggle_server import CLASS_SIZES, SHEET_SOURCES, WRAPPER, image_name
 from tests.test_preprocess_job import check_consistent, read_output
 
 CACHE_PREFIX = "tawsifurrahman/covid19-radiography-database/versions/5"
@@ -39,6 +39,10 @@ def kaggle_env(server, ray_session=None, **extra) -> dict[str, str]:
 
 def images_of(*classes: str) -> set[str]:
     return {image_name(c, i) for c in classes for i in range(1, CLASS_SIZES[c] + 1)}
+
+
+def sheets_of(*classes: str) -> set[str]:
+    return {f"{WRAPPER}/{c}.metadata.xlsx" for c in classes}
 
 
 @pytest.fixture
@@ -79,13 +83,21 @@ def test_files_into_an_s3_raw_cache_with_faults_then_a_rerun(fake_kaggle, s3_env
     assert {"source_uri": f"kaggle:{CACHE_PREFIX}/{climber}", "reason": "wrong_layout",
             "detail": "the path leaves the dataset"}.items() <= next(
                 r for r in rejected if r["source_uri"].endswith("escaped.png")).items()
-    # Only the selected classes' images were fetched: no masks, no other classes, each once.
-    wanted = images_of("COVID", "Normal")
+    # Only the selected classes' images and metadata sheets were fetched: no masks, no other
+    # classes, each once.
+    wanted = images_of("COVID", "Normal") | sheets_of("COVID", "Normal")
     downloads = fake_kaggle.downloads()
     assert set(downloads) == wanted - {lost} and set(downloads.values()) == {1}
     assert sum(1 for e, n, s in fake_kaggle.calls if n == late and s == 429) == 1
     listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=f"raw/{CACHE_PREFIX}/files/")["Contents"]
     assert {o["Key"].split("/files/", 1)[1] for o in listed} == wanted - {lost}
+    # The sheets' URLs became each image's source, in the shards and the manifest's counts.
+    for row in (r for rows in splits.values() for r in rows):
+        index = int(row["source_uri"].rsplit("-", 1)[1].removesuffix(".png")) - 1
+        assert row["source"] == SHEET_SOURCES[row["class_name"]][index % 2]
+    sources = {name for per_split in manifest["counts"]["sources"].values() for name in per_split}
+    assert sources == {"bimcv", "sirm", "rsna", "pediatric-pneumonia"}
+    assert manifest["source"]["metadata"]["sheets"]["Normal"]["rows_without_image"] == 0
     assert "Kaggle tawsifurrahman/covid19-radiography-database version 5: downloaded 17, failed 1" in result.stdout
 
     # Credentials appear nowhere: not in the output, manifest, rejects or Ray's own logs.
@@ -101,7 +113,7 @@ def test_files_into_an_s3_raw_cache_with_faults_then_a_rerun(fake_kaggle, s3_env
     assert result.returncode == 0, result.stderr[-3000:]
     manifest, splits, rejected = read_output(str(output))
     assert manifest["source"]["kaggle"]["fetched"] == {"COVID": {"cached": 8}, "Normal": {"cached": 9, "downloaded": 1}}
-    assert fake_kaggle.downloads()[lost] == 1 and sum(fake_kaggle.downloads().values()) == len(wanted)
+    assert fake_kaggle.downloads()[lost] == 1 and sum(fake_kaggle.downloads().values()) == len(wanted)  # sheets cached
     assert not [r for r in rejected if r["reason"] == "download_failed"]
 
 
@@ -114,7 +126,8 @@ def test_an_interrupted_job_run_again_downloads_only_what_it_lacks(ray_session, 
     job = subprocess.Popen(args, cwd=REPO, env={**os.environ, **kaggle_env(fake_kaggle, ray_session)},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while sum(fake_kaggle.downloads().values()) < 4 and job.poll() is None and time.monotonic() < deadline:
+    images_downloaded = lambda: sum(n for name, n in fake_kaggle.downloads().items() if name.endswith(".png"))  # noqa: E731
+    while images_downloaded() < 4 and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     job.send_signal(signal.SIGINT)  # Ctrl-C
     _, stderr = job.communicate(timeout=120)
@@ -152,6 +165,9 @@ def test_archive_mode_downloads_the_zip_once_and_reads_its_members(ray_session, 
     uris = [r["source_uri"] for rows in splits.values() for r in rows] + [r["source_uri"] for r in rejected]
     assert all(uri.startswith(f"kaggle:{CACHE_PREFIX}/") for uri in uris)
     assert fake_kaggle.downloads() == {None: 1}  # one archive, no single files
+    # The archive's sheets give sources; the two broken ones are recorded, not silently skipped.
+    assert {r["class_name"] for r in rejected if r["reason"] == "bad_metadata"} == {"Lung_Opacity", "Viral Pneumonia"}
+    assert {r["source"] for rows in splits.values() for r in rows if r["class_name"] == "COVID"} == {"bimcv", "sirm"}
     assert (tmp_path / "raw" / CACHE_PREFIX / "covid19-radiography-database.zip").is_file()
 
 

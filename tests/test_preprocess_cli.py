@@ -34,6 +34,14 @@ def test_bad_local_sources(tmp_path, make_source, message):
 def test_bad_arguments(tmp_path):
     assert_one_line_error(run_preprocess_job("--split", "0.5,0.5", "--output", str(tmp_path / "o")), "three")
     assert_one_line_error(run_preprocess_job("--image-size", "8", "--output", str(tmp_path / "o")), "--image-size")
+    assert_one_line_error(run_preprocess_job("--synthetic-sources", "7", "--output", str(tmp_path / "o")),
+                          "--synthetic-sources must be in [1, 6], got 7")
+    assert_one_line_error(run_preprocess_job("--synthetic-sources", "2", "--synthetic-confound", "0.5",
+                                             "--output", str(tmp_path / "o")), "needs --synthetic-sources 3")
+    assert_one_line_error(run_preprocess_job("--test-sources", "site-a,,site-b", "--output", str(tmp_path / "o")),
+                          "--test-sources must be comma-separated source names")
+    assert_one_line_error(run_preprocess_job("--test-sources", "synthetic", "--output", str(tmp_path / "o")),
+                          "--test-sources names every source")
     assert not (tmp_path / "o").exists()
 
 

@@ -88,3 +88,56 @@ def test_plan_shards_groups_files_up_to_the_row_budget():
     assert [len(group) for group in plan["train"]] == [3, 3, 3, 1]
     assert sum(len(group) for group in plan["val"]) == 5 and len(plan["val"]) == 1
     assert sorted(f for group in plan["test"] for f in group) == sorted(file_rows)
+
+
+def sourced(n_per_source: int, sources: tuple[str, ...]) -> list[dict]:
+    rows = []
+    for source in sources:
+        for i in range(n_per_source):
+            rows.append({**row(f"{source}/{i:04d}.png", i % 3 == 0, f"{source}{i}"), "source": source})
+    return rows
+
+
+def test_held_out_sources_go_whole_to_test_and_nowhere_else():
+    rows = sourced(60, ("a", "b", "c", "d")) + [row("u/0.png", 0, "unknown")]
+    for ratios in ((0.8, 0.1, 0.1), (0.9, 0.1, 0.0)):
+        assignment = assign_splits(rows, SplitConfig(*ratios, test_sources=("b", "d")))
+        split_of_source = {}
+        for r in rows:
+            split_of_source.setdefault(r.get("source"), set()).add(assignment[r["source_uri"]])
+        assert split_of_source["b"] == split_of_source["d"] == {"test"}
+        assert "train" in split_of_source["a"] and "val" in split_of_source["a"]
+        # The other sources are split as if the held-out ones were not there.
+        rest = [r for r in rows if r.get("source") not in ("b", "d")]
+        assert {u: s for u, s in assignment.items() if u.split("/")[0] not in ("b", "d")} == \
+            assign_splits(rest, SplitConfig(*ratios))
+        in_test = {r.get("source") for r in rows if assignment[r["source_uri"]] == "test"}
+        assert in_test == ({"b", "d"} if ratios[2] == 0 else {"a", "b", "c", "d"} | ({None} & in_test))
+
+
+def test_a_held_out_image_copied_into_a_training_source_is_in_one_split_only():
+    rows = sourced(20, ("a", "b"))
+    twin = {**rows[23], "source_uri": "a/twin.png", "source": "a"}  # b's image, filed under a as well
+    kept, rejected = remove_duplicates(rows + [twin])
+    assignment = assign_splits(kept, SplitConfig(test_sources=("b",)))
+    splits_of_pixels = {}
+    for r in kept:
+        splits_of_pixels.setdefault(r["content_hash"], set()).add(assignment[r["source_uri"]])
+    assert all(len(s) == 1 for s in splits_of_pixels.values())
+    assert [(r["reason"], r["source_uri"]) for r in rejected] == [("duplicate", "b/0003.png")]
+
+
+def test_test_sources_must_exist_and_leave_some_for_training():
+    from cxr.errors import UserError
+    from cxr.preprocess.shards import check_test_sources
+
+    rows = sourced(3, ("a", "b"))
+    check_test_sources(rows, SplitConfig(test_sources=("b",)))
+    with pytest.raises(UserError, match=r"no image comes from x \(sources: a, b\)"):
+        check_test_sources(rows, SplitConfig(test_sources=("b", "x")))
+    with pytest.raises(UserError, match="every source"):
+        check_test_sources(rows, SplitConfig(test_sources=("a", "b")))
+    with pytest.raises(UserError, match="no image's source is known"):
+        check_test_sources(dataset(2, 2), SplitConfig(test_sources=("a",)))
+    with pytest.raises(UserError, match="duplicates"):
+        SplitConfig(test_sources=("a", "a"))

@@ -211,3 +211,89 @@ def test_zero_strengths_are_the_identity_and_evaluation_images_are_never_augment
     # Validation with augmentation asked for: the stored pixels, in order, every epoch.
     for epoch in epochs_of(worker_dataset(shard, 5, 2, seed=3, training=False, augment=strong)):
         np.testing.assert_array_equal(epoch, as_stored)
+
+
+# ---------------------------------------------------------------- appearance augmentation
+
+APPEARANCE = AugmentConfig(0, 0, 0).with_appearance(1.0)
+
+
+def textured(n: int = 8, side: int = 32) -> np.ndarray:
+    """Batches with gradients and edges, so that gamma, blur and resolution loss all show."""
+    ramp = np.linspace(20.0, 230.0, side, dtype=np.float32)
+    batch = np.broadcast_to(ramp[None, None, :, None], (n, side, side, 1)).copy()
+    batch[:, 8:20, 10:14] = 250.0
+    return batch
+
+
+def appearance_of(augment: AugmentConfig, seed: int, batch: np.ndarray | None = None) -> np.ndarray:
+    from cxr.train.data import augmentation
+
+    return augmentation(augment, seed)(textured() if batch is None else batch, training=True).numpy()
+
+
+def test_appearance_is_seeded_same_seed_same_batch_other_seed_other_batch():
+    first = appearance_of(APPEARANCE, seed=5)
+    assert not np.allclose(first, textured(), atol=1.0)
+    np.testing.assert_array_equal(first, appearance_of(APPEARANCE, seed=5))
+    assert not np.array_equal(first, appearance_of(APPEARANCE, seed=6))
+    assert first.min() >= 0 and first.max() <= 255  # still the model's input range
+
+
+@pytest.mark.parametrize("name", ["gamma", "contrast", "brightness", "blur", "noise", "resolution"])
+def test_each_appearance_strength_changes_pixels_alone_and_keeps_the_geometry(name):
+    import dataclasses
+
+    one = dataclasses.replace(AugmentConfig(0, 0, 0), **{name: getattr(APPEARANCE, name)})
+    assert one.enabled and one.appearance
+    out = appearance_of(one, seed=5)
+    assert not np.allclose(out, textured(), atol=0.5)
+    # Nothing moves: the bright bar's column stays the brightest region's column in every image.
+    assert out.shape == textured().shape
+    assert np.all(np.abs(out[:, 8:20, 10:14].mean(axis=(1, 2, 3)) - out[:, 8:20, 20:24].mean(axis=(1, 2, 3))) > 5)
+
+
+def test_zero_appearance_adds_no_layer_and_inference_is_untouched():
+    from cxr.train.data import augmentation
+
+    assert not AugmentConfig(0, 0, 0).with_appearance(0.0).enabled
+    assert [type(layer) for layer in augmentation(AugmentConfig().with_appearance(0.0), seed=1).layers] == \
+        [type(layer) for layer in augmentation(AugmentConfig(), seed=1).layers]
+    batch = textured()
+    np.testing.assert_array_equal(augmentation(APPEARANCE, seed=1)(batch, training=False).numpy(), batch)
+
+
+def test_appearance_is_off_by_default_and_scales_with_the_tune_strength():
+    from cxr.config import TrainConfig, TuneConfig
+
+    assert not AugmentConfig().appearance and not TrainConfig().augment.appearance
+    sweep = TuneConfig(train=TrainConfig(augment=AugmentConfig().with_appearance(1.0)))
+    trial = sweep.trial_config({"augment": 0.5})
+    assert trial.augment.gamma == APPEARANCE.gamma / 2 and trial.augment.zoom == AugmentConfig().zoom / 2
+
+
+def test_a_run_recorded_before_appearance_augmentation_resumes(tmp_path):
+    run = started(tmp_path)
+    old = storage.read_json(run.settings)
+    for name in ("gamma", "contrast", "brightness", "blur", "noise", "resolution"):
+        del old["config"]["augment"][name]
+    storage.write_json(run.settings, old)
+    assert settings.check_resume(run, record())[1] == []
+    with pytest.raises(UserError, match="appearance augmentation gamma"):
+        settings.check_resume(run, record(augment=AugmentConfig().with_appearance(1.0)))
+
+
+def test_training_with_appearance_augments_and_validation_never_is(ray_session):
+    from cxr.keras_lib import keras
+
+    keras()
+    from cxr.train.data import worker_dataset
+
+    rows = [{"image": image.astype(np.uint8), "label": i % 2} for i, image in enumerate(textured(20))]
+    shard = ray_session.data.from_items(rows)
+    as_stored = np.stack([r["image"] for r in rows]).astype(np.float32)
+    plain = epochs_of(worker_dataset(shard, 5, 2, seed=3, training=True, augment=None))
+    once = epochs_of(worker_dataset(shard, 5, 2, seed=3, training=True, augment=APPEARANCE))
+    assert not np.array_equal(once[0], plain[0])
+    for epoch in epochs_of(worker_dataset(shard, 5, 2, seed=3, training=False, augment=APPEARANCE)):
+        np.testing.assert_array_equal(epoch, as_stored)

@@ -60,3 +60,52 @@ def broken_files(size: int = 96) -> dict[str, bytes]:
         "empty.png": b"",
         "notes.png": b"patient list, not an image\n",
     }
+
+
+def xlsx_bytes(rows: list[list[str]], inline: bool = False, sheet_path: str = "worksheets/data.xml") -> bytes:
+    """A minimal .xlsx workbook, as Excel writes one: text as shared strings (or inline
+    strings), numbers as values, the first worksheet at `sheet_path` under xl/."""
+    from xml.sax.saxutils import escape
+
+    main = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    shared: list[str] = []
+    cells_xml = []
+    for r, row in enumerate(rows, start=1):
+        cells = []
+        for c, value in enumerate(row):
+            ref = f"{chr(ord('A') + c)}{r}"
+            if value == "":
+                continue
+            if value.replace(".", "", 1).isdigit():
+                cells.append(f'<c r="{ref}"><v>{value}</v></c>')
+            elif inline:
+                cells.append(f'<c r="{ref}" t="inlineStr"><is><t>{escape(value)}</t></is></c>')
+            else:
+                shared.append(value)
+                cells.append(f'<c r="{ref}" t="s"><v>{len(shared) - 1}</v></c>')
+        cells_xml.append(f'<row r="{r}">{"".join(cells)}</row>')
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("xl/workbook.xml", f'<workbook xmlns="{main}" xmlns:r="{rel}"><sheets>'
+                                            f'<sheet name="Sheet1" sheetId="1" r:id="rId7"/></sheets></workbook>')
+        archive.writestr("xl/_rels/workbook.xml.rels",
+                         '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+                         f'<Relationship Id="rId7" Type="{rel}/worksheet" Target="{sheet_path}"/></Relationships>')
+        archive.writestr(f"xl/{sheet_path}", f'<worksheet xmlns="{main}"><sheetData>{"".join(cells_xml)}'
+                                              '</sheetData></worksheet>')
+        if shared:
+            # A rich-text item too: runs of formatted text are one string.
+            items = "".join(f"<si><t>{escape(s)}</t></si>" if i else
+                            f"<si><r><t>{escape(s[:2])}</t></r><r><t>{escape(s[2:])}</t></r></si>"
+                            for i, s in enumerate(shared))
+            archive.writestr("xl/sharedStrings.xml", f'<sst xmlns="{main}">{items}</sst>')
+    return buffer.getvalue()
+
+
+def kaggle_sheet(class_name: str, count: int, url_of) -> bytes:
+    """`<class>.metadata.xlsx` as the Kaggle archive has it: FILE NAME (upper case, no extension,
+    as its Normal sheet writes it), FORMAT, SIZE, URL."""
+    rows = [["FILE NAME", "FORMAT", "SIZE", "URL"]]
+    rows += [[f"{class_name.upper()}-{i + 1}", "PNG", "256*256", url_of(i)] for i in range(count)]
+    return xlsx_bytes(rows)

@@ -10,6 +10,7 @@ cxr.evaluate.shortcuts); the report puts the three side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -21,6 +22,8 @@ from cxr import runtime, storage
 from cxr.artifacts import MODEL_CARD_FILE, REPORT_MARKDOWN_FILE, ReportLayout, ShardsLayout, read_manifest
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
+from cxr.evaluate.by_source import summary_lines
+from cxr.evaluate.overlap import training_overlap
 from cxr.evaluate.report import build_report, format_ci, write_report
 from cxr.evaluate.shortcuts import VARIANTS, variant_functions
 from cxr.ingest import sources
@@ -41,6 +44,9 @@ class Scored:
     probs: dict[str, np.ndarray]
     rejected: dict[str, int]
     images: object  # callable: source_uris -> uint8 (n, H, W) images, for Grad-CAM
+    sources: list[str | None]  # each image's source, None when unknown
+    held_out: tuple[str, ...] = ()  # the sources the evaluated split holds out from training (--test-sources)
+    shards: str | None = None  # the shard set scored, if it was one
 
 
 def run_evaluation(config: EvaluateConfig) -> dict:
@@ -62,6 +68,10 @@ def run_evaluation(config: EvaluateConfig) -> dict:
                  else score_data(export, config))
     log.debug("scored %d images of %s", len(evaluated.labels), evaluated.description)
     report = build_report(export, evaluated, validation, config)
+    if config.data is not None and evaluated.shards is not None and training_data is not None:
+        overlap = training_overlap(training_data, evaluated.shards, config.split, evaluated.source_uris)
+        if overlap is not None:
+            report["data"]["near_duplicates_in_training"] = overlap
     report["seconds"] = round(time.time() - started, 1)
     report["output"] = output.root.uri
     write_report(report, export, evaluated, output, config)
@@ -98,9 +108,12 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
     paths = manifest.split_paths(data, split)
     if not paths or manifest.splits[split].total == 0:
         raise UserError(f"{data.uri}: the {split} split is empty")
-    rows = score(shard_images(data, paths), export, variant_functions(variants), gpu=config.gpu,
-                 actors=config.actors).take_all()
-    return _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths))
+    rows = score(shard_images(data, paths, with_source=manifest.has_column("source")), export,
+                 variant_functions(variants), gpu=config.gpu, actors=config.actors).take_all()
+    held_out = manifest.test_sources if split == "test" else ()
+    scored = _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths),
+                     held_out)
+    return dataclasses.replace(scored, shards=data.uri)
 
 
 def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
@@ -124,7 +137,7 @@ def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
 
 
 def _scored(description: str, rows: list[dict], variants: tuple[str, ...], rejected: dict[str, int],
-            images) -> Scored:
+            images, held_out: tuple[str, ...] = ()) -> Scored:
     rows = sorted(rows, key=lambda r: r["source_uri"])
     rejected = dict(rejected)
     # Only "ok": an image with markings of the kind preprocessing dropped from the training
@@ -138,7 +151,9 @@ def _scored(description: str, rows: list[dict], variants: tuple[str, ...], rejec
     return Scored(description=description, source_uris=[r["source_uri"] for r in rows],
                   labels=np.array([r["label"] for r in rows], dtype=np.int64),
                   probs={v: np.stack([r[f"probs_{v}"] for r in rows]).astype(np.float64) for v in variants},
-                  rejected=rejected, images=images)
+                  rejected=rejected, images=images, held_out=held_out,
+                  # Ray Data may turn a batch's all-None object column into NaN: a source is text or nothing.
+                  sources=[r.get("source") if isinstance(r.get("source"), str) else None for r in rows])
 
 
 def format_summary(report: dict) -> str:
@@ -150,6 +165,12 @@ def format_summary(report: dict) -> str:
         masked = report["shortcuts"]["variants"]["lungs_masked"]["auc"]
         lines.append(f"  AUC with the lungs blacked out {format_ci(masked)}: see the shortcut check in "
                      f"{REPORT_MARKDOWN_FILE}")
+    lines += summary_lines(report.get("sources"), format_ci)
+    overlap = report["data"].get("near_duplicates_in_training")
+    if overlap:
+        lines.append(f"  {overlap['with_near_duplicate']} of {overlap['evaluated_images']} evaluated images have a "
+                     f"near-duplicate in the model's training data "
+                     f"(fingerprints <= {overlap['max_distance']} bits apart)")
     lines.append(f"  report: {report['output']}/{REPORT_MARKDOWN_FILE}, "
                  f"model card: {report['output']}/{MODEL_CARD_FILE}")
     return "\n".join(lines)

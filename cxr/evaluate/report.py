@@ -15,7 +15,7 @@ import numpy as np
 from cxr import storage
 from cxr.artifacts import (CONFUSION_FIGURE, GRADCAM_FIGURE, LEARNING_CURVE_FILE, MODEL_CARD_FILE, RELIABILITY_FIGURE,
                            REPORT_FILE, ROC_FIGURE, ReportLayout, figure_path, positive_label)
-from cxr.evaluate import figures, metrics
+from cxr.evaluate import by_source, figures, metrics
 from cxr.evaluate.gradcam import grad_cam, overlay
 from cxr.evaluate.shortcuts import LUNG_ELLIPSES, VARIANTS, verdict
 from cxr.scoring.export import load_export_model
@@ -47,6 +47,9 @@ def build_report(export, evaluated, validation, config) -> dict:
         "threshold": {"value": threshold, "note": threshold_note},
         "metrics": full,
     }
+    per_source = by_source.source_metrics(evaluated, names, positive, threshold, config.resamples, config.seed)
+    if per_source is not None:
+        report["sources"] = per_source
     if "lungs_masked" in by_variant:
         auc = {v: by_variant[v]["auc"] for v in VARIANTS}
         report["shortcuts"] = {
@@ -172,7 +175,8 @@ def report_markdown(report: dict) -> str:
         f"Model `{report['model']['export']}`, evaluated on {report['data']['evaluated']}: "
         f"{report['data']['images']} images ("
         + ", ".join(f"{n} {c}" for n, c in report["data"]["per_class"].items()) + ")."
-        + (f" Not scored: {report['data']['not_scored']}." if report["data"]["not_scored"] else ""),
+        + (f" Not scored: {report['data']['not_scored']}." if report["data"]["not_scored"] else "")
+        + _overlap_sentence(report["data"].get("near_duplicates_in_training")),
         "",
         f"Not for clinical use. See {MODEL_CARD_FILE}.",
         "",
@@ -194,6 +198,7 @@ def report_markdown(report: dict) -> str:
         f"({len(full['calibration']['bins'])} bins of top-class confidence); see {figure_path(RELIABILITY_FIGURE)}.",
         "",
     ]
+    lines += by_source.markdown_section(report.get("sources"), names, format_ci)
     if "shortcuts" in report:
         lines += ["## Shortcut check", "", report["shortcuts"]["verdict"], "",
                   f"The lung fields are a fixed template of two ellipses ({REPORT_FILE}: shortcuts.lung_template); "
@@ -206,6 +211,17 @@ def report_markdown(report: dict) -> str:
                   f"model used, not where disease is; heat outside the lungs is a warning sign.", ""]
     lines += ["## Figures", ""] + [f"- {path}" for path in report.get("figures", [])] + [""]
     return "\n".join(lines)
+
+
+def _source_performance(per_source: dict | None) -> list[str]:
+    """The model card's lines on sources: the held-out and training groups, or each source."""
+    if not per_source:
+        return []
+    lines = [f"- {by_source.split_note(per_source)}"]
+    named = per_source["groups"] or per_source["per_source"]
+    for name, m in named.items():
+        lines.append(f"- {name}: {m['n']} images, accuracy {format_ci(m['accuracy'])}, ROC AUC {format_ci(m['auc'])}")
+    return lines
 
 
 def _fmt_threshold(value: float | None) -> str:
@@ -231,7 +247,7 @@ def model_card(report: dict) -> str:
         "## Intended use",
         "",
         "Research and teaching: studying how image classifiers behave on chest X-rays, including their shortcuts. "
-        "Input: one frontal (PA/AP) chest X-ray, any size, PNG or JPEG, preprocessed by this project exactly as "
+        "Input: one frontal (PA/AP) chest X-ray, any size, PNG, JPEG or DICOM, preprocessed by this project exactly as "
         "the training data. Output: a probability per class.",
         "",
         "## Data",
@@ -266,6 +282,7 @@ def model_card(report: dict) -> str:
         *[f"- {n}: sensitivity {format_ci(full['per_class'][n]['sensitivity'])}, specificity "
           f"{format_ci(full['per_class'][n]['specificity'])}" for n in model["class_names"]],
         f"- expected calibration error {full['calibration']['ece']:.3f}",
+        *_source_performance(report.get("sources")),
         "",
         "## Known confounders and limits",
         "",
@@ -277,8 +294,21 @@ def model_card(report: dict) -> str:
         lines.append(f"- Shortcut check on the evaluated images: {report['shortcuts']['verdict']}")
     lines += [
         "- The lung-field template of the shortcut check is fixed, not segmented per image.",
-        "- Near-duplicate images of one patient may sit in different splits; only exact pixel duplicates are removed.",
-        "- Performance on other hospitals, devices, children, or other lung diseases is unknown.",
+        "- Near-duplicates (resized, re-windowed, re-compressed copies) are kept in one split only when the "
+        "preprocessing grouped them (`--near-duplicate-distance`); two films of one patient are not detected.",
+        ("- Performance on other hospitals than those evaluated, devices, children, or other lung diseases is "
+         "unknown." if not (report.get("sources") or {}).get("held_out") else
+         "- Held-out sources measure one unseen hospital or collection each; performance on others, devices, "
+         "children, or other lung diseases is unknown."),
         "",
     ]
     return "\n".join(lines)
+
+
+def _overlap_sentence(overlap: dict | None) -> str:
+    if not overlap:
+        return ""
+    return (f" {overlap['with_near_duplicate']} of them have a near-duplicate among the model's "
+            f"{overlap['training_images']} training images (fingerprints at most {overlap['max_distance']} of 256 "
+            f"bits apart; {overlap['with_same_fingerprint']} with the same fingerprint): their scores are not "
+            "evidence of generalisation.")

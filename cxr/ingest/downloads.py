@@ -92,7 +92,22 @@ def list_kaggle(config: PreprocessConfig) -> sources.Listing:
             return "file", cache.file(name).uri, ""
         return "kaggle", name, ""
 
-    listing = sources.list_tree("kaggle", ref.uri, list(files), config.classes, ref.file_uri, read_spec)
+    def read_sheet(name: str) -> bytes:
+        # A metadata sheet is read here, on the driver: the listing needs its sources.
+        kind, location, _ = read_spec(name)
+        if kind == "file":
+            return storage.read_bytes(storage.resolve(location))
+        client = remote.client()
+        try:
+            data = remote.fetch(client, files[name])
+        finally:
+            client.__exit__(None, None, None)
+        if cache is not None:
+            _store(cache, name, data)
+        return data
+
+    listing = sources.list_tree("kaggle", ref.uri, list(files), config.classes, ref.file_uri, read_spec,
+                                read_sheet=read_sheet)
     for item in listing.items:
         item["fetch"] = "cached" if item["kind"] == "file" else None
         item["size"] = files[item["location"]].size if item["kind"] == "kaggle" else 0

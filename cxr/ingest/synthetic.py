@@ -9,6 +9,13 @@ The COVID class differs from Normal only by bilateral, peripheral, lower-zone ha
 ground-glass opacities of variable strength. Everything else (anatomy, exposure, noise,
 shape, burned-in markings) is drawn from one distribution shared by both classes, so a
 classifier can only succeed by looking at the lungs.
+
+Sites (`SITES`) are the testbed for shortcut learning: each draws the acquisition from
+its own narrower distribution, as hospitals differ (exposure and gamma curve, noise, blur,
+collimation border, laterality-marker style, patient size and age), and none of it
+depends on the class. Whether a site's images are more often COVID is decided by the
+listing (cxr.ingest.sources, SyntheticConfig.confound), never here: the disease signs stay
+in the lungs, and the site is a shortcut only when the data set's class rates make it one.
 """
 
 from __future__ import annotations
@@ -23,6 +30,58 @@ from skimage.filters import gaussian
 SYNTHETIC_CLASSES = ("COVID", "Normal")
 MARKING_KINDS = ("text", "letter", "arrow", "ruler")  # "letter" = a lone laterality letter
 HEAVY_MARKING_KINDS = ("text", "arrow", "ruler")  # what the marking filter should catch
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How a site takes its pictures: each a (low, high) range drawn per image.
+
+    Blur is a Gaussian sigma in units of the image side / 320; noise the standard deviation
+    on [0, 1]; gain, offset and gamma the display curve; body_scale the patient's thorax in
+    the frame (children are smaller); border the collimation or shutter frame, a fraction
+    of the side, painted black or white; marker the laterality letter's corner.
+    """
+
+    name: str
+    blur: tuple[float, float] = (0.5, 1.0)
+    noise: tuple[float, float] = (0.008, 0.022)
+    gain: tuple[float, float] = (0.9, 1.15)
+    offset: tuple[float, float] = (-0.05, 0.05)
+    gamma: tuple[float, float] = (0.8, 1.25)
+    body_scale: tuple[float, float] = (0.92, 1.06)
+    age: tuple[int, int] = (18, 90)  # years: documents the population; body_scale draws it
+    border: str = "none"  # "none", "black" or "white"
+    border_width: tuple[float, float] = (0.0, 0.0)
+    marker: str = "none"  # "none", "top_left" or "top_right": a lone L or R
+    marker_size: tuple[float, float] = (0.04, 0.06)  # letter height, fraction of the side
+
+
+# The embedded default: one broad distribution, what every image had before sites existed.
+DEFAULT_ACQUISITION = Acquisition(name="synthetic")
+# Six hospitals, in the order SyntheticConfig.sources takes them. The ranges of a site are
+# narrow and those of different sites far apart, as between a modern flat-panel department
+# and a portable unit: CLAHE evens out some of it (exposure), not all (noise, blur, frames,
+# markers). Markers are lone letters, which the marking filter keeps (cxr.preprocess.markings).
+SITES = (
+    Acquisition("site-a", blur=(0.3, 0.45), noise=(0.003, 0.006), gain=(1.05, 1.15), offset=(0.02, 0.06),
+                gamma=(0.68, 0.78), body_scale=(0.96, 1.06), age=(40, 85), marker="top_right",
+                marker_size=(0.035, 0.045)),
+    Acquisition("site-b", blur=(1.2, 1.6), noise=(0.026, 0.034), gain=(0.85, 0.95), offset=(-0.06, -0.02),
+                gamma=(1.28, 1.42), body_scale=(0.92, 1.02), age=(20, 70), border="black",
+                border_width=(0.04, 0.07), marker="top_left", marker_size=(0.06, 0.075)),
+    Acquisition("site-c", blur=(0.65, 0.85), noise=(0.012, 0.017), gain=(0.96, 1.04), offset=(-0.02, 0.02),
+                gamma=(0.96, 1.06), body_scale=(0.90, 1.04), age=(25, 90), border="white",
+                border_width=(0.02, 0.035)),
+    Acquisition("site-d", blur=(0.5, 0.7), noise=(0.014, 0.02), gain=(0.9, 1.0), offset=(0.0, 0.04),
+                gamma=(0.84, 0.94), body_scale=(0.72, 0.84), age=(1, 12), border="black",
+                border_width=(0.015, 0.03), marker="top_right", marker_size=(0.05, 0.065)),
+    Acquisition("site-e", blur=(0.9, 1.2), noise=(0.018, 0.026), gain=(0.95, 1.08), offset=(0.04, 0.08),
+                gamma=(1.08, 1.18), body_scale=(1.0, 1.1), age=(50, 95), marker="top_left",
+                marker_size=(0.04, 0.05)),
+    Acquisition("site-f", blur=(0.4, 0.6), noise=(0.006, 0.01), gain=(1.15, 1.25), offset=(-0.1, -0.06),
+                gamma=(0.86, 0.92), body_scale=(0.94, 1.04), age=(18, 80), border="white",
+                border_width=(0.05, 0.08)),
+)
 
 
 @dataclass(frozen=True)
@@ -115,10 +174,11 @@ def _ground_glass(y, x, rng, lung_centres, lung_top, lung_bottom, half_width, st
     return strength * np.clip(haze, 0.0, 1.3)
 
 
-def _render_anatomy(height: int, width: int, is_covid: bool, rng: np.random.Generator):
+def _render_anatomy(height: int, width: int, is_covid: bool, rng: np.random.Generator,
+                    body_scale: tuple[float, float] = DEFAULT_ACQUISITION.body_scale):
     y, x = _grid(height, width)
     centre_x = 0.5 + rng.uniform(-0.03, 0.03)
-    scale = rng.uniform(0.92, 1.06)
+    scale = rng.uniform(*body_scale)
     lung_top = 0.17 + rng.uniform(-0.03, 0.03)
     lung_bottom = lung_top + 0.55 * scale
     half_width = 0.14 * scale
@@ -162,12 +222,44 @@ def _render_anatomy(height: int, width: int, is_covid: bool, rng: np.random.Gene
     return image.astype(np.float32)
 
 
-def _expose(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+def _expose(image: np.ndarray, rng: np.random.Generator, size: int,
+            acquisition: Acquisition = DEFAULT_ACQUISITION) -> np.ndarray:
     """Per-acquisition look: blur, noise, contrast and gamma differ between machines."""
-    image = gaussian(image, sigma=rng.uniform(0.5, 1.0) * size / 320, preserve_range=True)
-    image = image + rng.normal(0.0, rng.uniform(0.008, 0.022), image.shape)
-    image = np.clip(image * rng.uniform(0.9, 1.15) + rng.uniform(-0.05, 0.05), 0.0, 1.0)
-    return image ** rng.uniform(0.8, 1.25)
+    image = gaussian(image, sigma=rng.uniform(*acquisition.blur) * size / 320, preserve_range=True)
+    image = image + rng.normal(0.0, rng.uniform(*acquisition.noise), image.shape)
+    image = np.clip(image * rng.uniform(*acquisition.gain) + rng.uniform(*acquisition.offset), 0.0, 1.0)
+    return image ** rng.uniform(*acquisition.gamma)
+
+
+def _frame(image: np.ndarray, rng: np.random.Generator, acquisition: Acquisition) -> np.ndarray:
+    """The collimation or electronic-shutter border of a site: a frame of flat black or white."""
+    if acquisition.border == "none":
+        return image
+    height, width = image.shape
+    widths = rng.uniform(*acquisition.border_width, size=4)  # top, bottom, left, right
+    top, bottom = (int(round(w * height)) for w in widths[:2])
+    left, right = (int(round(w * width)) for w in widths[2:])
+    inside = np.zeros(image.shape, dtype=bool)
+    inside[top:height - bottom, left:width - right] = True
+    level = 0.03 if acquisition.border == "black" else 0.93
+    return np.where(inside, image, level + rng.normal(0.0, 0.005, image.shape)).clip(0.0, 1.0)
+
+
+def _site_marker(pixels: np.ndarray, rng: np.random.Generator, acquisition: Acquisition) -> np.ndarray:
+    """A site's laterality letter: always its corner and size, as each department has its habit."""
+    if acquisition.marker == "none":
+        return pixels
+    height, width = pixels.shape
+    font = _font(rng.uniform(*acquisition.marker_size) * height)
+    layer = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(layer)
+    letter = str(rng.choice(["L", "R"]))
+    left, top, right, bottom = draw.textbbox((0, 0), letter, font=font)
+    margin = rng.uniform(0.06, 0.08) * np.array([width, height])
+    x = margin[0] if acquisition.marker == "top_left" else width - margin[0] - (right - left)
+    draw.text((x - left, margin[1] - top), letter, font=font, fill=255)
+    canvas = _composite(pixels.astype(np.float32) / 255.0, layer, 1.0)
+    return np.round(np.clip(canvas, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def _choose_markings(rng: np.random.Generator, marking_fraction: float) -> tuple[str, ...]:
@@ -180,25 +272,31 @@ def _choose_markings(rng: np.random.Generator, marking_fraction: float) -> tuple
 
 
 def render_synthetic(
-    class_name: str, index: int, seed: int = 0, size: int = 320, marking_fraction: float = 0.15
+    class_name: str, index: int, seed: int = 0, size: int = 320, marking_fraction: float = 0.15,
+    site: int | None = None,
 ) -> SyntheticImage:
     """Image `index` of `class_name`, about `size` px per side (each side within +-10%).
 
     A share `marking_fraction` of images, chosen independently of the class, carries one
-    or more burned-in markings, listed in the result's `markings`.
+    or more burned-in markings, listed in the result's `markings`. `site` (an index into
+    SITES) takes the picture as that site does; None, with the one broad default.
     """
     if class_name not in SYNTHETIC_CLASSES:
         raise ValueError(f"class_name must be one of {SYNTHETIC_CLASSES}, got {class_name!r}")
     if not 0.0 <= marking_fraction <= 1.0:
         raise ValueError(f"marking_fraction must be in [0, 1], got {marking_fraction}")
+    if site is not None and not 0 <= site < len(SITES):
+        raise ValueError(f"site must be in [0, {len(SITES)}), got {site}")
+    acquisition = DEFAULT_ACQUISITION if site is None else SITES[site]
     root = np.random.SeedSequence([seed, SYNTHETIC_CLASSES.index(class_name), index])
     # Separate streams: the marking draw never shifts the anatomy, so the same index with
     # a different marking_fraction shows the same patient.
     anatomy_rng, marking_rng = (np.random.default_rng(s) for s in root.spawn(2))
     height = int(round(size * anatomy_rng.uniform(0.9, 1.1)))
     width = int(round(size * anatomy_rng.uniform(0.9, 1.1)))
-    image = _render_anatomy(height, width, class_name == "COVID", anatomy_rng)
-    pixels = np.round(_expose(image, anatomy_rng, size) * 255).astype(np.uint8)
+    image = _render_anatomy(height, width, class_name == "COVID", anatomy_rng, acquisition.body_scale)
+    exposed = _frame(_expose(image, anatomy_rng, size, acquisition), anatomy_rng, acquisition)
+    pixels = _site_marker(np.round(exposed * 255).astype(np.uint8), anatomy_rng, acquisition)
     markings = _choose_markings(marking_rng, marking_fraction)
     for kind in markings:
         pixels = draw_marking(pixels, kind, marking_rng)
@@ -206,9 +304,9 @@ def render_synthetic(
 
 
 def render_synthetic_png(class_name: str, index: int, seed: int = 0, size: int = 320,
-                         marking_fraction: float = 0.15) -> tuple[bytes, tuple[str, ...]]:
+                         marking_fraction: float = 0.15, site: int | None = None) -> tuple[bytes, tuple[str, ...]]:
     """`render_synthetic` as the file a source holds: PNG bytes, and the markings drawn on it."""
-    image = render_synthetic(class_name, index, seed=seed, size=size, marking_fraction=marking_fraction)
+    image = render_synthetic(class_name, index, seed=seed, size=size, marking_fraction=marking_fraction, site=site)
     buffer = io.BytesIO()
     # zlib level 1, as for the shards' PNGs (cxr.preprocess.transforms): the pipeline
     # decodes these bytes at once, so encoding fast matters more than a small file.

@@ -10,11 +10,13 @@ from collections import Counter
 from importlib import metadata
 
 from cxr import __version__
-from cxr.artifacts import SCHEMA_VERSION, SHARD_SCHEMA, SPLITS, Manifest
+from cxr.artifacts import SCHEMA_VERSION, SPLITS, UNKNOWN_SOURCE, Manifest, shard_schema
 from cxr.config import PreprocessConfig
 from cxr.ingest.sources import Listing
 
-RECORDED_PACKAGES = ("ray", "scikit-image", "pyarrow", "numpy", "pillow")
+# pydicom and its decoders: what a DICOM input became depends on them too.
+RECORDED_PACKAGES = ("ray", "scikit-image", "pyarrow", "numpy", "pillow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
+                     "pylibjpeg-openjpeg", "pylibjpeg-rle")
 
 
 def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str]:
@@ -29,10 +31,16 @@ def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, st
 
 def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dict], assignment: dict[str, str],
                    rejects: list[dict], shard_files: dict[str, list[dict]], source_details: dict,
-                   stage_seconds: dict[str, float], wall_seconds: dict[str, float]) -> dict:
+                   stage_seconds: dict[str, float], wall_seconds: dict[str, float],
+                   near_duplicates: dict | None = None) -> dict:
     splits = {split: {name: 0 for name in listing.class_names} for split in SPLITS}
+    by_source: dict[str, dict[str, dict[str, int]]] = {split: {} for split in SPLITS}
     for row in kept:
-        splits[assignment[row["source_uri"]]][row["class_name"]] += 1
+        split = assignment[row["source_uri"]]
+        splits[split][row["class_name"]] += 1
+        per_class = by_source[split].setdefault(row.get("source") or UNKNOWN_SOURCE,
+                                                {name: 0 for name in listing.class_names})
+        per_class[row["class_name"]] += 1
     if sum(f["rows"] for files in shard_files.values() for f in files) != len(kept):
         raise RuntimeError("shard row counts do not match the kept images")  # a bug, not a user error
     if listing.found != len(kept) + len(rejects):
@@ -42,7 +50,8 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cxr_version": __version__,
         "packages": package_versions(),
-        "source": {"uri": config.source, "kind": listing.kind, "root": listing.root, **source_details},
+        "source": {"uri": config.source, "kind": listing.kind, "root": listing.root, **source_details,
+                   **({"metadata": listing.metadata} if listing.metadata else {})},
         "class_names": list(listing.class_names),
         "image": {"height": config.image_size, "width": config.image_size, "channels": 1, "format": "png"},
         "counts": {
@@ -54,13 +63,28 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
             "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
             "inpainted": sum(1 for r in kept if r.get("marking_inpainted")),
             "ignored": dict(sorted(listing.ignored.items())),
+            # Only when some image's source is known: per split, per source, per class.
+            **({"sources": {split: {source: {**per_class, "total": sum(per_class.values())}
+                                    for source, per_class in sorted(by_source[split].items())}
+                            for split in SPLITS}}
+               if any(row.get("source") for row in kept) else {}),
+            # Groups of two or more near-duplicates (each kept inside one split), and their sizes.
+            "near_duplicates": near_duplicates or {},
         },
         "shards": shard_files,
-        "columns": {field.name: str(field.type) for field in SHARD_SCHEMA},
+        "columns": {field.name: str(field.type) for field in shard_schema(listing.extra_columns)},
         "config": config.to_dict(),
         "timing": {"wall_seconds": {k: round(v, 2) for k, v in wall_seconds.items()},
                    "stage_cpu_seconds": stage_seconds},
     }
+
+
+def _focus_lines(config) -> list[str]:
+    """The generalization levers this shard set was made with; none for the defaults."""
+    done = (["every detected marking inpainted"] if config.markings.remove_all else []) + \
+           (["cropped to the lung fields"] if config.lungs.crop else []) + \
+           (["outside the lung fields blacked out"] if config.lungs.suppress else [])
+    return [f"  images {', '.join(done)} (evaluate and predict do the same)"] if done else []
 
 
 def format_summary(manifest: Manifest, output_uri: str) -> str:
@@ -77,10 +101,19 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
     lines.append(f"inputs found {counts.found} = kept {counts.kept} + rejected {counts.rejected}")
     for reason, n in counts.rejected_by_reason.items():
         lines.append(f"  rejected {reason}: {n}")
+    near = counts.near_duplicates
+    if near.get("groups"):
+        lines.append(f"  near-duplicate groups kept within one split: {near['groups']} "
+                     f"({near['images_in_groups']} images)")
     if counts.inpainted:
         lines.append(f"  kept with markings inpainted: {counts.inpainted}")
     for what, n in counts.ignored.items():
         lines.append(f"  ignored {what}: {n}")
+    lines += _focus_lines(manifest.preprocess_config())
+    lines += _metadata_lines(manifest.metadata_record())
+    # One source (the quickstart's) would only repeat the table above.
+    if len({name for per_split in manifest.sources.values() for name in per_split}) > 1:
+        lines += ["", *_source_table(manifest)]
     if manifest.kaggle:
         how = Counter()
         for per_class in manifest.kaggle.fetched.values():
@@ -89,3 +122,29 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
                      + ", ".join(f"{what} {n}" for what, n in sorted(how.items())))
     lines.append(f"took {manifest.wall_seconds:.1f} s ({counts.found / max(manifest.wall_seconds, 1e-9):.1f} inputs/s)")
     return "\n".join(lines)
+
+
+def _metadata_lines(record: dict) -> list[str]:
+    """What the metadata sheets and --metadata matched: counts and column names, never values."""
+    lines = []
+    for class_name, sheet in record.get("sheets", {}).items():
+        lines.append(f"  metadata sheet {sheet['path']}: {sheet['rows']} rows, {sheet['rows_without_image']} "
+                     f"naming no image found, {sheet['images_without_row']} {class_name} images without a row")
+    table = record.get("csv")
+    if table:
+        columns = f"; columns kept: {', '.join(table['columns'])}" if table["columns"] else ""
+        lines.append(f"  --metadata: {table['rows']} rows, {table['rows_without_image']} naming no image found, "
+                     f"{table['images_without_row']} images without a row{columns}")
+    return lines
+
+
+def _source_table(manifest: Manifest) -> list[str]:
+    names = sorted({source for per_split in manifest.sources.values() for source in per_split})
+    width = max(8, *(len(n) + 2 for n in names))
+    held_out = set(manifest.test_sources)
+    lines = ["images per source" + (f" (held out in test: {', '.join(manifest.test_sources)})" if held_out else ""),
+             f"{'source':<{width}}" + "".join(f"{s:>8}" for s in SPLITS)]
+    for name in names:
+        lines.append(f"{name:<{width}}" + "".join(
+            f"{manifest.sources[s][name].total if name in manifest.sources[s] else 0:>8}" for s in SPLITS))
+    return lines

@@ -21,12 +21,15 @@ import pyarrow.dataset as pads
 import ray
 
 from cxr import progress, runtime, storage
-from cxr.artifacts import MANIFEST_FILE, SPLITS, ShardsLayout
+from cxr.artifacts import MANIFEST_FILE, SPLITS, ShardsLayout, shard_schema
 from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
 from cxr.ingest import downloads, sources
+from cxr.ingest.metadata import EXTRA_PREFIX, read_metadata_csv
+from cxr.preprocess import dicom, fingerprints
 from cxr.preprocess import manifest as manifest_lib
 from cxr.preprocess import shards
+from cxr.preprocess.lungs import crop_to_box, find_lungs, suppress_outside
 from cxr.preprocess.markings import detect_markings, inpaint_markings
 from cxr.preprocess.transforms import (ImageRejected, apply_clahe, decode_image, encode_png, limit_size, pixel_hash,
                                        resize_square, to_grayscale, to_uint8)
@@ -40,11 +43,19 @@ ROWS_PER_BLOCK = 96
 MIN_BLOCKS_PER_CPU = 4
 
 
-def process_image(data: bytes, config: PreprocessConfig) -> dict:
+def process_image(data: bytes, config: PreprocessConfig, input_format: str = "image") -> dict:
     """One image's bytes through decode .. PNG; the shard fields plus per-stage seconds.
 
-    Raises ImageRejected when the image cannot be used; a marking drop is not an error
-    but a status, so its score and hash still reach rejected.parquet.
+    The one definition of the image work: preprocessing runs it on every input, scoring
+    (cxr.scoring.datasets) on raw images with the settings the manifest recorded, so the
+    markings removed and the lung focus are the same in training and inference.
+
+    A DICOM file (by its magic, whatever its name) is decoded to gray by cxr.preprocess.dicom,
+    a PNG or JPEG by Pillow; from grayscale on both take the same path. `input_format` is
+    what the listing read the name as (cxr.ingest.sources.input_format): a "dicom" name
+    without the magic is rejected rather than guessed at. Raises ImageRejected when the image
+    cannot be used; a marking drop is not an error but a status, so its score and hash still
+    reach rejected.parquet.
     """
     seconds: dict[str, float] = {}
     clock = perf_counter()
@@ -55,7 +66,10 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
         seconds[f"t_{stage}"] = now - clock
         clock = now
 
-    pixels = decode_image(data, config.max_pixels)
+    if input_format == "dicom" or dicom.is_dicom(data):
+        pixels = dicom.decode_dicom(data, config.max_pixels)  # already gray float32 in [0, 1]
+    else:
+        pixels = decode_image(data, config.max_pixels)
     content_hash = pixel_hash(pixels)
     lap("decode")
     gray = limit_size(to_grayscale(pixels), config.working_max_side)
@@ -64,35 +78,47 @@ def process_image(data: bytes, config: PreprocessConfig) -> dict:
     fields = {"content_hash": content_hash, "marking_score": float(marks.score),
               "orig_height": int(pixels.shape[0]), "orig_width": int(pixels.shape[1]),
               "marking_inpainted": False, "status": "ok", "detail": None}
-    if marks.score >= config.markings.threshold:
-        if config.markings.policy == "drop":
-            lap("markings")
-            return {**fields, **seconds, "status": "marking",
-                    "detail": f"marking score {marks.score:.2f} >= {config.markings.threshold}"}
-        if config.markings.policy == "inpaint":
-            gray = inpaint_markings(gray, marks.mask)
-            fields["marking_inpainted"] = True
+    heavy = marks.score >= config.markings.threshold
+    if heavy and config.markings.policy == "drop":
+        lap("markings")
+        return {**fields, **seconds, "status": "marking",
+                "detail": f"marking score {marks.score:.2f} >= {config.markings.threshold}"}
+    if (heavy and config.markings.policy == "inpaint") or (config.markings.remove_all and marks.mask.any()):
+        gray = inpaint_markings(gray, marks.mask)
+        fields["marking_inpainted"] = True
     lap("markings")
+    # The lung focus is timed with CLAHE (a stage of its own would change the staging schema).
+    lungs = find_lungs(gray, config.lungs.margin) if config.lungs.enabled else None
+    if lungs is not None and config.lungs.crop:
+        gray = crop_to_box(gray, lungs.box)
     equalized = apply_clahe(gray, config.clahe)
+    if lungs is not None and config.lungs.suppress:
+        # After CLAHE, so that the blacked-out area neither shifts its histograms nor gets lifted by them.
+        equalized = suppress_outside(equalized, crop_to_box(lungs.mask, lungs.box) if config.lungs.crop
+                                     else lungs.mask)
     lap("clahe")
     resized = resize_square(to_uint8(equalized), config.image_size)
+    fields["fingerprint"] = fingerprints.perceptual_hash(resized)
     lap("resize")
     png = encode_png(resized)
     lap("encode")
     return {**fields, **seconds, "image_png": png}
 
 
-def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None) -> pa.Table:
+def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None,
+                  extra_columns: tuple[str, ...] = ()) -> pa.Table:
     """Ray Data stage: read and process a batch of listed inputs, one staging row each.
 
     Every failure is caught per image and becomes the row's status, so one bad file never
     aborts the job and never vanishes. The batch is counted into `tally` (cxr.progress).
+    The item's source and the user's metadata columns (`extra_columns`) ride along.
     """
     rows = []
     with sources.BatchReader(config.synthetic) as reader:
         for item in batch.to_pylist():
             row = {"source_uri": item["source_uri"], "class_name": item["class_name"], "label": item["label"],
-                   "fetch": item.get("fetch")}
+                   "source": item.get("source"), "fetch": item.get("fetch"),
+                   **{name: item.get(EXTRA_PREFIX + name) for name in extra_columns}}
             start = perf_counter()
             try:
                 data, row["marking_truth"] = reader.read(item)
@@ -105,14 +131,14 @@ def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None) -> pa.T
             # A fetched image's read is its download (or its read from the raw cache).
             row["t_read"] = perf_counter() - start + (item.get("t_fetch") or 0.0)
             try:
-                row.update(process_image(data, config))
+                row.update(process_image(data, config, sources.input_format(item["source_uri"])))
             except ImageRejected as exc:
                 row.update(status=exc.reason, detail=exc.detail)
             except Exception as exc:  # noqa: BLE001 - recorded, counted and shown in the summary
                 row.update(status="processing_error", detail=one_line(exc))
             rows.append(row)
     progress.count(tally, len(rows), **Counter(row["status"] for row in rows))
-    return pa.Table.from_pylist(rows, schema=shards.STAGING_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=shards.staging_schema(extra_columns))
 
 
 def prepare_output(output: ShardsLayout, overwrite: bool) -> None:
@@ -143,10 +169,14 @@ def block_count(items: int, cpus: int) -> int:
 def run_preprocess(config: PreprocessConfig) -> dict:
     """Run the whole job; return the manifest it wrote."""
     started = time.time()
+    table = read_metadata_csv(config.metadata) if config.metadata else None  # a bad file fails first
     listing = downloads.list_kaggle(config) if is_kaggle_source(config.source) else sources.list_source(config)
     if not listing.items:
-        raise UserError(f"{listing.root}: no image files (.png, .jpg) in the class folders "
+        raise UserError(f"{listing.root}: no {sources.SUPPORTED} files in the class folders "
                         f"({len(listing.rejects)} other files)")
+    if table is not None:
+        listing = sources.with_metadata_csv(listing, table)
+    shards.check_test_sources(listing.items, config.split)
     log.info("found %d inputs in %s (%s), classes %s", listing.found, listing.root, listing.kind,
              ", ".join(listing.class_names))
     output = ShardsLayout.at(config.output)
@@ -165,7 +195,8 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     with progress.Progress("preprocess", len(listing.items), "images",
                            runtime.progress_style(ray_data_bars=True)) as shown:
         dataset = dataset.map_batches(process_batch, batch_format="pyarrow", batch_size=None,
-                                      fn_kwargs={"config": config, "tally": shown.tally})
+                                      fn_kwargs={"config": config, "tally": shown.tally,
+                                                 "extra_columns": listing.extra_columns})
         dataset.write_parquet(staging.path, filesystem=staging.fs)
     processed_at = time.time()
 
@@ -185,17 +216,20 @@ def run_preprocess(config: PreprocessConfig) -> dict:
             storage.delete_tree(staging)
             raise
     kept, duplicates = shards.remove_duplicates(ok_rows)
-    rejects += duplicates
+    kept, conflicting, near_duplicates = shards.group_near_duplicates(kept, config.split.near_duplicate_distance)
+    rejects += duplicates + conflicting
     assignment = shards.assign_splits(kept, config.split)
 
     file_rows = {path: Counter(assignment[r["source_uri"]] for r in rows if r["source_uri"] in assignment)
                  for path, rows in metadata.items()}
-    shard_files = _write_shards(staging, output, assignment, file_rows, config.rows_per_shard)
+    shard_files = _write_shards(staging, output, assignment, file_rows, config.rows_per_shard,
+                                shard_schema(listing.extra_columns))
     shards.write_rejects(rejects, output.rejected)
 
     manifest = manifest_lib.build_manifest(
         config=config, listing=listing, kept=kept, assignment=assignment, rejects=rejects,
         shard_files=shard_files, source_details=source_details, stage_seconds=_stage_seconds(processed),
+        near_duplicates=near_duplicates,
         wall_seconds={"process": processed_at - started, "total": time.time() - started})
     storage.write_json(output.manifest, manifest)
     storage.delete_tree(staging)
@@ -211,7 +245,7 @@ def _read_staging_metadata(staging: storage.Location) -> dict[str, list[dict]]:
 
 
 def _write_shards(staging: storage.Location, output: ShardsLayout, assignment: dict[str, str],
-                  file_rows: dict[str, Counter], rows_per_shard: int) -> dict[str, list[dict]]:
+                  file_rows: dict[str, Counter], rows_per_shard: int, schema: pa.Schema) -> dict[str, list[dict]]:
     """Second pass: one Ray task per final shard, regrouping kept staging rows by split."""
     write_shard = ray.remote(num_cpus=1)(shards.write_shard)
     uris_by_split: dict[str, set[str]] = defaultdict(set)
@@ -222,7 +256,7 @@ def _write_shards(staging: storage.Location, output: ShardsLayout, assignment: d
         keep = ray.put(uris_by_split[split])  # once per split, not once per task
         for index, files in enumerate(groups):
             name = ShardsLayout.shard_name(split, index)
-            pending[name] = write_shard.remote(files, keep, output.root.join(name).uri)
+            pending[name] = write_shard.remote(files, keep, output.root.join(name).uri, schema)
     rows = dict(zip(pending, ray.get(list(pending.values()))))
     shard_files: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for name, count in sorted(rows.items()):

@@ -9,24 +9,33 @@ decides, from per-image metadata, exact-duplicate removal and the train/val/test
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxr import storage
-from cxr.artifacts import REJECT_SCHEMA, SHARD_SCHEMA, SPLITS
+from cxr.errors import UserError
+from cxr.artifacts import REJECT_SCHEMA, SPLITS, shard_schema
 from cxr.config import SplitConfig
+from cxr.preprocess import fingerprints
 
 STAGES = ("read", "decode", "grayscale", "markings", "clahe", "resize", "encode")
-STAGING_SCHEMA = pa.schema(
-    # fetch: how a remote source's image was had (downloaded, cached, failed); null otherwise.
-    list(SHARD_SCHEMA) + [("status", pa.string()), ("detail", pa.string()), ("fetch", pa.string())]
-    + [(f"t_{stage}", pa.float32()) for stage in STAGES])
+
+
+def staging_schema(extra_columns: tuple[str, ...] = ()) -> pa.Schema:
+    """The shard columns (with the user's metadata columns), each image's status and stage seconds."""
+    return pa.schema(
+        # fetch: how a remote source's image was had (downloaded, cached, failed); null otherwise.
+        list(shard_schema(extra_columns)) + [("status", pa.string()), ("detail", pa.string()), ("fetch", pa.string())]
+        + [(f"t_{stage}", pa.float32()) for stage in STAGES])
+
+
+STAGING_SCHEMA = staging_schema()
 
 # What the driver reads back from the staging shards to decide duplicates and splits.
-METADATA_COLUMNS = ["source_uri", "label", "class_name", "content_hash", "status", "detail", "fetch",
-                    "marking_score", "marking_truth"] + [f"t_{stage}" for stage in STAGES]
+METADATA_COLUMNS = ["source_uri", "label", "class_name", "source", "content_hash", "status", "detail", "fetch",
+                    "marking_score", "marking_truth", "fingerprint"] + [f"t_{stage}" for stage in STAGES]
 
 
 def remove_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -52,6 +61,37 @@ def remove_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, rejected
 
 
+def group_near_duplicates(rows: list[dict], max_distance: int) -> tuple[list[dict], list[dict], dict]:
+    """Group kept rows by fingerprint; return (kept, rejected, counts).
+
+    Each kept row gets `group`: the smallest content hash of its group (its own hash when it
+    has no near-duplicate), which assign_splits keys on. A group filed under several
+    classes is rejected whole (`conflicting_duplicate`): its labels contradict each other.
+    `max_distance` -1 leaves every image in a group of its own.
+    """
+    rows = sorted(rows, key=lambda r: r["content_hash"])
+    if max_distance < 0:
+        numbers = list(range(len(rows)))
+    else:
+        numbers = fingerprints.near_duplicate_groups([r["fingerprint"] for r in rows], max_distance)
+    members: dict[int, list[dict]] = defaultdict(list)
+    for row, number in zip(rows, numbers):
+        members[number].append(row)
+    kept, rejected = [], []
+    for group in members.values():
+        if len({r["label"] for r in group}) > 1:
+            classes = sorted({r["class_name"] for r in group})
+            rejected += [_as_reject(r, "conflicting_duplicate", f"near-duplicate images filed as {', '.join(classes)}")
+                         for r in group]
+            continue
+        kept += [{**r, "group": group[0]["content_hash"]} for r in group]
+    sizes = Counter(len(g) for g in members.values() if len(g) > 1)
+    counts = {"max_distance": max_distance, "groups": sum(sizes.values()),
+              "images_in_groups": sum(size * n for size, n in sizes.items()),
+              "group_sizes": {str(size): n for size, n in sorted(sizes.items())}}
+    return kept, rejected, counts
+
+
 def _as_reject(row: dict, reason: str, detail: str) -> dict:
     return {**{name: row.get(name) for name in REJECT_SCHEMA.names}, "reason": reason, "detail": detail}
 
@@ -61,40 +101,68 @@ def split_key(content_hash: str, seed: int) -> str:
 
 
 def assign_splits(rows: list[dict], split: SplitConfig) -> dict[str, str]:
-    """Map each row's source URI to a split, stratified by label.
+    """Map each row's source URI to a split, stratified by label, a near-duplicate group whole.
 
-    Within a class, images are ordered by a hash of their pixels and cut at the ratios, so
-    the assignment depends only on which images there are: not on listing order, block
-    layout or worker count. Duplicates are removed before this, so no image can sit in two
-    splits.
+    Within a class, groups (`group`, from group_near_duplicates; a row without one is its
+    own group) are ordered by a hash of their key, a pixel hash, and cut at the ratios:
+    a group goes to the split where its first image falls. So the assignment depends only
+    on which images there are: not on listing order, block layout or worker count.
+    Duplicates are removed before this, so no image can sit in two splits. Images of
+    `split.test_sources` all go to test, whatever the ratios, with every near-duplicate of
+    theirs; the others are split as if those sources were not there.
     """
-    by_label: dict[int, list[dict]] = defaultdict(list)
+    held_out = set(split.test_sources)
+    by_label: dict[int, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        by_label[row["label"]].append(row)
+        by_label[row["label"]][row.get("group") or row["content_hash"]].append(row)
     assignment = {}
-    for members in by_label.values():
-        members.sort(key=lambda r: split_key(r["content_hash"], split.seed))
-        n = len(members)
+    for all_groups in by_label.values():
+        groups = {}
+        for key, members in all_groups.items():
+            if any(row.get("source") in held_out for row in members):
+                assignment.update((row["source_uri"], "test") for row in members)
+            else:
+                groups[key] = members
+        n = sum(len(g) for g in groups.values())
         train_end = round(n * split.train)
         # With no test split, rounding must not leave a stray image for it.
         val_end = n if split.test == 0 else min(n, train_end + round(n * split.val))
-        for i, row in enumerate(members):
-            assignment[row["source_uri"]] = "train" if i < train_end else "val" if i < val_end else "test"
+        before = 0
+        for key in sorted(groups, key=lambda k: split_key(k, split.seed)):
+            name = "train" if before < train_end else "val" if before < val_end else "test"
+            for row in groups[key]:
+                assignment[row["source_uri"]] = name
+            before += len(groups[key])
     return assignment
 
 
-def write_shard(staging_files: list[str], keep: set[str], output_uri: str) -> int:
+def check_test_sources(rows: list[dict], split: SplitConfig) -> None:
+    """--test-sources must name sources the images have, and leave some for training."""
+    if not split.test_sources:
+        return
+    known = {row.get("source") for row in rows} - {None}
+    unknown = [name for name in split.test_sources if name not in known]
+    if unknown:
+        listed = ", ".join(sorted(known)) if known else "none: no image's source is known"
+        raise UserError(f"--test-sources: no image comes from {', '.join(unknown)} (sources: {listed})")
+    if not any(row.get("source") not in split.test_sources for row in rows):
+        raise UserError("--test-sources names every source: none would be left for training")
+
+
+def write_shard(staging_files: list[str], keep: set[str], output_uri: str,
+                schema: pa.Schema | None = None) -> int:
     """Copy the rows of `keep` (source URIs) from staging files into one shard; return rows.
 
     Runs in a Ray task. Rows are sorted by content hash so a shard's content is the same
     whatever order the staging files were written in.
     """
     location = storage.resolve(output_uri)
+    schema = schema or shard_schema()
     tables = []
     for path in staging_files:
         table = pq.read_table(storage.resolve(path).path, filesystem=location.fs)
         mask = pa.array([uri in keep for uri in table.column("source_uri").to_pylist()])
-        tables.append(table.filter(mask).select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA))
+        tables.append(table.filter(mask).select(schema.names).cast(schema))
     shard = pa.concat_tables(tables).sort_by("content_hash")
     if shard.num_rows:
         # Row groups of a few hundred images: the unit a training reader fetches at once.

@@ -91,8 +91,11 @@ def to_grayscale(pixels: np.ndarray) -> np.ndarray:
 
     High-bit-depth images are scaled by their effective bit depth (the smallest 2**k - 1
     that holds their maximum): a 12-bit radiograph stored in 16 bits would otherwise come
-    out nearly black.
+    out nearly black. A float32 array is taken to be the internal type already (a decoded
+    DICOM, whose header says how to map it: cxr.preprocess.dicom) and returned as it is.
     """
+    if pixels.dtype == np.float32 and pixels.ndim == 2:
+        return pixels
     if pixels.ndim == 3:
         weights = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
         gray = pixels[..., :3].astype(np.float32) @ weights

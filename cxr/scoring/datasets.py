@@ -26,17 +26,22 @@ from cxr.preprocess.transforms import ImageRejected, decode_png_gray
 # ---------------------------------------------------------------- from shards
 
 
-def shard_images(data: storage.Location, paths: list[str]):
-    """Ray Data rows (source_uri, label, decoded image, status) of shard files, lazily."""
-    dataset = ray.data.read_parquet(paths, filesystem=data.fs).select_columns(["source_uri", "image_png", "label"])
+def shard_images(data: storage.Location, paths: list[str], with_source: bool = False):
+    """Ray Data rows (source_uri, label, decoded image, status, and the source if asked) of
+    shard files, lazily. Shards written before sources existed have no source column."""
+    columns = ["source_uri", "image_png", "label"] + (["source"] if with_source else [])
+    dataset = ray.data.read_parquet(paths, filesystem=data.fs).select_columns(columns)
     return dataset.map_batches(decode_shard_rows, batch_format="numpy")
 
 
 def decode_shard_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data stage: shard rows to what the Predictor scores."""
     images = np.stack([decode_png_gray(png) for png in batch["image_png"]])
-    return {"source_uri": batch["source_uri"], "label": np.asarray(batch["label"], dtype=np.int64),
+    rows = {"source_uri": batch["source_uri"], "label": np.asarray(batch["label"], dtype=np.int64),
             "image": images[..., None], "status": np.full(len(images), "ok", dtype=object)}
+    if "source" in batch:
+        rows["source"] = batch["source"]
+    return rows
 
 
 def shard_pixels(data: storage.Location, paths: list[str], uris: list[str]) -> np.ndarray:
@@ -84,7 +89,7 @@ def preprocess_for_model(batch: pa.Table, config: PreprocessConfig) -> dict[str,
             try:
                 data, _ = reader.read(item)
                 stage = "processing_error"
-                result = process_image(data, scoring)
+                result = process_image(data, scoring, sources.input_format(item["source_uri"]))
                 images[i, ..., 0] = decode_png_gray(result["image_png"])
                 marking[i] = result["marking_score"]
                 flagged = config.markings.policy == "drop" and result["marking_score"] >= config.markings.threshold
@@ -98,6 +103,7 @@ def preprocess_for_model(batch: pa.Table, config: PreprocessConfig) -> dict[str,
                 status.append(stage)
                 detail.append(one_line(exc))
     return {"source_uri": np.array([r["source_uri"] for r in rows], dtype=object),
+            "source": np.array([r.get("source") for r in rows], dtype=object),
             "label": np.array([r["label"] for r in rows], dtype=np.int64),
             "image": images, "marking_score": marking,
             "status": np.array(status, dtype=object), "detail": np.array(detail, dtype=object)}

@@ -15,6 +15,7 @@ from cxr.artifacts import Manifest
 from cxr.config import AugmentConfig
 from cxr.preprocess.transforms import decode_png_gray
 from cxr.keras_lib import keras
+from cxr.train.appearance import appearance_layer
 
 FEATURE = "image"
 LABEL = "label"
@@ -89,8 +90,10 @@ def augmentation(augment: AugmentConfig, seed: int):
     """The Keras model that augments a float32 (n, H, W, 1) batch when called with training=True.
 
     The paper's image generator: small rotations, shifts and zooms, each seeded (a worker
-    with the same seed augments the same way), filled with the nearest edge pixels. A
-    strength of zero adds no layer (worker_dataset skips augmentation when all are zero).
+    with the same seed augments the same way), filled with the nearest edge pixels; then,
+    when asked for, appearance (cxr.train.appearance: gamma, contrast, brightness, blur,
+    noise, resolution loss), seeded too. A strength of zero adds no layer (worker_dataset
+    skips augmentation when all are zero).
     """
     layers = keras().layers
     chosen = []
@@ -100,6 +103,8 @@ def augmentation(augment: AugmentConfig, seed: int):
         chosen.append(layers.RandomTranslation(augment.shift, augment.shift, fill_mode="nearest", seed=seed + 1))
     if augment.zoom:
         chosen.append(layers.RandomZoom(augment.zoom, fill_mode="nearest", seed=seed + 2))
+    if augment.appearance:
+        chosen.append(appearance_layer(augment, seed + 3))
     return keras().Sequential(chosen)
 
 

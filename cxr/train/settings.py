@@ -19,7 +19,7 @@ import platform
 
 from cxr import __version__, storage
 from cxr.artifacts import Manifest, RunLayout
-from cxr.config import TrainConfig
+from cxr.config import APPEARANCE_PRESET, TrainConfig
 from cxr.errors import UserError
 from cxr.preprocess.manifest import package_versions
 
@@ -32,6 +32,7 @@ RECORDED_PACKAGES = ("ray", "tensorflow", "tensorflow-cpu", "tf-keras", "numpy",
 # The command-line spelling of settings whose flag is not their name.
 _FLAGS = {"class_weights": "--no-class-weights", "augment.rotation": "augmentation rotation",
           "augment.shift": "augmentation shift", "augment.zoom": "augmentation zoom",
+          **{f"augment.{name}": f"appearance augmentation {name}" for name in APPEARANCE_PRESET},
           "node_labels": "--node-label", "manifest": "--data"}
 
 
@@ -63,6 +64,9 @@ def defining_settings(record: dict) -> dict[str, object]:
     for key, value in record["config"].items():
         if key in EXECUTION_SETTINGS:
             continue
+        if key == "augment" and isinstance(value, dict):
+            # Runs recorded before appearance augmentation existed had none.
+            value = {**{name: 0.0 for name in APPEARANCE_PRESET}, **value}
         if isinstance(value, dict):
             flat.update({f"{key}.{inner}": inner_value for inner, inner_value in value.items()})
         else:

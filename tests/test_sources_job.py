@@ -1,0 +1,139 @@
+"""Sources through the jobs, as a user runs them: into shards and the manifest (synthetic sites,
+a --metadata CSV on S3), leave-sources-out splits, and the evaluation report per source."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cxr.artifacts import Manifest
+from cxr.config import AugmentConfig, PreprocessConfig, SplitConfig, SyntheticConfig, TrainConfig
+from cxr.preprocess.manifest import format_summary
+from cxr.preprocess.pipeline import run_preprocess
+from tests.cli import assert_one_line_error, run_job
+from tests.test_preprocess_job import check_consistent, read_output
+from tests.trees import class_tree, write_tree
+
+
+def ray_env(ray_session) -> dict[str, str]:
+    return {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+
+
+def rows_of(splits: dict) -> list[tuple[str, dict]]:
+    return [(split, row) for split, rows in splits.items() for row in rows]
+
+
+def check_source_counts(manifest: dict, splits: dict) -> None:
+    """The manifest's per-source counts are the shards' rows, split by split."""
+    for split, rows in splits.items():
+        counted = {source: per_class["total"] for source, per_class in manifest["counts"]["sources"][split].items()}
+        found = {}
+        for row in rows:
+            found[row["source"] or "(unknown)"] = found.get(row["source"] or "(unknown)", 0) + 1
+        assert counted == found, split
+
+
+@pytest.mark.slow
+def test_synthetic_sites_with_a_held_out_site(ray_session, tmp_path):
+    output = tmp_path / "shards"
+    common = ["--synthetic-images", "90", "--synthetic-size", "96", "--image-size", "32",
+              "--synthetic-sources", "3", "--synthetic-confound", "0.5"]
+    result = run_job("preprocess", *common, "--test-sources", "site-c", "--output", str(output),
+                     env=ray_env(ray_session))
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, splits, rejected = read_output(str(output))
+    check_consistent(manifest, splits, rejected)
+    check_source_counts(manifest, splits)
+    placed = rows_of(splits)
+    assert {row["source"] for _, row in placed} == {"site-a", "site-b", "site-c"}
+    assert not [row for split, row in placed if row["source"] == "site-c" and split != "test"]
+    assert {row["source"] for split, row in placed if split == "train"} == {"site-a", "site-b"}
+    assert Manifest.from_dict(manifest).test_sources == ("site-c",)
+    assert "images per source (held out in test: site-c)" in result.stdout
+
+    again = run_job("preprocess", *common, "--test-sources", "site-c,site-x", "--output", str(tmp_path / "other"),
+                    env=ray_env(ray_session))
+    assert_one_line_error(again, "--test-sources: no image comes from site-x (sources: site-a, site-b, site-c)")
+    assert not (tmp_path / "other").exists()
+
+
+PATIENTS = [f"PX-{i:04d}" for i in range(12)]
+
+
+@pytest.mark.slow
+def test_metadata_csv_on_s3_for_an_s3_folder(ray_session, s3_env, s3_bucket, s3_client, tmp_path, caplog):
+    files = class_tree(per_class=6, size=64)
+    for relative, data in files.items():
+        s3_client.put_object(Bucket=s3_bucket, Key=f"hospitals/{relative}", Body=data)
+    images = sorted(r for r in files if "/images/" in r)
+    lines = ["path,source,patient_id,view"]
+    # Two hospitals, one image without a row, one row without an image.
+    for i, relative in enumerate(images[:-1]):
+        lines.append(f"{relative},{'north' if i % 2 else 'south'},{PATIENTS[i]},{'AP' if i % 3 else 'PA'}")
+    lines.append("COVID/images/not-there.png,north,PX-9999,AP")
+    s3_client.put_object(Bucket=s3_bucket, Key="meta/images.csv", Body="\n".join(lines).encode())
+
+    output = tmp_path / "shards"
+    # In this process: the session's Ray gives its S3 settings to this process's tasks only.
+    caplog.set_level("DEBUG")
+    run_preprocess(PreprocessConfig(source=f"s3://{s3_bucket}/hospitals/", metadata=f"s3://{s3_bucket}/meta/images.csv",
+                                    split=SplitConfig(test_sources=("north",)), image_size=32, output=str(output)))
+    manifest, splits, rejected = read_output(str(output))
+    check_consistent(manifest, splits, rejected)
+    assert manifest["counts"]["kept"] == 12
+    check_source_counts(manifest, splits)
+    summary = format_summary(Manifest.from_dict(manifest), str(output))
+    expected = {relative: (i, 'north' if i % 2 else 'south') for i, relative in enumerate(images[:-1])}
+    for split, row in rows_of(splits):
+        relative = row["source_uri"].split("/hospitals/", 1)[1]
+        if relative not in expected:
+            assert row["source"] is None and row["patient_id"] is None and row["view"] is None
+            continue
+        i, hospital = expected[relative]
+        assert (row["source"], row["patient_id"], row["view"]) == (hospital, PATIENTS[i], "AP" if i % 3 else "PA")
+        assert split == "test" or hospital != "north"
+    assert manifest["columns"]["patient_id"] == "string"
+    assert manifest["source"]["metadata"]["csv"]["rows_without_image"] == 1
+    assert manifest["source"]["metadata"]["csv"]["images_without_row"] == 1
+    assert "1 naming no image found, 1 images without a row; columns kept: patient_id, view" in summary
+    # Patient ids are data for the shards, never for the output or the log.
+    assert not any(p in summary + caplog.text for p in PATIENTS + ["PX-9999"])
+    assert "found 12 inputs" in caplog.text  # the log was searched
+
+
+def test_bad_metadata_csv_fails_in_one_line_before_anything_is_written(tmp_path):
+    write_tree(tmp_path / "src", class_tree(per_class=2, size=64))
+    (tmp_path / "meta.csv").write_text("path,source,patient_id\nCOVID/images/COVID-1.png,north\n")
+    result = run_job("preprocess", "--source", str(tmp_path / "src"), "--metadata", str(tmp_path / "meta.csv"),
+                     "--output", str(tmp_path / "shards"))
+    assert_one_line_error(result, "row 2 has 2 fields, the header 3")
+    assert not (tmp_path / "shards").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_reports_held_out_and_training_sources(ray_session, tmp_path):
+    from cxr.train.job import run_training
+
+    shards = str(tmp_path / "shards")
+    manifest = run_preprocess(PreprocessConfig(
+        output=shards, image_size=48, split=SplitConfig(test_sources=("site-c",)),
+        synthetic=SyntheticConfig(images=120, size=96, sources=3, confound=1.0)))
+    run_training(TrainConfig(data=shards, storage=str(tmp_path / "runs"), name="sites", epochs=1, batch_size=16,
+                             augment=AugmentConfig(0, 0, 0)))
+    result = run_job("evaluate", "--run", str(tmp_path / "runs" / "sites"), "--resamples", "100",
+                     "--gradcam-examples", "0", env=ray_env(ray_session))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "runs" / "sites" / "report" / "report.json").read_text())
+    sources = report["sources"]
+    assert sources["held_out"] == ["site-c"]
+    test_counts = manifest["counts"]["sources"]["test"]
+    assert sources["per_source"]["site-c"]["n"] == test_counts["site-c"]["total"]
+    assert sources["per_source"]["site-c"]["held_out"] and not sources["per_source"]["site-a"]["held_out"]
+    groups = sources["groups"]
+    assert groups["held-out sources"]["n"] + groups["training sources"]["n"] == report["data"]["images"]
+    assert groups["training sources"]["sources"] == sorted(set(test_counts) - {"site-c"})
+    assert "held-out sources (site-c):" in result.stdout
+    markdown = (tmp_path / "runs" / "sites" / "report" / "report.md").read_text()
+    assert "## Per source" in markdown and "holds out the source site-c" in markdown
+    assert "holds out the source site-c" in (tmp_path / "runs" / "sites" / "report" / "MODEL_CARD.md").read_text()
