@@ -205,7 +205,7 @@ def report(results: dict) -> str:
               "real test AUCs are what it costs. The shortcut check blacks out a fixed lung template: on "
               "lung-cropped images the lungs fill the frame and the template covers only their middle, so with "
               "a crop a low 'lungs blacked out' AUC is weaker evidence than without.", "",
-              f"Machine: {common.machine_markdown(results['machine'])}"]
+              f"Machine:\n{common.machine_markdown(results['machine'])}"]
     return "\n".join(lines)
 
 
