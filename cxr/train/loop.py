@@ -254,7 +254,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # they would oversubscribe it. Each takes its share instead.
     reserved = ray.get_runtime_context().get_assigned_resources().get("CPU") if loop_config["cores_shared"] else None
     tf.config.threading.set_intra_op_parallelism_threads(_compute_threads(context.get_local_world_size(), reserved))
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # One worker has nothing to all-reduce, yet MultiWorkerMirroredStrategy runs its collective
+    # ops every step: 0.63 of the default strategy's images/s for the scratch CNN at 96 px on
+    # 2 cores (docs/benchmarks.md, worker_overhead). Alone, a worker trains under the default.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
 
     checkpoint = ray.train.get_checkpoint()
     with strategy.scope():
