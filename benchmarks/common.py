@@ -95,12 +95,8 @@ def _pss_kib(pid: int) -> int:
     return int(found.group(1)) if found else 0
 
 
-def _process_tree(root: int) -> dict[int, tuple[str, float]]:
-    """`root` and its descendants: pid -> (group, CPU-seconds used so far), from /proc.
-
-    Groups: "driver" (root), "worker" (Ray task and actor processes, titled "ray::..."),
-    "system" (raylet, GCS, dashboard and agents).
-    """
+def tree_cpu_times(root: int) -> dict[int, tuple[float, float]]:
+    """`root` and its descendants: pid -> (user, system) CPU-seconds used so far, from /proc."""
     parent, cpu = {}, {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -108,17 +104,32 @@ def _process_tree(root: int) -> dict[int, tuple[str, float]]:
             if stat:  # "pid (comm) state ppid ... utime stime ...": comm may hold spaces
                 fields = stat.rsplit(")", 1)[1].split()
                 parent[int(entry.name)] = int(fields[1])
-                cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+                cpu[int(entry.name)] = (int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS)
     children: dict[int, list[int]] = {}
     for pid, ppid in parent.items():
         children.setdefault(ppid, []).append(pid)
-    tree, stack = {root: ("driver", cpu.get(root, 0.0))}, [root]
+    tree, stack = {root: cpu.get(root, (0.0, 0.0))}, [root]
     while stack:
         for child in children.get(stack.pop(), []):
-            title = _read(f"/proc/{child}/cmdline").split("\0", 1)[0]
-            worker = title.startswith("ray::") and not title.startswith(_RAY_AGENTS)
-            tree[child] = ("worker" if worker else "system", cpu[child])
+            tree[child] = cpu[child]
             stack.append(child)
+    return tree
+
+
+def _process_tree(root: int) -> dict[int, tuple[str, float]]:
+    """`root` and its descendants: pid -> (group, CPU-seconds used so far), from /proc.
+
+    Groups: "driver" (root), "worker" (Ray task and actor processes, titled "ray::..."),
+    "system" (raylet, GCS, dashboard and agents).
+    """
+    tree = {}
+    for pid, (user, system) in tree_cpu_times(root).items():
+        if pid == root:
+            group = "driver"
+        else:
+            title = _read(f"/proc/{pid}/cmdline").split("\0", 1)[0]
+            group = "worker" if title.startswith("ray::") and not title.startswith(_RAY_AGENTS) else "system"
+        tree[pid] = (group, user + system)
     return tree
 
 

@@ -7,9 +7,9 @@ First TensorFlow's CPU allocator, which a profile of the quickstart's training w
 pointed at (page faults in the kernel). This runs `jobs/train.py` unchanged, as a user does,
 on the same shards (by default the quickstart's: 1,000 synthetic images at 96 px, made once
 in a temporary folder), with TF_CPU_ALLOCATOR_USE_BFC true and false, alternating so that a
-machine's slow minutes fall on both sides. Measured: the training images/s of each epoch after the first (from the run's
-history.csv, validation excluded), the job's wall time, and the CPU time of the job's
-process tree split into user and system time.
+machine's slow minutes fall on both sides. Measured: the training images/s of each epoch
+after the first (from the run's history.csv, validation excluded), the job's wall time, and
+the CPU time of the job's process tree split into user and system time.
 
 Then the strategy: a worker alone trains under TensorFlow's default strategy, where two or
 more need MultiWorkerMirroredStrategy (cxr.train.loop). Measured in plain `model.fit` on
@@ -24,14 +24,13 @@ import argparse
 import csv
 import datetime
 import os
-import threading
-import time
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
-from time import perf_counter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # as in benchmarks/preprocess.py
@@ -41,7 +40,6 @@ from benchmarks import common  # noqa: E402
 SECTION = "worker_overhead"
 STRATEGIES = ("default", "multi-worker mirrored")
 STRATEGY_IMAGES = 704
-TICKS = os.sysconf("SC_CLK_TCK")
 PACKAGES = ("ray", "tensorflow-cpu", "tf-keras", "numpy")
 SIDES = {"BFC pool (TF_CPU_ALLOCATOR_USE_BFC=true)": "true", "system allocator (the default)": "false"}
 
@@ -58,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measure_strategy(strategy_name: str, batch_size: int, image_size: int = 96) -> None:
-    """Print 'images/s user-s system-s' of 2 epochs of plain fit under one strategy (after a warm-up epoch)."""
+    """Print 'images/s user-s system-s' of 2 epochs of plain fit under one strategy (after a warm-up epoch),
+    as the last line of this process's output."""
     from cxr.keras_lib import configure_environment
     configure_environment()
     import numpy as np
@@ -76,9 +75,9 @@ def measure_strategy(strategy_name: str, batch_size: int, image_size: int = 96) 
         model = build_model("scratch_cnn", image_size, 2)
         model.compile(optimizer="adam", loss="categorical_crossentropy")
     model.fit(data, epochs=1, verbose=0)
-    before, started = os.times(), perf_counter()
+    before, started = os.times(), time.perf_counter()
     model.fit(data, epochs=2, verbose=0)
-    seconds, after = perf_counter() - started, os.times()
+    seconds, after = time.perf_counter() - started, os.times()
     print(f"{2 * STRATEGY_IMAGES / seconds:.2f} {after.user - before.user:.1f} {after.system - before.system:.1f}")
 
 
@@ -86,41 +85,21 @@ def run_job(command: list[str], env: dict) -> tuple[float, float, float]:
     """Run a job to the end; its wall seconds and the user and system CPU seconds of its
     process tree (Ray's workers are the raylet's children, not waited for by the job, so
     the tree is read from /proc while it runs, keeping each process's last reading)."""
-    started = perf_counter()
+    started = time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last: dict[int, tuple[float, float]] = {}
     output = []
     reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
     reader.start()
     while process.poll() is None:
-        last.update(_tree_cpu(process.pid))
+        last.update(common.tree_cpu_times(process.pid))
         time.sleep(0.5)
     reader.join()
-    seconds = perf_counter() - started
+    seconds = time.perf_counter() - started
     if process.returncode != 0:
         print("".join(output)[-6000:], file=sys.stderr)
         common.fail(f"{' '.join(command[1:3])} exited with {process.returncode}")
     return seconds, sum(u for u, _ in last.values()), sum(s for _, s in last.values())
-
-
-def _tree_cpu(root: int) -> dict[int, tuple[float, float]]:
-    """pid -> (user, system) CPU seconds of `root` and its descendants."""
-    parent, cpu = {}, {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parent[int(entry.name)] = int(fields[1])
-            cpu[int(entry.name)] = (int(fields[11]) / TICKS, int(fields[12]) / TICKS)
-    tree, stack = {}, [root]
-    while stack:
-        pid = stack.pop()
-        if pid in cpu:
-            tree[pid] = cpu[pid]
-        stack.extend(child for child, ppid in parent.items() if ppid == pid)
-    return tree
 
 
 def training_rates(run: Path) -> list[float]:
@@ -129,25 +108,24 @@ def training_rates(run: Path) -> list[float]:
 
 
 def render(args: argparse.Namespace, shards: str, runs: dict[str, list[dict]],
-           strategies: dict[str, list[tuple]], machine: dict) -> str:
+           strategies: dict[str, list[dict]], machine: dict) -> str:
     def later_epochs(side):
         return [rate for run in runs[side] for rate in run["images_per_s"][1:]]
 
-    rows = []
-    for side in SIDES:
-        done = runs[side]
-        rows.append([side, f"{statistics.median(later_epochs(side)):.1f}",
-                     ", ".join(f"{rate:.1f}" for rate in later_epochs(side)),
-                     ", ".join(f"{run['seconds']:.0f}" for run in done),
-                     f"{statistics.median(run['user'] for run in done):.0f}",
-                     f"{statistics.median(run['system'] for run in done):.0f}"])
-    strategy_rows = [[name, f"{statistics.median(r[0] for r in strategies[name]):.1f}",
-                      ", ".join(f"{r[0]:.1f}" for r in strategies[name]),
-                      f"{statistics.median(r[1] for r in strategies[name]):.0f}",
-                      f"{statistics.median(r[2] for r in strategies[name]):.0f}"] for name in STRATEGIES]
-    alone, mirrored = (statistics.median(r[0] for r in strategies[name]) for name in STRATEGIES)
+    def median(done, key):
+        return statistics.median(run[key] for run in done)
+
+    rows = [[side, f"{statistics.median(later_epochs(side)):.1f}",
+             ", ".join(f"{rate:.1f}" for rate in later_epochs(side)),
+             ", ".join(f"{run['seconds']:.0f}" for run in runs[side]),
+             f"{median(runs[side], 'user'):.0f}", f"{median(runs[side], 'system'):.0f}"] for side in SIDES]
+    strategy_rows = [[name, f"{median(strategies[name], 'images_per_s'):.1f}",
+                      ", ".join(f"{run['images_per_s']:.1f}" for run in strategies[name]),
+                      f"{median(strategies[name], 'user'):.0f}", f"{median(strategies[name], 'system'):.0f}"]
+                     for name in STRATEGIES]
+    alone, mirrored = (median(strategies[name], "images_per_s") for name in STRATEGIES)
     on, off = (statistics.median(later_epochs(side)) for side in SIDES)
-    wall_on, wall_off = (statistics.median(run["seconds"] for run in runs[side]) for side in SIDES)
+    wall_on, wall_off = (median(runs[side], "seconds") for side in SIDES)
     return "\n".join([
         "## One training worker: TensorFlow's CPU allocator and the distribution strategy",
         "",
@@ -190,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         common.fail("--pairs must be at least 1 and --epochs at least 2 (the first epoch is not counted)")
     machine = common.machine_description(PACKAGES)
     python = sys.executable
-    with tempfile.TemporaryDirectory(prefix="cxr-allocator-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="cxr-worker-overhead-") as scratch:
         shards = args.shards
         if shards is None:
             shards = f"{scratch}/shards"
@@ -211,19 +189,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{side}, run {number + 1}: {seconds:.0f} s, images/s {rates}, "
                       f"CPU user {user:.0f} s, system {system:.0f} s", flush=True)
         shown = "the quickstart's synthetic shards (1,000 images, 96 px)" if args.shards is None else f"`{shards}`"
-        strategies: dict[str, list[tuple]] = {name: [] for name in STRATEGIES}
+        strategies: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
         for number in range(args.pairs):
             for name in STRATEGIES:
                 measured = subprocess.run([python, __file__, "--measure-strategy", name, "--batch-size",
-                                           str(args.batch_size)], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-                                                                       },
+                                           str(args.batch_size)], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
                                           capture_output=True, text=True)
                 if measured.returncode != 0:
                     print(measured.stderr[-3000:], file=sys.stderr)
                     common.fail(f"the {name} strategy run exited with {measured.returncode}")
-                strategies[name].append(tuple(float(v) for v in measured.stdout.split()[-3:]))
-                print(f"{name} strategy, run {number + 1}: images/s, user s, system s {strategies[name][-1]}",
-                      flush=True)
+                rate, user, system = (float(value) for value in measured.stdout.split()[-3:])
+                strategies[name].append({"images_per_s": rate, "user": user, "system": system})
+                print(f"{name} strategy, run {number + 1}: {rate:.1f} images/s, CPU user {user:.0f} s, "
+                      f"system {system:.0f} s", flush=True)
         text = render(args, shown, runs, strategies, machine)
     common.publish(SECTION, text, {"machine": machine, "runs": runs, "strategies": strategies,
                                    "epochs": args.epochs, "batch_size": args.batch_size}, not args.no_write)
