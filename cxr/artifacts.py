@@ -163,6 +163,9 @@ class Counts:
     # Near-duplicate groups kept within one split: max_distance, groups, images_in_groups,
     # group_sizes ({size: groups}); empty in a manifest written before they were counted.
     near_duplicates: Mapping = dataclasses.field(default_factory=dict)
+    # With --group-by: column, groups, images_in_groups, groups_with_several_classes,
+    # images_without_value; empty otherwise.
+    grouped_by: Mapping = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,8 @@ class Manifest:
             counts=Counts(found=counts["found"], kept=counts["kept"], rejected=counts["rejected"],
                           rejected_by_reason=_frozen(counts["rejected_by_reason"]), inpainted=counts["inpainted"],
                           ignored=_frozen(counts["ignored"]),
-                          near_duplicates=_frozen(counts.get("near_duplicates", {}))),
+                          near_duplicates=_frozen(counts.get("near_duplicates", {})),
+                          grouped_by=_frozen(counts.get("grouped_by", {}))),
             source_uri=raw["source"]["uri"],
             kaggle=_kaggle_source(raw["source"].get("kaggle")),
             sources=_frozen({split: _frozen({name: _split_counts(per_class) for name, per_class in per_source.items()})
@@ -257,8 +261,9 @@ class Manifest:
             # Manifests older than a part (lungs) were made without it: its defaults, all off.
             settings[name] = config_class(**settings.get(name, {}))
         # Which images carry a source was decided by the listing; scoring other images does
-        # not read the training data's metadata file.
+        # not read the training data's metadata file, nor group by one of its columns.
         settings.pop("metadata", None)
+        settings["split"] = dataclasses.replace(settings["split"], group_by=None)
         if settings.get("classes") is not None:
             settings["classes"] = tuple(settings["classes"])
         return PreprocessConfig(**{**settings, **overrides})

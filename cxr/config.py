@@ -107,6 +107,9 @@ class SplitConfig:
     # synthetic source's images share one drawn anatomy and group across classes at any
     # useful distance (12 bits already joins a COVID and a Normal one).
     near_duplicate_distance: int = -1
+    # A --metadata column (a patient id): images that share its value stay in one split, as
+    # near-duplicates do, so that no patient is both trained on and tested on.
+    group_by: str | None = None
 
     def __post_init__(self) -> None:
         ratios = (self.train, self.val, self.test)
@@ -120,6 +123,8 @@ class SplitConfig:
                  f"--test-sources has duplicates: {list(self.test_sources)}")
         _require(-1 <= self.near_duplicate_distance < 256,
                  f"--near-duplicate-distance must be -1 (off) to 255 bits, got {self.near_duplicate_distance}")
+        _require(self.group_by is None or (bool(self.group_by) and self.group_by.strip() == self.group_by),
+                 f"--group-by must name a --metadata column, got {self.group_by!r}")
 
     @property
     def ratios(self) -> dict[str, float]:
@@ -272,6 +277,8 @@ class PreprocessConfig:
                  "--raw-cache and --kaggle-archive apply to --source kaggle only")
         _require(self.metadata is None or (bool(self.metadata) and self.source != "synthetic"),
                  "--metadata applies to folder, zip, S3 and Kaggle sources (synthetic images carry their own)")
+        _require(self.split.group_by is None or self.metadata is not None,
+                 "--group-by names a column of --metadata, which is not given")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

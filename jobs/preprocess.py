@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--near-duplicate-distance", type=int, default=defaults.split.near_duplicate_distance,
                         help="images whose 256-bit fingerprints differ in at most this many bits are "
                              "near-duplicates, kept in one split; -1: off (default: %(default)s)")
+    parser.add_argument("--group-by", default=defaults.split.group_by, metavar="COLUMN",
+                        help="a --metadata column such as a patient id: images that share its value are kept in "
+                             "one split (its values are never printed)")
     parser.add_argument("--rows-per-shard", type=int, default=defaults.rows_per_shard)
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
                         help="larger images are rejected unread (default: %(default)s)")
@@ -123,7 +126,8 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
         clahe=ClaheConfig(kernel_size=args.clahe_kernel_size, clip_limit=args.clahe_clip_limit,
                           nbins=args.clahe_nbins),
         split=SplitConfig(*ratios, seed=args.split_seed, test_sources=test_sources,
-                          near_duplicate_distance=args.near_duplicate_distance), metadata=args.metadata,
+                          near_duplicate_distance=args.near_duplicate_distance, group_by=args.group_by),
+        metadata=args.metadata,
         synthetic=SyntheticConfig(images=args.synthetic_images, seed=args.synthetic_seed, size=args.synthetic_size,
                                   covid_fraction=args.synthetic_covid_fraction, sources=args.synthetic_sources,
                                   confound=args.synthetic_confound),

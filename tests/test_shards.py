@@ -8,7 +8,7 @@ import random
 import pytest
 
 from cxr.config import SplitConfig
-from cxr.preprocess.shards import assign_splits, plan_shards, remove_duplicates
+from cxr.preprocess.shards import assign_splits, group_by_value, plan_shards, remove_duplicates
 
 
 def row(uri: str, label: int, content: str) -> dict:
@@ -141,3 +141,53 @@ def test_test_sources_must_exist_and_leave_some_for_training():
         check_test_sources(dataset(2, 2), SplitConfig(test_sources=("a",)))
     with pytest.raises(UserError, match="duplicates"):
         SplitConfig(test_sources=("a", "a"))
+
+
+def patients(n_patients: int, per_patient: int) -> tuple[list[dict], dict[str, str]]:
+    """Rows of `n_patients` with `per_patient` images each, alternating classes within a patient."""
+    rows, values = [], {}
+    for p in range(n_patients):
+        for i in range(per_patient):
+            label = (p + i) % 2
+            r = row(f"{'cn'[label]}/p{p:03d}-{i}.png", label, f"patient{p}-image{i}")
+            rows.append(r)
+            values[r["source_uri"]] = f"PX-{p:04d}"
+    return rows, values
+
+
+def test_a_patients_images_stay_in_one_split_whatever_their_classes():
+    rows, values = patients(60, 3)
+    ungrouped = assign_splits(rows, SplitConfig())
+    assert any(len({ungrouped[r["source_uri"]] for r in rows if values[r["source_uri"]] == p}) > 1
+               for p in set(values.values()))  # without the grouping, patients cross the splits
+    grouped, counts = group_by_value(rows, values)
+    assignment = assign_splits(grouped, SplitConfig())
+    for patient in set(values.values()):
+        assert len({assignment[r["source_uri"]] for r in rows if values[r["source_uri"]] == patient}) == 1
+    assert counts == {"groups": 60, "images_in_groups": 180, "groups_with_several_classes": 60,
+                      "images_without_value": 0}
+    splits = list(assignment.values())
+    assert 0.7 <= splits.count("train") / len(splits) <= 0.9 and splits.count("test") > 0
+    # The group key is a content hash, never the patient id.
+    assert {r["group"] for r in grouped} <= {r["content_hash"] for r in rows}
+
+
+def test_patients_and_near_duplicates_join_and_images_without_a_value_stand_alone():
+    rows, values = patients(3, 2)
+    # A near-duplicate group joins patient 0's first image with patient 1's first image.
+    near = {rows[0]["source_uri"]: "shared", rows[2]["source_uri"]: "shared"}
+    rows = [{**r, "group": "shared-hash" if r["source_uri"] in near else r["content_hash"]} for r in rows]
+    alone = row("n/no-id.png", 1, "no id")
+    values[rows[1]["source_uri"]] = None  # patient 0's second image has no id
+    grouped, counts = group_by_value(rows + [alone], values)
+    keys = {r["source_uri"]: r["group"] for r in grouped}
+    assert keys[rows[0]["source_uri"]] == keys[rows[2]["source_uri"]] == keys[rows[3]["source_uri"]]
+    assert len({keys[rows[1]["source_uri"]], keys[rows[4]["source_uri"]], keys[alone["source_uri"]],
+                keys[rows[0]["source_uri"]]}) == 4
+    assert counts["images_without_value"] == 2 and counts["groups"] == 2
+
+
+def test_single_class_groups_split_as_before():
+    rows = dataset(30, 70)
+    grouped, counts = group_by_value(rows, {})
+    assert counts["groups"] == 0 and assign_splits(grouped, SplitConfig()) == assign_splits(rows, SplitConfig())

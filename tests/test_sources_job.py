@@ -102,6 +102,47 @@ def test_metadata_csv_on_s3_for_an_s3_folder(ray_session, s3_env, s3_bucket, s3_
     assert "found 12 inputs" in caplog.text  # the log was searched
 
 
+@pytest.mark.slow
+def test_group_by_a_patient_column_keeps_each_patients_images_in_one_split(ray_session, tmp_path, caplog):
+    files = class_tree(per_class=15, size=48, kaggle_layout=False)
+    images = sorted(files)
+    # Ten patients of three images each, COVID and Normal mixed; one image without an id.
+    lines = ["path,patient_id"] + [f"{relative},{PATIENTS[i % 10]}" for i, relative in enumerate(images[:-1])]
+    (tmp_path / "meta.csv").write_text("\n".join(lines) + "\n")
+    output = tmp_path / "shards"
+    caplog.set_level("DEBUG")
+    run_preprocess(PreprocessConfig(source=str(write_tree(tmp_path / "src", files)), metadata=str(tmp_path / "meta.csv"),
+                                    split=SplitConfig(0.6, 0.2, 0.2, group_by="patient_id"), image_size=32,
+                                    output=str(output)))
+    manifest, splits, rejected = read_output(str(output))
+    check_consistent(manifest, splits, rejected)
+    split_of_patient: dict[str, set[str]] = {}
+    for split, row in rows_of(splits):
+        split_of_patient.setdefault(row["patient_id"], set()).add(split)
+    assert all(len(found) == 1 for patient, found in split_of_patient.items() if patient is not None)
+    assert len({split for found in split_of_patient.values() for split in found}) == 3
+    assert not rejected
+    grouped = manifest["counts"]["grouped_by"]
+    assert grouped == {"column": "patient_id", "groups": 10, "images_in_groups": 29,
+                       "groups_with_several_classes": 10, "images_without_value": 1}
+    summary = format_summary(Manifest.from_dict(manifest), str(output))
+    assert "images that share a patient_id kept within one split: 10 groups (29 images; 10 groups hold" in summary
+    assert "warning: 1 kept images have no patient_id" in summary
+    assert not any(p in summary + caplog.text + json.dumps(manifest) for p in PATIENTS)
+
+
+def test_group_by_needs_a_metadata_column_and_says_so_in_one_line(tmp_path):
+    write_tree(tmp_path / "src", class_tree(per_class=2, size=48))
+    (tmp_path / "meta.csv").write_text("path,source,patient_id\nCOVID/images/COVID-1.png,north,PX-1\n")
+    common = ["--source", str(tmp_path / "src"), "--output", str(tmp_path / "shards")]
+    assert_one_line_error(run_job("preprocess", *common, "--group-by", "patient_id"),
+                          "--group-by names a column of --metadata, which is not given")
+    assert_one_line_error(run_job("preprocess", *common, "--metadata", str(tmp_path / "meta.csv"), "--group-by", "pid"),
+                          f"--group-by pid: --metadata {tmp_path / 'meta.csv'} has no such column (its columns: "
+                          "patient_id)")
+    assert not (tmp_path / "shards").exists()
+
+
 def test_bad_metadata_csv_fails_in_one_line_before_anything_is_written(tmp_path):
     write_tree(tmp_path / "src", class_tree(per_class=2, size=64))
     (tmp_path / "meta.csv").write_text("path,source,patient_id\nCOVID/images/COVID-1.png,north\n")

@@ -32,7 +32,7 @@ def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, st
 def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dict], assignment: dict[str, str],
                    rejects: list[dict], shard_files: dict[str, list[dict]], source_details: dict,
                    stage_seconds: dict[str, float], wall_seconds: dict[str, float],
-                   near_duplicates: dict | None = None) -> dict:
+                   near_duplicates: dict | None = None, grouped_by: dict | None = None) -> dict:
     splits = {split: {name: 0 for name in listing.class_names} for split in SPLITS}
     by_source: dict[str, dict[str, dict[str, int]]] = {split: {} for split in SPLITS}
     for row in kept:
@@ -70,6 +70,9 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
                if any(row.get("source") for row in kept) else {}),
             # Groups of two or more near-duplicates (each kept inside one split), and their sizes.
             "near_duplicates": near_duplicates or {},
+            # With --group-by: the groups of two or more images that share the column's value
+            # (joined with their near-duplicates), each kept inside one split; never the values.
+            "grouped_by": grouped_by or {},
         },
         "shards": shard_files,
         "columns": {field.name: str(field.type) for field in shard_schema(listing.extra_columns)},
@@ -105,6 +108,15 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
     if near.get("groups"):
         lines.append(f"  near-duplicate groups kept within one split: {near['groups']} "
                      f"({near['images_in_groups']} images)")
+    by_column = counts.grouped_by
+    if by_column:
+        several = by_column["groups_with_several_classes"]
+        lines.append(f"  images that share a {by_column['column']} kept within one split: {by_column['groups']} "
+                     f"groups ({by_column['images_in_groups']} images"
+                     + (f"; {several} groups hold more than one class" if several else "") + ")")
+        if by_column["images_without_value"]:
+            lines.append(f"  warning: {by_column['images_without_value']} kept images have no "
+                         f"{by_column['column']}; each is a group of its own")
     if counts.inpainted:
         lines.append(f"  kept with markings inpainted: {counts.inpainted}")
     for what, n in counts.ignored.items():

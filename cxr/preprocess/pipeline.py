@@ -170,6 +170,9 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     """Run the whole job; return the manifest it wrote."""
     started = time.time()
     table = read_metadata_csv(config.metadata) if config.metadata else None  # a bad file fails first
+    if table is not None and config.split.group_by not in (None, *table.extra_columns):
+        raise UserError(f"--group-by {config.split.group_by}: --metadata {table.uri} has no such column "
+                        f"(its columns: {', '.join(table.extra_columns) or 'none besides the path and source'})")
     listing = downloads.list_kaggle(config) if is_kaggle_source(config.source) else sources.list_source(config)
     if not listing.items:
         raise UserError(f"{listing.root}: no {sources.SUPPORTED} files in the class folders "
@@ -218,6 +221,12 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     kept, duplicates = shards.remove_duplicates(ok_rows)
     kept, conflicting, near_duplicates = shards.group_near_duplicates(kept, config.split.near_duplicate_distance)
     rejects += duplicates + conflicting
+    grouped_by = None
+    if config.split.group_by:
+        column = EXTRA_PREFIX + config.split.group_by
+        kept, grouped_by = shards.group_by_value(kept, {item["source_uri"]: item.get(column)
+                                                        for item in listing.items})
+        grouped_by = {"column": config.split.group_by, **grouped_by}
     assignment = shards.assign_splits(kept, config.split)
 
     file_rows = {path: Counter(assignment[r["source_uri"]] for r in rows if r["source_uri"] in assignment)
@@ -229,7 +238,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     manifest = manifest_lib.build_manifest(
         config=config, listing=listing, kept=kept, assignment=assignment, rejects=rejects,
         shard_files=shard_files, source_details=source_details, stage_seconds=_stage_seconds(processed),
-        near_duplicates=near_duplicates,
+        near_duplicates=near_duplicates, grouped_by=grouped_by,
         wall_seconds={"process": processed_at - started, "total": time.time() - started})
     storage.write_json(output.manifest, manifest)
     storage.delete_tree(staging)

@@ -92,6 +92,42 @@ def group_near_duplicates(rows: list[dict], max_distance: int) -> tuple[list[dic
     return kept, rejected, counts
 
 
+def group_by_value(rows: list[dict], values: dict[str, str | None]) -> tuple[list[dict], dict]:
+    """Join the groups of rows that share a value (a patient id, by source URI); return (rows, counts).
+
+    The joined groups keep the smallest content hash among them as their `group` key, never
+    the value, which may identify a patient. Unlike near-duplicates, a patient's images may
+    carry several classes (studies at different times): they are kept, in one split.
+    """
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.get(key, key) != key:
+            key = parent[key]
+        return key
+
+    first_group: dict[str, str] = {}
+    for row in sorted(rows, key=lambda r: r["content_hash"]):
+        group, value = row.get("group") or row["content_hash"], values.get(row["source_uri"])
+        if value is None:
+            continue
+        if value not in first_group:
+            first_group[value] = group
+            continue
+        a, b = root(first_group[value]), root(group)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    joined = [{**r, "group": root(r.get("group") or r["content_hash"])} for r in rows]
+    members: dict[str, list[dict]] = defaultdict(list)
+    for row in joined:
+        members[row["group"]].append(row)
+    shared = [g for g in members.values() if sum(values.get(r["source_uri"]) is not None for r in g) > 1]
+    counts = {"groups": len(shared), "images_in_groups": sum(len(g) for g in shared),
+              "groups_with_several_classes": sum(1 for g in shared if len({r["label"] for r in g}) > 1),
+              "images_without_value": sum(1 for r in rows if values.get(r["source_uri"]) is None)}
+    return joined, counts
+
+
 def _as_reject(row: dict, reason: str, detail: str) -> dict:
     return {**{name: row.get(name) for name in REJECT_SCHEMA.names}, "reason": reason, "detail": detail}
 
@@ -101,10 +137,11 @@ def split_key(content_hash: str, seed: int) -> str:
 
 
 def assign_splits(rows: list[dict], split: SplitConfig) -> dict[str, str]:
-    """Map each row's source URI to a split, stratified by label, a near-duplicate group whole.
+    """Map each row's source URI to a split, stratified by label, a group whole.
 
-    Within a class, groups (`group`, from group_near_duplicates; a row without one is its
-    own group) are ordered by a hash of their key, a pixel hash, and cut at the ratios:
+    Within a class, groups (`group`, from group_near_duplicates and group_by_value; a row
+    without one is its own group; a group of several classes counts under its most common
+    one) are ordered by a hash of their key, a pixel hash, and cut at the ratios:
     a group goes to the split where its first image falls. So the assignment depends only
     on which images there are: not on listing order, block layout or worker count.
     Duplicates are removed before this, so no image can sit in two splits. Images of
@@ -112,9 +149,12 @@ def assign_splits(rows: list[dict], split: SplitConfig) -> dict[str, str]:
     theirs; the others are split as if those sources were not there.
     """
     held_out = set(split.test_sources)
-    by_label: dict[int, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    members: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        by_label[row["label"]][row.get("group") or row["content_hash"]].append(row)
+        members[row.get("group") or row["content_hash"]].append(row)
+    by_label: dict[int, dict[str, list[dict]]] = defaultdict(dict)
+    for key, group in members.items():
+        by_label[_stratum(group)][key] = group
     assignment = {}
     for all_groups in by_label.values():
         groups = {}
@@ -134,6 +174,12 @@ def assign_splits(rows: list[dict], split: SplitConfig) -> dict[str, str]:
                 assignment[row["source_uri"]] = name
             before += len(groups[key])
     return assignment
+
+
+def _stratum(group: list[dict]) -> int:
+    """The class a group is split with: its most common label (the smaller on a tie)."""
+    counts = Counter(row["label"] for row in group)
+    return min(counts, key=lambda label: (-counts[label], label))
 
 
 def check_test_sources(rows: list[dict], split: SplitConfig) -> None:
