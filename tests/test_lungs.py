@@ -141,6 +141,21 @@ def test_the_manifest_carries_the_levers_to_scoring_and_older_manifests_have_non
     assert config.lungs == LungFocusConfig() and not config.markings.remove_all
 
 
+
+def test_shards_made_with_other_levers_than_the_models_data_are_refused():
+    from cxr.scoring.export import Export, check_compatible
+
+    levers = dataclasses.replace(BOTH, markings=MarkingConfig(remove_all=True))
+    model = Export(uri="run/model", manifest=as_manifest({"config": levers.to_dict()}), training={})
+    check_compatible(model, as_manifest({"config": levers.to_dict()}), "same")
+    with pytest.raises(UserError, match="^plain: made with no lung focus, the model's training data with "
+                                        "--lung-crop --lung-suppress --lung-margin 0.05 --remove-all-markings; "):
+        check_compatible(model, as_manifest(), "plain")
+    plain = Export(uri="run/model", manifest=as_manifest(), training={})
+    with pytest.raises(UserError, match="^cropped: made with --lung-crop --lung-suppress"):
+        check_compatible(plain, as_manifest({"config": BOTH.to_dict()}), "cropped")
+
+
 @pytest.mark.slow
 def test_evaluate_and_predict_see_the_training_pixels(ray_session, tmp_path):
     """Shards (training) and the scoring datasets (evaluate's raw images, predict) agree pixel for pixel."""

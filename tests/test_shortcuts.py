@@ -50,3 +50,29 @@ def test_verdict_draws_no_conclusion_from_a_model_near_chance():
     weak = verdict(auc(0.64, 0.51, 0.78), auc(0.50, 0.40, 0.60), auc(0.60, 0.48, 0.72))
     assert "cannot tell" in weak and "0.510" in weak
     assert "no shortcut" not in weak and "WARNING" not in weak
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.05, 0.2])
+def test_on_images_cropped_to_their_lungs_the_template_fits_the_crop(margin):
+    from cxr.preprocess.lungs import crop_to_box, ellipse_mask, find_lungs
+
+    # Lungs where the template puts them, in a 200 px image, found and cropped as preprocessing does.
+    side = 200
+    lungs = ellipse_mask(side, side)
+    image = np.where(lungs, 0.2, 0.8).astype(np.float32)
+    found = find_lungs(image, margin)
+    cropped_lungs = crop_to_box(lungs, found.box)
+    height, width = cropped_lungs.shape
+    fitted, fixed = lung_field_mask(height, width, margin), lung_field_mask(height, width)
+    assert iou(fitted, cropped_lungs) > 0.85
+    assert iou(fitted, cropped_lungs) > iou(fixed, cropped_lungs) + 0.1
+    # The template's box fills the frame less the margin.
+    inner = margin / (1 + 2 * margin)
+    cols = np.flatnonzero(fitted.any(axis=0)) / width
+    assert cols[0] == pytest.approx(inner, abs=0.02) and cols[-1] == pytest.approx(1 - inner, abs=0.02)
+    images = np.full((1, height, width, 1), 200, dtype=np.uint8)
+    assert (apply_variant(images, "lungs_masked", crop_margin=margin)[0, fitted] == 0).all()

@@ -25,7 +25,7 @@ from cxr.errors import UserError
 from cxr.evaluate.by_source import summary_lines
 from cxr.evaluate.overlap import training_overlap
 from cxr.evaluate.report import build_report, format_ci, write_report
-from cxr.evaluate.shortcuts import VARIANTS, variant_functions
+from cxr.evaluate.shortcuts import VARIANTS, lung_crop_margin, variant_functions
 from cxr.ingest import sources
 from cxr.scoring.datasets import preprocessed_images, raw_pixels, shard_images, shard_pixels
 from cxr.scoring.export import Export, check_compatible, find_export
@@ -109,7 +109,8 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
     if not paths or manifest.splits[split].total == 0:
         raise UserError(f"{data.uri}: the {split} split is empty")
     rows = score(shard_images(data, paths, with_source=manifest.has_column("source")), export,
-                 variant_functions(variants), gpu=config.gpu, actors=config.actors).take_all()
+                 variant_functions(variants, lung_crop_margin(export)), gpu=config.gpu,
+                 actors=config.actors).take_all()
     held_out = manifest.test_sources if split == "test" else ()
     scored = _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths),
                      held_out)
@@ -122,8 +123,8 @@ def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
     listing = sources.list_source(pp)
     if not listing.items:
         raise UserError(f"{listing.root}: no images in the class folders")
-    rows = score(preprocessed_images(listing.items, pp), export, variant_functions(VARIANTS), gpu=config.gpu,
-                 actors=config.actors).take_all()
+    rows = score(preprocessed_images(listing.items, pp), export,
+                 variant_functions(VARIANTS, lung_crop_margin(export)), gpu=config.gpu, actors=config.actors).take_all()
     rejected: dict[str, int] = {}
     for reject in listing.rejects:
         rejected[reject["reason"]] = rejected.get(reject["reason"], 0) + 1

@@ -17,7 +17,7 @@ from cxr.artifacts import (CONFUSION_FIGURE, GRADCAM_FIGURE, LEARNING_CURVE_FILE
                            REPORT_FILE, ROC_FIGURE, ReportLayout, figure_path, positive_label)
 from cxr.evaluate import by_source, figures, metrics
 from cxr.evaluate.gradcam import grad_cam, overlay
-from cxr.evaluate.shortcuts import LUNG_ELLIPSES, VARIANTS, verdict
+from cxr.evaluate.shortcuts import VARIANTS, lung_crop_margin, template_ellipses, verdict
 from cxr.scoring.export import load_export_model
 
 VARIANT_TITLES = {"full": "full image", "lungs_masked": "lung fields blacked out", "lungs_only": "lung fields only"}
@@ -56,8 +56,9 @@ def build_report(export, evaluated, validation, config) -> dict:
             "variants": {v: by_variant[v] for v in ("lungs_masked", "lungs_only")},
             "verdict": verdict(auc["full"], auc["lungs_masked"], auc["lungs_only"]),
             "lung_template": {"ellipses": [dict(zip(("centre_x", "centre_y", "half_width", "half_height"), e))
-                                           for e in LUNG_ELLIPSES],
-                              "units": "fractions of the image side"},
+                                           for e in template_ellipses(lung_crop_margin(export))],
+                              "units": "fractions of the image side",
+                              "fitted_to_lung_crop": lung_crop_margin(export) is not None},
         }
     return report
 
@@ -201,7 +202,9 @@ def report_markdown(report: dict) -> str:
     lines += by_source.markdown_section(report.get("sources"), names, format_ci)
     if "shortcuts" in report:
         lines += ["## Shortcut check", "", report["shortcuts"]["verdict"], "",
-                  f"The lung fields are a fixed template of two ellipses ({REPORT_FILE}: shortcuts.lung_template); "
+                  f"The lung fields are a fixed template of two ellipses ({REPORT_FILE}: shortcuts.lung_template"
+                  + ("; fitted to the frame of images cropped to their lung fields"
+                     if report["shortcuts"]["lung_template"].get("fitted_to_lung_crop") else "") + "); "
                   "blacked-out pixels are 0. In this database class and source hospital are confounded "
                   "(DeGrave et al. 2021), so this check matters more than the accuracy above.", ""]
     if report.get("gradcam"):

@@ -14,7 +14,9 @@ The lung fields are a fixed template of two ellipses on the centred, square fron
 image the preprocessing produces, fitted to the mean of the real sample's images (dark
 lung fields at x 0.16-0.48 and 0.52-0.84, y 0.13-0.79 of the side). A template needs no
 segmentation model and treats every image alike; it misses lungs of unusual position or
-size, which the report says.
+size, which the report says. Images cropped to their lung fields (`--lung-crop`) get the
+same template fitted to the crop's frame: the crop is the lungs' box grown by the margin
+on every side, so the template's box is scaled to fill the frame less that margin.
 """
 
 from __future__ import annotations
@@ -29,35 +31,59 @@ VARIANTS = ("full", "lungs_masked", "lungs_only")
 LUNG_ELLIPSES = ((0.32, 0.46, 0.16, 0.33), (0.68, 0.46, 0.16, 0.33))
 
 
+def template_ellipses(crop_margin: float | None = None) -> tuple[tuple[float, float, float, float], ...]:
+    """LUNG_ELLIPSES, or, for images cropped to their lung fields grown by `crop_margin`, the
+    same ellipses with their joint box scaled to [m, 1 - m] of the side, m = margin / (1 + 2 margin)."""
+    if crop_margin is None:
+        return LUNG_ELLIPSES
+    inner = crop_margin / (1 + 2 * crop_margin)
+    left, right = min(cx - rx for cx, _, rx, _ in LUNG_ELLIPSES), max(cx + rx for cx, _, rx, _ in LUNG_ELLIPSES)
+    top, bottom = min(cy - ry for _, cy, _, ry in LUNG_ELLIPSES), max(cy + ry for _, cy, _, ry in LUNG_ELLIPSES)
+    scale_x, scale_y = (1 - 2 * inner) / (right - left), (1 - 2 * inner) / (bottom - top)
+    return tuple((inner + (cx - left) * scale_x, inner + (cy - top) * scale_y, rx * scale_x, ry * scale_y)
+                 for cx, cy, rx, ry in LUNG_ELLIPSES)
+
+
 @functools.cache
-def lung_field_mask(height: int, width: int) -> np.ndarray:
-    """True inside the lung-field template, as a (height, width) boolean array."""
+def lung_field_mask(height: int, width: int, crop_margin: float | None = None) -> np.ndarray:
+    """True inside the lung-field template (template_ellipses), as a (height, width) boolean array."""
     rows, cols = np.mgrid[0:height, 0:width]
     y, x = (rows + 0.5) / height, (cols + 0.5) / width
     inside = np.zeros((height, width), dtype=bool)
-    for cx, cy, rx, ry in LUNG_ELLIPSES:
+    for cx, cy, rx, ry in template_ellipses(crop_margin):
         inside |= ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
     inside.flags.writeable = False  # cached and shared: nobody may change it
     return inside
 
 
-def apply_variant(images: np.ndarray, variant: str) -> np.ndarray:
-    """A copy of (n, H, W, 1) images with the variant's region set to 0 (black)."""
+def apply_variant(images: np.ndarray, variant: str, crop_margin: float | None = None) -> np.ndarray:
+    """A copy of (n, H, W, 1) images with the variant's region set to 0 (black); `crop_margin`
+    for images cropped to their lung fields (template_ellipses)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     if variant == "full":
         return images
-    lungs = lung_field_mask(images.shape[1], images.shape[2])[None, :, :, None]
+    lungs = lung_field_mask(images.shape[1], images.shape[2], crop_margin)[None, :, :, None]
     keep = ~lungs if variant == "lungs_masked" else lungs
     return np.where(keep, images, np.zeros((), dtype=images.dtype))
 
 
-def variant_functions(variants: tuple[str, ...] = VARIANTS) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """{variant: its function of (n, H, W, 1) images}, as cxr.scoring.predictor.score takes them."""
+def variant_functions(variants: tuple[str, ...] = VARIANTS, crop_margin: float | None = None
+                      ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """{variant: its function of (n, H, W, 1) images}, as cxr.scoring.predictor.score takes them;
+    `crop_margin` for images cropped to their lung fields (lung_crop_margin)."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}")
-    return {variant: functools.partial(apply_variant, variant=variant) for variant in variants}
+    return {variant: functools.partial(apply_variant, variant=variant, crop_margin=crop_margin)
+            for variant in variants}
+
+
+def lung_crop_margin(export) -> float | None:
+    """The lung crop's margin of the model's training images (which the scored images share:
+    cxr.scoring.export.check_compatible), None when they were not cropped."""
+    lungs = export.manifest.preprocess_config().lungs
+    return lungs.margin if lungs.crop else None
 
 
 # At or below this lower bound of the full-image AUC the shortcut check has nothing to say.

@@ -73,6 +73,18 @@ def check_compatible(export: Export, manifest: Manifest, uri: str) -> None:
                         f"{list(export.class_names)}")
     if manifest.image_size != export.image_size:
         raise UserError(f"{uri}: {manifest.image_size} px images do not match the model's {export.image_size} px")
+    made, trained = manifest.preprocess_config(), export.manifest.preprocess_config()
+    if (made.lungs, made.markings.remove_all) != (trained.lungs, trained.markings.remove_all):
+        raise UserError(f"{uri}: made with {_focus_text(made)}, the model's training data with "
+                        f"{_focus_text(trained)}; preprocess them with the model's settings")
+
+
+def _focus_text(config) -> str:
+    lungs = config.lungs
+    parts = (["--lung-crop"] if lungs.crop else []) + (["--lung-suppress"] if lungs.suppress else [])
+    parts += [f"--lung-margin {lungs.margin:g}"] if parts else []
+    parts += ["--remove-all-markings"] if config.markings.remove_all else []
+    return " ".join(parts) or "no lung focus"
 
 
 def load_export_model(export: Export):
