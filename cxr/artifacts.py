@@ -76,6 +76,9 @@ SHARD_SCHEMA = pa.schema([
     ("content_hash", pa.string()),
     ("marking_score", pa.float32()),
     ("marking_inpainted", pa.bool_()),
+    # With a lung focus (--lung-crop/--lung-suppress): whether the lung fields were found in
+    # the image (False: cxr.preprocess.lungs' template stood in); null without one.
+    ("lungs_found", pa.bool_()),
     # Ground truth of the synthetic source (comma-separated kinds); null for real images.
     ("marking_truth", pa.string()),
     ("orig_height", pa.int32()),
@@ -166,6 +169,8 @@ class Counts:
     # With --group-by: column, groups, images_in_groups, groups_with_several_classes,
     # images_without_value; empty otherwise.
     grouped_by: Mapping = dataclasses.field(default_factory=dict)
+    # With a lung focus: images whose lung fields were found, and those the template stood in for.
+    lungs: Mapping = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ class Manifest:
                           rejected_by_reason=_frozen(counts["rejected_by_reason"]), inpainted=counts["inpainted"],
                           ignored=_frozen(counts["ignored"]),
                           near_duplicates=_frozen(counts.get("near_duplicates", {})),
-                          grouped_by=_frozen(counts.get("grouped_by", {}))),
+                          grouped_by=_frozen(counts.get("grouped_by", {})), lungs=_frozen(counts.get("lungs", {}))),
             source_uri=raw["source"]["uri"],
             kaggle=_kaggle_source(raw["source"].get("kaggle")),
             sources=_frozen({split: _frozen({name: _split_counts(per_class) for name, per_class in per_source.items()})

@@ -173,15 +173,23 @@ def test_evaluate_and_predict_see_the_training_pixels(ray_session, tmp_path):
             data, _ = render_synthetic_png(class_name, index, size=160, marking_fraction=0.5)
             (source / class_name / f"{index}.png").write_bytes(data)
     config = PreprocessConfig(source=str(source), output=str(tmp_path / "shards"), image_size=64,
-                              markings=MarkingConfig(remove_all=True), lungs=LungFocusConfig(crop=True, suppress=True),
+                              markings=MarkingConfig(policy="inpaint", remove_all=True),
+                              lungs=LungFocusConfig(crop=True, suppress=True),
                               split=dataclasses.replace(PreprocessConfig().split, train=0.5, val=0.25, test=0.25))
     run_preprocess(config)
     manifest = read_manifest(config.output)
-    trained = {}
+    trained, found, inpainted = {}, [], []
     for shard in (shard for files in manifest.shards.values() for shard in files):
-        table = pq.read_table(tmp_path / "shards" / shard.path, columns=["source_uri", "image_png"]).to_pylist()
+        table = pq.read_table(tmp_path / "shards" / shard.path,
+                              columns=["source_uri", "image_png", "lungs_found", "marking_inpainted"]).to_pylist()
         trained.update({row["source_uri"]: decode_png_gray(row["image_png"]) for row in table})
+        found += [row["lungs_found"] for row in table]
+        inpainted += [row["marking_inpainted"] for row in table]
     assert trained
+    # The manifest counts what the shards hold: lung fields found or the template, marks inpainted.
+    assert None not in found and dict(manifest.counts.lungs) == {"found": found.count(True),
+                                                                 "template": found.count(False)}
+    assert manifest.counts.inpainted == sum(inpainted) > 0
     # Evaluate on raw images and predict both list raw images and preprocess them with these settings.
     scoring = manifest.preprocess_config(source=str(source))
     assert scoring.lungs == config.lungs and scoring.markings.remove_all

@@ -62,6 +62,10 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
             "classes": {name: sum(splits[s][name] for s in SPLITS) for name in listing.class_names},
             "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
             "inpainted": sum(1 for r in kept if r.get("marking_inpainted")),
+            # With a lung focus: found in the image, or the template stood in.
+            **({"lungs": {"found": sum(1 for r in kept if r.get("lungs_found")),
+                          "template": sum(1 for r in kept if r.get("lungs_found") is False)}}
+               if config.lungs.enabled else {}),
             "ignored": dict(sorted(listing.ignored.items())),
             # Only when some image's source is known: per split, per source, per class.
             **({"sources": {split: {source: {**per_class, "total": sum(per_class.values())}
@@ -119,6 +123,9 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
                          f"{by_column['column']}; each is a group of its own")
     if counts.inpainted:
         lines.append(f"  kept with markings inpainted: {counts.inpainted}")
+    if counts.lungs:
+        lines.append(f"  lung fields found in {counts.lungs['found']} kept images; the template stood in for "
+                     f"{counts.lungs['template']}")
     for what, n in counts.ignored.items():
         lines.append(f"  ignored {what}: {n}")
     lines += _focus_lines(manifest.preprocess_config())

@@ -77,7 +77,7 @@ def process_image(data: bytes, config: PreprocessConfig, input_format: str = "im
     marks = detect_markings(gray)
     fields = {"content_hash": content_hash, "marking_score": float(marks.score),
               "orig_height": int(pixels.shape[0]), "orig_width": int(pixels.shape[1]),
-              "marking_inpainted": False, "status": "ok", "detail": None}
+              "marking_inpainted": False, "lungs_found": None, "status": "ok", "detail": None}
     heavy = marks.score >= config.markings.threshold
     if heavy and config.markings.policy == "drop":
         lap("markings")
@@ -89,6 +89,8 @@ def process_image(data: bytes, config: PreprocessConfig, input_format: str = "im
     lap("markings")
     # The lung focus is timed with CLAHE (a stage of its own would change the staging schema).
     lungs = find_lungs(gray, config.lungs.margin) if config.lungs.enabled else None
+    if lungs is not None:
+        fields["lungs_found"] = lungs.found
     if lungs is not None and config.lungs.crop:
         gray = crop_to_box(gray, lungs.box)
     equalized = apply_clahe(gray, config.clahe)
