@@ -2,10 +2,12 @@
 
 Every file carries a planted patient name and ID (PATIENT_NAME, PATIENT_ID) so a test can
 search what cxr wrote for them. Compressed files: RLE through pydicom's own encoder,
-JPEG 2000 through pylibjpeg-openjpeg (pydicom's `compress`), JPEG baseline through Pillow's
-encoder, and JPEG lossless (process 14, selection value 1) through `lossless_jpeg` below:
-no installed package encodes it, and the decoder under test (pylibjpeg-libjpeg) is not
-the writer, so a round trip still proves the decoding.
+JPEG 2000 through pylibjpeg-openjpeg (pydicom's `compress`), JPEG-LS lossless and
+near-lossless through pyjpegls (CharLS, a test-only package: cxr decodes JPEG-LS with
+pylibjpeg-libjpeg), JPEG baseline through Pillow's encoder, and JPEG lossless (process 14,
+selection value 1) through `lossless_jpeg` below: no installed package encodes it, and the
+decoder under test (pylibjpeg-libjpeg) is not the writer, so a round trip still proves the
+decoding.
 """
 
 from __future__ import annotations
@@ -17,21 +19,25 @@ from PIL import Image
 
 PATIENT_NAME = "Plantedname^Zelda"
 PATIENT_ID = "PID-93847561"
+# The largest difference JPEG-LS near-lossless files are made with (CharLS's NEAR parameter).
+NEAR_LOSSLESS_ERROR = 3
 
 
 def make_dicom(pixels: np.ndarray, *, bits_stored: int = 12, photometric: str = "MONOCHROME2",
                syntax: str = "", frames: int = 1, window: tuple[float, float] | None = None,
                rescale: tuple[float, float] | None = None, voi_lut: np.ndarray | None = None,
-               pixel_data: bool = True, extra: dict | None = None) -> bytes:
+               pixel_data: bool = True, view: str | None = "PA", extra: dict | None = None) -> bytes:
     """A DICOM Part 10 file of `pixels`: (H, W) gray, (H, W, 3) RGB or (frames, H, W).
 
     uint8 / uint16 / int16 pixels give BitsAllocated 8 / 16 / 16 (signed for int16).
-    `syntax` is a transfer syntax UID (default Explicit VR Little Endian).
+    `syntax` is a transfer syntax UID (default Explicit VR Little Endian); `view` the
+    ViewPosition, None for none.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import (ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1,
-                             RLELossless, SecondaryCaptureImageStorage, generate_uid)
+                             JPEGLSLossless, JPEGLSNearLossless, RLELossless, SecondaryCaptureImageStorage,
+                             generate_uid)
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -42,7 +48,9 @@ def make_dicom(pixels: np.ndarray, *, bits_stored: int = 12, photometric: str = 
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
     ds.PatientBirthDate, ds.StudyDescription = "19700101", "Planted study of Zelda"
-    ds.Modality, ds.ViewPosition = "DX", "PA"
+    ds.Modality = "DX"
+    if view is not None:
+        ds.ViewPosition = view
     colour = pixels.ndim == 3 and frames == 1
     ds.Rows, ds.Columns = pixels.shape[-3 if colour else -2], pixels.shape[-2 if colour else -1]
     ds.SamplesPerPixel = 3 if colour else 1
@@ -70,6 +78,10 @@ def make_dicom(pixels: np.ndarray, *, bits_stored: int = 12, photometric: str = 
         ds.PixelData = np.ascontiguousarray(pixels).tobytes()
         if syntax in (RLELossless, JPEG2000Lossless):
             ds.compress(syntax)
+        elif syntax == JPEGLSLossless:
+            ds.compress(syntax, encoding_plugin="pyjpegls")
+        elif syntax == JPEGLSNearLossless:
+            ds.compress(syntax, encoding_plugin="pyjpegls", jls_error=NEAR_LOSSLESS_ERROR)
         elif syntax == JPEGBaseline8Bit:
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)

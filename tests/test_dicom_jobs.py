@@ -65,6 +65,7 @@ def dicom_tree() -> tuple[dict[str, bytes], dict[str, str]]:
         "truncated.dcm": (good[: len(good) - 2000], "undecodable"),
         "huge.dcm": (make_dicom(np.zeros((96, 96), np.uint16), extra={"Rows": 30_000, "Columns": 30_000}),
                      "too_large"),
+        "lateral.dcm": (make_dicom(to_12_bits(np.full((96, 96), 128, np.uint8)), view="LL"), "lateral_view"),
         "NOTES": (b"not a DICOM, whatever its missing extension says\n", "unsupported_file"),
     }
     for name, (data, _) in bad.items():

@@ -22,6 +22,7 @@ from cxr.preprocess.pipeline import run_preprocess
 from cxr.preprocess.transforms import encode_png
 from cxr.train.job import run_training
 from tests.cli import assert_one_line_error, run_job
+from tests.dicom_files import gradient, make_dicom
 
 pytestmark = pytest.mark.slow
 
@@ -122,6 +123,7 @@ def test_predict_scores_every_file_as_training_preprocessed_it(trained, tmp_path
             bundle.write(path, f"batch/{path.parent.name}-{path.name}")
         bundle.writestr("batch/corrupt.png", b"\x89PNG\r\n\x1a\n garbage")
         bundle.writestr("batch/readme.txt", "scanned 2026-11")
+        bundle.writestr("batch/lateral.dcm", make_dicom(gradient(), view="LL"))
     output = f"s3://{s3_bucket}/predictions/zip"
     result = run_job("predict", "--model", str(trained["run"] / "model"), "--input", str(archive),
                      "--output", output, env={**trained["env"], **s3_env})
@@ -129,11 +131,13 @@ def test_predict_scores_every_file_as_training_preprocessed_it(trained, tmp_path
     table = pq.read_table(io.BytesIO(
         s3_client.get_object(Bucket=s3_bucket, Key="predictions/zip/predictions.parquet")["Body"].read()))
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in table.to_pylist()}
-    assert len(rows) == len(paths) + 2
+    assert len(rows) == len(paths) + 3
     assert rows["readme.txt"]["status"] == "unsupported_file" and rows["readme.txt"]["prob_COVID"] is None
     assert rows["corrupt.png"]["status"] == "undecodable" and rows["corrupt.png"]["predicted_class"] is None
+    assert rows["lateral.dcm"]["status"] == "lateral_view" and rows["lateral.dcm"]["prob_COVID"] is None
+    assert rows["lateral.dcm"]["detail"].startswith("ViewPosition LL:")
     # Every listed image went through the scoring actors, and the log says so.
-    assert f"predict: {len(paths) + 1}/{len(paths) + 1} images (100%)" in result.stdout
+    assert f"predict: {len(paths) + 2}/{len(paths) + 2} images (100%)" in result.stdout
     scored = [r for r in rows.values() if r["status"] == "ok"]
     assert len(scored) == len(paths)
     for row in scored:

@@ -11,14 +11,34 @@ grayscale pipeline (PS3.3 C.11):
    (with its VOI LUT Function: LINEAR, LINEAR_EXACT or SIGMOID), else the full range the
    header allows (BitsStored and Pixel Representation through the rescale), so a 12-bit
    image in 16-bit words is not nearly black;
-3. MONOCHROME1 (bright = low values) is inverted, so bone is bright as in MONOCHROME2.
+3. MONOCHROME1 (bright = low values) is inverted, so bone is bright as in MONOCHROME2;
+4. padding pixels (Pixel Padding Value, up to Pixel Padding Range Limit) become black.
 
 The LUT wins over a window when both are there, as in pydicom's `apply_voi_lut`: where
 a device ships a LUT, the window is its simpler approximation.
 
+Presentation LUT Shape: in an image (not a presentation state) the standard defines it
+as restating the Photometric Interpretation, IDENTITY "shall be used" with MONOCHROME2
+and INVERSE with MONOCHROME1 (PS3.3 C.7.6.1, General Image Module): "output after
+inversion is in P-Values" names the MONOCHROME1 inversion itself, not a second one, so
+MONOCHROME1 + INVERSE is inverted once. A shape that contradicts the Photometric
+Interpretation is ignored: such files exist (Fuji DX objects, for which dcm4che added
+`--noshape`, dcm4che/dcm4che#944) and the Photometric Interpretation, which describes
+the stored pixels themselves, was the right one there.
+
+Pixel padding (PS3.3 C.7.5.1.1.2) marks the stored values outside the detector's or the
+collimator's area, so that they do not count as image. Here no range is measured from the
+pixels (the window, the LUT and the full range all come from the header), so padding can
+only matter for its output: it is set to the darkest value, after the inversion above,
+whatever the window would have made of it (pydicom ignores padding).
+
+Lateral views (ViewPosition LL, RL, LATERAL...) are rejected (`lateral_view`): the model
+reads frontal (PA or AP) chest radiographs; a file without a ViewPosition is accepted.
+
 Patient data never leaves the file: a reject's detail may name only the tags in
-DETAIL_TAGS (how the pixels are stored, nothing about the patient or the study), and
-pydicom's warnings, which can quote any element's value, are silenced.
+DETAIL_TAGS (how the pixels are stored and which view they show, nothing about the
+patient or the study), and pydicom's warnings, which can quote any element's value, are
+silenced.
 """
 
 from __future__ import annotations
@@ -38,7 +58,14 @@ MAGIC = b"DICM"
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 # The only tags whose values may appear anywhere cxr writes (a reject's detail).
 DETAIL_TAGS = ("PhotometricInterpretation", "SamplesPerPixel", "NumberOfFrames", "Rows", "Columns",
-               "BitsStored", "PixelRepresentation", "TransferSyntaxUID")
+               "BitsStored", "PixelRepresentation", "TransferSyntaxUID", "ViewPosition")
+# ViewPosition values of lateral projections, as `_normalised` spells them: the standard's
+# defined terms LL and RL (PS3.3 C.8.1.1, CR Series Module), and the free spellings some
+# devices write instead. The other defined terms are accepted: decubitus views (RLD, LLD)
+# are frontal projections of a patient lying on one side, obliques (RLO, LLO) neither
+# frontal nor lateral; neither is told apart here.
+LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL", "XTABLE LATERAL",
+                           "X TABLE LATERAL", "CROSS TABLE LATERAL"})
 
 
 def is_dicom(data: bytes) -> bool:
@@ -49,9 +76,9 @@ def is_dicom(data: bytes) -> bool:
 def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
     """One single-frame grayscale DICOM's bytes to float32 gray (H, W) in [0, 1].
 
-    The size and kind are checked from the header before any pixel is decoded. Raises
+    The size, kind and view are checked from the header before any pixel is decoded. Raises
     ImageRejected: `unsupported_file` (no DICM magic), `undecodable`, `no_pixel_data`,
-    `colour`, `multi_frame`, `too_large`, `too_small`.
+    `colour`, `multi_frame`, `lateral_view`, `too_large`, `too_small`.
     """
     import pydicom  # here, not at the top: only DICOM inputs pay for the import
 
@@ -65,6 +92,7 @@ def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
             if "PixelData" not in dataset and any("End of file" in str(w.message) for w in warned):
                 raise ImageRejected("undecodable", "the file ends inside its pixel data (truncated)")
             _check_header(dataset, max_pixels)
+            padding_range = _padding_range(dataset)
         except ImageRejected:
             raise
         except Exception as exc:  # noqa: BLE001 - its message may quote a value: name only its type
@@ -78,8 +106,12 @@ def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
         if stored.shape != (dataset.Rows, dataset.Columns):
             raise ImageRejected("undecodable", f"pixel data has shape {stored.shape}, not Rows x Columns")
         gray = _to_unit_gray(stored, dataset)
-    if dataset.PhotometricInterpretation == "MONOCHROME1":
+    if _lowest_is_white(dataset):
         gray = 1.0 - gray
+    if padding_range is not None:
+        # After the inversion: padding is background, black in either polarity, whatever the
+        # window made of it. Compared on the stored values, before any transform, as the standard says.
+        gray[(stored >= padding_range[0]) & (stored <= padding_range[1])] = 0.0
     return np.ascontiguousarray(gray, dtype=np.float32)
 
 
@@ -103,11 +135,52 @@ def _check_header(dataset, max_pixels: int) -> None:
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageRejected("multi_frame", f"NumberOfFrames {frames}: one radiograph per file is expected")
+    view = _normalised(dataset.get("ViewPosition", ""))
+    if view in LATERAL_VIEWS:  # so the detail only ever quotes one of LATERAL_VIEWS
+        raise ImageRejected("lateral_view", f"ViewPosition {view}: a lateral view, not the frontal (PA or AP) "
+                                            f"chest radiograph the model reads")
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     if rows * columns > max_pixels:
         raise ImageRejected("too_large", f"{columns}x{rows} exceeds {max_pixels} pixels")
     if min(rows, columns) < MIN_SIDE:
         raise ImageRejected("too_small", f"{columns}x{rows} is below {MIN_SIDE} pixels a side")
+
+
+def _normalised(value) -> str:
+    """A code string's words, upper case, single-spaced ("x-table_lateral" -> "X TABLE LATERAL")."""
+    text = str(_first(value) if value is not None else "")
+    return " ".join(text.upper().replace("-", " ").replace("_", " ").split())
+
+
+def _lowest_is_white(dataset) -> bool:
+    """Whether the lowest values after the VOI transform are white: MONOCHROME1, whatever
+    Presentation LUT Shape says.
+
+    In an image that shape restates the Photometric Interpretation (INVERSE with
+    MONOCHROME1, IDENTITY with MONOCHROME2: one inversion between them, not two), and where
+    it contradicts it the Photometric Interpretation is trusted (see the module's docstring).
+    Applying INVERSE as pydicom's `apply_presentation_lut` does, on top of MONOCHROME1,
+    would turn bone black.
+    """
+    return dataset.PhotometricInterpretation == "MONOCHROME1"
+
+
+def _padding_range(dataset) -> tuple[int, int] | None:
+    """The stored values that are padding (PS3.3 C.7.5.1.1.2), lowest and highest, or None.
+
+    Pixel Padding Value alone is one value; with Pixel Padding Range Limit, every value
+    between the two inclusive. A range limit without a padding value (which the standard
+    requires with it) is ignored: nothing says where the range starts.
+    """
+    if "PixelPaddingValue" not in dataset:
+        return None
+    try:
+        value = int(_first(dataset.PixelPaddingValue))
+        limit = int(_first(dataset.PixelPaddingRangeLimit)) if "PixelPaddingRangeLimit" in dataset else value
+    except (TypeError, ValueError):
+        raise ImageRejected("undecodable", "PixelPaddingValue or PixelPaddingRangeLimit is not an integer") from None
+    low, high = sorted((value, limit))
+    return low, high
 
 
 def _syntax_name(uid) -> str:
