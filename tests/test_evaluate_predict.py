@@ -85,18 +85,47 @@ def test_evaluate_writes_a_report_with_intervals_shortcuts_and_a_model_card(trai
     assert "Not for clinical use" in card and "Known confounders" in card and str(test_counts["total"]) in card
 
 
-def test_evaluate_on_a_raw_image_tree(trained, tmp_path):
+def training_images_as_raw_files(shards: str, folder: Path, count: int) -> list[Path]:
+    """`count` images of the training split, written as the synthetic source generated them:
+    raw files a user could bring back unknowingly."""
+    from cxr.artifacts import read_manifest
+    from cxr.ingest.sources import list_synthetic
+    from cxr.ingest.synthetic import render_synthetic_png
+    from tests.test_preprocess_job import read_output
+
+    spec = read_manifest(shards).preprocess_config().synthetic
+    listed = {item["source_uri"]: item for item in list_synthetic(spec).items}
+    paths = []
+    for row in read_output(shards)[1]["train"][:count]:
+        item = listed[row["source_uri"]]
+        data, _ = render_synthetic_png(item["class_name"], item["synthetic_index"], seed=spec.seed, size=spec.size,
+                                       marking_fraction=spec.marking_fraction)
+        paths.append(folder / item["class_name"] / f"trained-{len(paths)}.png")
+        paths[-1].write_bytes(data)
+    return paths
+
+
+def test_evaluate_on_a_raw_image_tree_reports_its_near_duplicates_in_the_training_data(trained, tmp_path):
     raw = tmp_path / "raw"
     paths = write_raw_images(raw, per_class=6)
+    copies = training_images_as_raw_files(trained["shards"], raw, count=3)
     (raw / "Normal" / "broken.png").write_bytes(b"not a png")
     result = run_job("evaluate", "--run", str(trained["run"]), "--data", str(raw), "--output",
                      str(tmp_path / "report"), "--resamples", "100", "--gradcam-examples", "0", env=trained["env"])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["data"]["images"] == len(paths)
-    assert report["data"]["per_class"] == {"COVID": 6, "Normal": 6}
+    assert report["data"]["images"] == len(paths) + len(copies)
+    assert report["data"]["per_class"] == {name: 6 + sum(p.parent.name == name for p in copies)
+                                           for name in ("COVID", "Normal")}
     assert report["data"]["not_scored"] == {"undecodable": 1}
     assert "gradcam" not in report and "raw images" in report["data"]["evaluated"]
+    # Fingerprinted as preprocessing fingerprints: the trained-on files are found exactly.
+    overlap = report["data"]["near_duplicates_in_training"]
+    manifest = json.loads((Path(trained["shards"]) / "manifest.json").read_text())
+    assert overlap["evaluated_images"] == report["data"]["images"]
+    assert overlap["training_images"] == manifest["counts"]["splits"]["train"]["total"]
+    assert overlap["with_same_fingerprint"] >= len(copies) and overlap["with_near_duplicate"] >= len(copies)
+    assert f"{overlap['with_near_duplicate']} of {overlap['evaluated_images']} evaluated images" in result.stdout
 
 
 def test_evaluate_on_shards_reports_near_duplicates_in_the_training_data(trained, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cxr.config import PreprocessConfig, SplitConfig
-from cxr.evaluate.overlap import training_overlap
+from cxr.evaluate.overlap import fingerprint_overlap, training_overlap
 from cxr.preprocess.pipeline import run_preprocess
 from tests.test_near_duplicates import smooth_image
 from tests.test_preprocess_job import check_consistent, read_output
@@ -68,5 +68,9 @@ def test_the_leakage_check_finds_every_training_image_in_the_training_data(ray_s
     assert overlap["max_distance"] == 24  # the tiny shards were made without grouping
     test = training_overlap(tiny_shards, tiny_shards, "test", [r["source_uri"] for r in splits["test"]])
     assert test["evaluated_images"] == len(splits["test"]) and test["with_same_fingerprint"] == 0
+    # A raw tree's fingerprints (computed while it is scored) are compared alike.
+    assert fingerprint_overlap(tiny_shards, [r["fingerprint"] for r in splits["test"]]) == test
+    trained = fingerprint_overlap(tiny_shards, [r["fingerprint"] for r in splits["train"][:3]])
+    assert trained["with_same_fingerprint"] == 3
     # Shards without fingerprints (made before they existed) give no answer rather than a wrong one.
     assert all(pq.read_schema(f"{tiny_shards}/{s['path']}").field("fingerprint") for s in manifest["shards"]["train"])

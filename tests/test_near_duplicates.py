@@ -9,10 +9,14 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from cxr.config import SplitConfig
+from cxr.config import PreprocessConfig, SplitConfig
+from cxr.ingest.sources import list_source
 from cxr.preprocess.fingerprints import (FINGERPRINT_BITS, hamming_distance, near_duplicate_groups,
                                          nearest_distances, perceptual_hash)
+from cxr.preprocess.pipeline import process_image
 from cxr.preprocess.shards import assign_splits, group_near_duplicates
+from cxr.scoring.datasets import preprocess_for_model
+from tests.trees import synthetic_png, write_tree
 
 DISTANCE = 24
 
@@ -108,3 +112,16 @@ def test_a_held_out_sources_near_duplicates_go_to_test_with_it():
     assert assignment["b0"] == assignment["b1"] == assignment["a0"] == "test"
     rest = [r for r in kept if r["source_uri"] not in ("a0", "b0", "b1")]
     assert {u: s for u, s in assignment.items() if u not in ("a0", "b0", "b1")} == assign_splits(rest, SplitConfig())
+
+
+def test_raw_images_scored_carry_the_fingerprint_preprocessing_gives_them(tmp_path):
+    """Evaluation on a raw tree looks its images up in the training data by these fingerprints."""
+    import pyarrow as pa
+
+    files = {"COVID/a.png": synthetic_png("COVID", 0), "Normal/b.png": synthetic_png("Normal", 1),
+             "Normal/broken.png": b"not a png"}
+    config = PreprocessConfig(source=str(write_tree(tmp_path / "raw", files)), output="unused", image_size=32)
+    rows = preprocess_for_model(pa.Table.from_pylist(list_source(config).items), config)
+    found = dict(zip((u.rsplit("/", 1)[-1] for u in rows["source_uri"]), rows["fingerprint"]))
+    assert found == {"a.png": process_image(files["COVID/a.png"], config)["fingerprint"],
+                     "b.png": process_image(files["Normal/b.png"], config)["fingerprint"], "broken.png": None}

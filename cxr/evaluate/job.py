@@ -23,7 +23,7 @@ from cxr.artifacts import MODEL_CARD_FILE, REPORT_MARKDOWN_FILE, ReportLayout, S
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
 from cxr.evaluate.by_source import summary_lines
-from cxr.evaluate.overlap import training_overlap
+from cxr.evaluate.overlap import fingerprint_overlap, training_overlap
 from cxr.evaluate.report import build_report, format_ci, write_report
 from cxr.evaluate.shortcuts import VARIANTS, lung_crop_margin, variant_functions
 from cxr.ingest import sources
@@ -47,6 +47,7 @@ class Scored:
     sources: list[str | None]  # each image's source, None when unknown
     held_out: tuple[str, ...] = ()  # the sources the evaluated split holds out from training (--test-sources)
     shards: str | None = None  # the shard set scored, if it was one
+    fingerprints: list[str] | None = None  # a raw tree's images' fingerprints, as preprocessing computes them
 
 
 def run_evaluation(config: EvaluateConfig) -> dict:
@@ -68,8 +69,9 @@ def run_evaluation(config: EvaluateConfig) -> dict:
                  else score_data(export, config))
     log.debug("scored %d images of %s", len(evaluated.labels), evaluated.description)
     report = build_report(export, evaluated, validation, config)
-    if config.data is not None and evaluated.shards is not None and training_data is not None:
-        overlap = training_overlap(training_data, evaluated.shards, config.split, evaluated.source_uris)
+    if config.data is not None and training_data is not None:
+        overlap = (training_overlap(training_data, evaluated.shards, config.split, evaluated.source_uris)
+                   if evaluated.shards is not None else fingerprint_overlap(training_data, evaluated.fingerprints))
         if overlap is not None:
             report["data"]["near_duplicates_in_training"] = overlap
     report["seconds"] = round(time.time() - started, 1)
@@ -133,8 +135,10 @@ def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
     def images(uris: list[str]) -> np.ndarray:
         return raw_pixels([by_uri[u] for u in uris], pp)
 
-    return _scored(f"{listing.root} (raw images, preprocessed as the training data)", rows, VARIANTS,
-                   rejected, images)
+    scored = _scored(f"{listing.root} (raw images, preprocessed as the training data)", rows, VARIANTS,
+                     rejected, images)
+    fingerprint_of = {r["source_uri"]: r["fingerprint"] for r in rows}
+    return dataclasses.replace(scored, fingerprints=[fingerprint_of[u] for u in scored.source_uris])
 
 
 def _scored(description: str, rows: list[dict], variants: tuple[str, ...], rejected: dict[str, int],

@@ -74,7 +74,9 @@ def preprocess_for_model(batch: pa.Table, config: PreprocessConfig) -> dict[str,
     """Ray Data stage: read listed raw images and preprocess them as the model's training data.
 
     Every image gets a row: `status` "ok", "marking" (scored, but it carries burned-in
-    markings of a kind the training data excluded) or why it could not be read.
+    markings of a kind the training data excluded) or why it could not be read; and the
+    image's `fingerprint` (cxr.preprocess.fingerprints), computed by `process_image` as
+    preprocessing computes it, so that evaluation can look for it in the training data.
     """
     size = config.image_size
     # Training dropped marked images; scoring still scores them, flagged.
@@ -83,6 +85,7 @@ def preprocess_for_model(batch: pa.Table, config: PreprocessConfig) -> dict[str,
     rows = batch.to_pylist()
     images = np.zeros((len(rows), size, size, 1), dtype=np.uint8)
     status, detail, marking = [], [], np.full(len(rows), np.nan, dtype=np.float32)
+    fingerprint = np.full(len(rows), None, dtype=object)
     with sources.BatchReader(config.synthetic) as reader:
         for i, item in enumerate(rows):
             stage = "read_error"
@@ -92,6 +95,7 @@ def preprocess_for_model(batch: pa.Table, config: PreprocessConfig) -> dict[str,
                 result = process_image(data, scoring, sources.input_format(item["source_uri"]))
                 images[i, ..., 0] = decode_png_gray(result["image_png"])
                 marking[i] = result["marking_score"]
+                fingerprint[i] = result["fingerprint"]
                 flagged = config.markings.policy == "drop" and result["marking_score"] >= config.markings.threshold
                 status.append("marking" if flagged else "ok")
                 detail.append(f"marking score {result['marking_score']:.2f}: training excluded such images"
@@ -105,5 +109,5 @@ def preprocess_for_model(batch: pa.Table, config: PreprocessConfig) -> dict[str,
     return {"source_uri": np.array([r["source_uri"] for r in rows], dtype=object),
             "source": np.array([r.get("source") for r in rows], dtype=object),
             "label": np.array([r["label"] for r in rows], dtype=np.int64),
-            "image": images, "marking_score": marking,
+            "image": images, "marking_score": marking, "fingerprint": fingerprint,
             "status": np.array(status, dtype=object), "detail": np.array(detail, dtype=object)}
