@@ -82,3 +82,17 @@ def tiny_shards(ray_session, tmp_path_factory) -> str:
     output = str(tmp_path_factory.mktemp("tiny") / "shards")
     run_preprocess(PreprocessConfig(output=output, image_size=64, synthetic=SyntheticConfig(images=240, size=160)))
     return output
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_shards, tmp_path_factory) -> Path:
+    """A run trained once on tiny_shards (2 epochs, no augmentation) for every test that only
+    needs some trained model to score, evaluate or export: `<run>/model/` is its export.
+    Tests may write reports beside it, never into model/."""
+    from cxr.config import AugmentConfig, TrainConfig
+    from cxr.train.job import run_training
+
+    storage = tmp_path_factory.mktemp("tiny_run") / "runs"
+    run_training(TrainConfig(data=tiny_shards, storage=str(storage), name="tiny", epochs=2, batch_size=16,
+                             augment=AugmentConfig(0, 0, 0)))
+    return storage / "tiny"

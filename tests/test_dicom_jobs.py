@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, RLELossless
 
-from cxr.config import AugmentConfig, PreprocessConfig
+from cxr.config import PreprocessConfig
 from cxr.ingest.synthetic import render_synthetic
 from cxr.preprocess.pipeline import run_preprocess
 from cxr.preprocess.transforms import decode_image, decode_png_gray, to_grayscale
@@ -159,16 +159,15 @@ def windowed_12_bit(gray8: np.ndarray, monochrome1: bool, syntax: str = "") -> b
 
 
 def test_real_x_rays_as_12_bit_dicom_give_the_png_path_images_and_predictions(
-        ray_session, real_sample, tiny_shards, tmp_path):
+        ray_session, real_sample, tiny_run, tmp_path):
     """Windowed 12-bit DICOMs of real PNGs give the PNG path's very shard images and predictions.
 
     Without a window (the full 12-bit range), the gray values differ from the PNG's by under
     1/8000, and still CLAHE (256 histogram bins) moves some images' pixels by up to about
     20 levels where a gray level sits on a bin edge: close, not equal; checked on average.
     """
-    from cxr.config import PredictConfig, TrainConfig
+    from cxr.config import PredictConfig
     from cxr.predict.job import run_predict
-    from cxr.train.job import run_training
 
     pngs = [p for name in ("COVID", "Normal") for p in sorted((real_sample / name / "images").glob("*.png"))[:5]]
     trees = {"png": {}, "mono1": {}, "mono2": {}, "full_range": {}}
@@ -181,7 +180,7 @@ def test_real_x_rays_as_12_bit_dicom_give_the_png_path_images_and_predictions(
         trees["full_range"][f"{relative}.dcm"] = dicom_x_ray(gray8, monochrome1=True, syntax=JPEGLosslessSV1)
     images = {}
     for name, files in trees.items():
-        source = write_tree(tmp_path / name, files)
+        source = write_tree(tmp_path / "inputs" / name, files)
         run_preprocess(PreprocessConfig(source=str(source), output=str(tmp_path / f"{name}-shards")))
         manifest, splits, rejected = read_output(str(tmp_path / f"{name}-shards"))
         assert manifest["counts"]["found"] == len(pngs) == manifest["counts"]["kept"] + len(rejected)
@@ -196,17 +195,18 @@ def test_real_x_rays_as_12_bit_dicom_give_the_png_path_images_and_predictions(
             np.testing.assert_array_equal(images[name][stem], expected, err_msg=f"{name} {stem}")
         assert np.abs(images["full_range"][stem] - expected).mean() < 2.5, stem
 
-    # The same model scores the DICOMs as it scores the PNGs.
-    run_training(TrainConfig(data=tiny_shards, storage=str(tmp_path / "runs"), name="tiny", epochs=1,
-                             batch_size=16, augment=AugmentConfig(0, 0, 0)))
-    model = str(tmp_path / "runs" / "tiny" / "model")
-    probabilities = {}
-    for name in trees:
-        run_predict(PredictConfig(model=model, input=str(tmp_path / name), output=str(tmp_path / f"{name}-preds")))
-        table = pq.read_table(tmp_path / f"{name}-preds" / "predictions.parquet")
-        assert table.num_rows == len(pngs) and set(table.column("status").to_pylist()) <= {"ok", "marking"}
-        probabilities[name] = {Path(r["path"]).stem: r["prob_COVID"] for r in table.to_pylist()}
-        assert_no_patient_data(output_bytes(tmp_path / f"{name}-preds"))
+    # The same model scores the DICOMs as it scores the PNGs: one batch job over the four
+    # trees (inputs/<tree>/<class>/<file>), as a user would score a mixed folder.
+    run_predict(PredictConfig(model=str(tiny_run / "model"), input=str(tmp_path / "inputs"),
+                              output=str(tmp_path / "preds")))
+    rows = pq.read_table(tmp_path / "preds" / "predictions.parquet").to_pylist()
+    assert len(rows) == len(trees) * len(pngs) and {r["status"] for r in rows} <= {"ok", "marking"}
+    probabilities = {name: {} for name in trees}
+    for row in rows:
+        path = Path(row["path"])
+        probabilities[path.parent.parent.name][path.stem] = row["prob_COVID"]
+    assert all(len(probabilities[name]) == len(pngs) for name in trees)
+    assert_no_patient_data(output_bytes(tmp_path / "preds"))
     for stem, expected in probabilities["png"].items():
         for name in ("mono1", "mono2"):  # the same images: only float noise between batches
             assert probabilities[name][stem] == pytest.approx(expected, abs=1e-5), (name, stem)

@@ -1,7 +1,7 @@
 """Evaluation and batch inference end to end: a tiny trained model, a real local Ray, S3.
 
-One small model is trained once for the module (64 px synthetic images, 2 epochs); the
-tests then run jobs/evaluate.py and jobs/predict.py on it as a user does.
+One small model is trained once for the session (tiny_run in tests/conftest.py: 64 px synthetic
+images, 2 epochs); the tests then run jobs/evaluate.py and jobs/predict.py on it as a user does.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cxr.config import AugmentConfig, PreprocessConfig, SyntheticConfig, TrainConfig
+from cxr.config import PreprocessConfig, SyntheticConfig
 from cxr.ingest.synthetic import render_synthetic
 from cxr.preprocess.pipeline import run_preprocess
 from cxr.preprocess.transforms import encode_png
-from cxr.train.job import run_training
 from tests.cli import assert_one_line_error, run_job
 from tests.dicom_files import gradient, make_dicom
 
@@ -28,12 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session, tiny_shards, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("evaluate")
-    shards = tiny_shards
-    run_training(TrainConfig(data=shards, storage=str(root / "runs"), name="tiny", epochs=2, batch_size=16,
-                             augment=AugmentConfig(0, 0, 0)))
-    return {"root": root, "shards": shards, "run": root / "runs" / "tiny",
+def trained(ray_session, tiny_shards, tiny_run) -> dict:
+    return {"shards": tiny_shards, "run": tiny_run,
             "env": {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}}
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cxr.artifacts import Manifest
-from cxr.config import AugmentConfig, PreprocessConfig, SplitConfig, SyntheticConfig, TrainConfig
+from cxr.config import AugmentConfig, EvaluateConfig, PreprocessConfig, SplitConfig, SyntheticConfig, TrainConfig
 from cxr.preprocess.manifest import format_summary
 from cxr.preprocess.pipeline import run_preprocess
 from tests.cli import assert_one_line_error, run_job
@@ -154,6 +154,9 @@ def test_bad_metadata_csv_fails_in_one_line_before_anything_is_written(tmp_path)
 
 @pytest.mark.slow
 def test_evaluate_reports_held_out_and_training_sources(ray_session, tmp_path):
+    # In this process, on the session's Ray: what jobs/evaluate.py runs and prints (its command
+    # line and output are tested in tests/test_evaluate_predict.py and tests/test_job_output.py).
+    from cxr.evaluate.job import format_summary, run_evaluation
     from cxr.train.job import run_training
 
     shards = str(tmp_path / "shards")
@@ -162,9 +165,8 @@ def test_evaluate_reports_held_out_and_training_sources(ray_session, tmp_path):
         synthetic=SyntheticConfig(images=120, size=96, sources=3, confound=1.0)))
     run_training(TrainConfig(data=shards, storage=str(tmp_path / "runs"), name="sites", epochs=1, batch_size=16,
                              augment=AugmentConfig(0, 0, 0)))
-    result = run_job("evaluate", "--run", str(tmp_path / "runs" / "sites"), "--resamples", "100",
-                     "--gradcam-examples", "0", env=ray_env(ray_session))
-    assert result.returncode == 0, result.stderr[-3000:]
+    summary = format_summary(run_evaluation(EvaluateConfig(run=str(tmp_path / "runs" / "sites"), resamples=100,
+                                                          gradcam_examples=0)))
     report = json.loads((tmp_path / "runs" / "sites" / "report" / "report.json").read_text())
     sources = report["sources"]
     assert sources["held_out"] == ["site-c"]
@@ -174,7 +176,7 @@ def test_evaluate_reports_held_out_and_training_sources(ray_session, tmp_path):
     groups = sources["groups"]
     assert groups["held-out sources"]["n"] + groups["training sources"]["n"] == report["data"]["images"]
     assert groups["training sources"]["sources"] == sorted(set(test_counts) - {"site-c"})
-    assert "held-out sources (site-c):" in result.stdout
+    assert "held-out sources (site-c):" in summary
     markdown = (tmp_path / "runs" / "sites" / "report" / "report.md").read_text()
     assert "## Per source" in markdown and "holds out the source site-c" in markdown
     assert "holds out the source site-c" in (tmp_path / "runs" / "sites" / "report" / "MODEL_CARD.md").read_text()
