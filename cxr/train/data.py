@@ -99,14 +99,14 @@ def augmentation(augment: AugmentConfig, seed: int):
     skips augmentation when all are zero).
     """
     layers = keras().layers
+    nearest = {"fill_mode": "nearest", "interpolation": "nearest"}
     chosen = []
     if augment.rotation:
-        chosen.append(layers.RandomRotation(augment.rotation, fill_mode="nearest", interpolation="nearest", seed=seed))
+        chosen.append(layers.RandomRotation(augment.rotation, seed=seed, **nearest))
     if augment.shift:
-        chosen.append(layers.RandomTranslation(augment.shift, augment.shift, fill_mode="nearest", interpolation="nearest",
-                                                seed=seed + 1))
+        chosen.append(layers.RandomTranslation(augment.shift, augment.shift, seed=seed + 1, **nearest))
     if augment.zoom:
-        chosen.append(layers.RandomZoom(augment.zoom, fill_mode="nearest", interpolation="nearest", seed=seed + 2))
+        chosen.append(layers.RandomZoom(augment.zoom, seed=seed + 2, **nearest))
     if augment.appearance:
         chosen.append(appearance_layer(augment, seed + 3))
     return keras().Sequential(chosen)
