@@ -15,6 +15,13 @@ against the training job's defaults, both scored by jobs/evaluate.py on the test
 The quality benchmark's ablation ran at 96 px for 10 epochs; so does this search by default,
 to fit about an hour on 2 cores. Results go to docs/benchmarks.md (section "tune") and
 docs/benchmarks/tune.json.
+
+    python benchmarks/tune.py --confirm --shards PATH --epochs 20 [--no-write]
+
+A sweep's budget is short, and settings that win over a few epochs need not win over a
+training job's full length. `--confirm` skips the sweep: it trains the best trial's
+settings recorded in docs/benchmarks/tune.json beside the job's defaults, both with
+`--epochs` on the same shards, scores both as in 3., and writes section "tune_confirm".
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from benchmarks import common  # noqa: E402
 from cxr.config import TrainConfig, TuneConfig  # noqa: E402
 
 SECTION = "tune"
+CONFIRM_SECTION = "tune_confirm"
 PACKAGES = ("ray", "tensorflow-cpu", "tf-keras", "numpy", "optuna")
 log = logging.getLogger("benchmark")
 
@@ -50,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=10, help="per trial, and for the defaults (default: %(default)s)")
     parser.add_argument("--trials", type=int, default=10, help="(default: %(default)s)")
     parser.add_argument("--grace-period", type=int, default=defaults.grace_period, help="(default: %(default)s)")
+    parser.add_argument("--confirm", action="store_true",
+                        help="no sweep: the recorded best trial's settings against the defaults, with --epochs")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
     return parser.parse_args(argv)
 
@@ -107,7 +117,60 @@ def scored(name: str, run: str, minutes: float) -> dict:
     return {"name": name, "run": run, "config": training["config"], "minutes": minutes,
             "augment_text": f"rotation {augment['rotation']:g}, shift {augment['shift']:g}, zoom {augment['zoom']:g}",
             "epochs_trained": evaluated["epochs_trained"], "best_epoch": evaluated["best_epoch"],
-            "best_val_loss": training["best"]["val_loss"], "metrics": evaluated["report"]["metrics"]}
+            "best_val_loss": training["best"]["val_loss"], "metrics": evaluated["report"]["metrics"],
+            "lungs_masked_auc": evaluated["report"]["shortcuts"]["variants"]["lungs_masked"]["auc"]}
+
+
+def recorded_best() -> tuple[int, dict]:
+    """The best trial of the recorded sweep: its number and its settings as TrainConfig fields."""
+    import json
+
+    from cxr.config import AugmentConfig
+
+    recorded = json.loads((common.RAW_RESULTS / f"{SECTION}.json").read_text())
+    config = recorded["runs"][0]["config"]
+    return recorded["sweep"]["best"]["trial"], {
+        "learning_rate": config["learning_rate"], "dropout": config["dropout"], "batch_size": config["batch_size"],
+        "augment": AugmentConfig(**config["augment"]), "class_weights": config["class_weights"]}
+
+
+def confirm(base: TrainConfig, runs: Path) -> list[dict]:
+    """The recorded best trial's settings and the job's defaults, each trained with `base`'s budget."""
+    from cxr.train.job import run_training
+
+    trial, settings = recorded_best()
+    scored_runs = []
+    for name, run_name, changes in ((f"best trial ({trial}) of the recorded sweep", "best", settings),
+                                    ("job defaults", "defaults", {})):
+        log.info("confirm: training %s", name)
+        run_training(dataclasses.replace(base, name=run_name, **changes))
+        scored_runs.append(scored(name, str(runs / run_name), _trial_minutes(runs / run_name)))
+    return scored_runs
+
+
+def confirm_report(results: dict) -> str:
+    from cxr.evaluate.report import format_ci
+
+    return "\n".join([
+        "### The best trial's settings at a training job's length", "",
+        f"`python benchmarks/tune.py{results['arguments']}`, {results['date']}: {results['source']} at "
+        f"{results['image_size']} px ({results['images']['train']} training, {results['images']['val']} validation, "
+        f"{results['images']['test']} test images). The sweep's best settings (above) and the job's defaults, "
+        f"each trained with up to {results['epochs']} epochs (early stopping as in the job), the same seed and "
+        f"shards; scored by `jobs/evaluate.py` on the test split at the threshold each report chose on the "
+        f"validation split; 95% bootstrap intervals.",
+        "",
+        common.markdown_table(
+            ["run", "learning rate", "dropout", "batch", "augmentation", "epochs (best)", "val loss",
+             "test accuracy", "balanced accuracy", "test AUC", "AUC, lungs blacked out", "training minutes"],
+            [[run["name"], f"{run['config']['learning_rate']:.2g}", f"{run['config']['dropout']:.2f}",
+              run["config"]["batch_size"], run["augment_text"], f"{run['epochs_trained']} ({run['best_epoch'] + 1})",
+              f"{run['best_val_loss']:.3f}", format_ci(run["metrics"]["accuracy"]),
+              format_ci(run["metrics"]["balanced_accuracy"]), format_ci(run["metrics"]["auc"]),
+              format_ci(run["lungs_masked_auc"]), f"{run['minutes']:.1f}"] for run in results["runs"]]),
+        "",
+        f"Machine:\n{common.machine_markdown(results['machine'])}",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         results["source"] = manifest.source_uri
         results["images"] = {split: manifest.splits[split].total for split in ("train", "val", "test")}
         base = TrainConfig(data=shards, storage=str(scratch / "runs"), epochs=args.epochs)
+        if args.confirm:
+            results["runs"] = confirm(base, scratch / "runs")
+            ray.shutdown()
+            common.publish(CONFIRM_SECTION, confirm_report(results), results, write=not args.no_write)
+            return 0
 
         start = perf_counter()
         summary = run_tuning(TuneConfig(train=dataclasses.replace(base, name="sweep"), trials=args.trials,
