@@ -70,8 +70,6 @@ def trial_rows(table: Path) -> list[dict]:
 
 
 def report(results: dict) -> str:
-    from cxr.evaluate.report import format_ci
-
     sweep, runs = results["sweep"], results["runs"]
     lines = [
         "## Hyperparameter search: jobs/tune.py's best trial vs. the training job's defaults", "",
@@ -84,14 +82,7 @@ def report(results: dict) -> str:
         f"`jobs/evaluate.py` on the test split, at the threshold each report chose on the validation split; "
         f"95% bootstrap intervals.",
         "",
-        common.markdown_table(
-            ["run", "learning rate", "dropout", "batch", "augmentation", "class weights", "epochs (best)",
-             "val loss", "test accuracy", "balanced accuracy", "test AUC", "training minutes"],
-            [[run["name"], f"{run['config']['learning_rate']:.2g}", f"{run['config']['dropout']:.2f}",
-              run["config"]["batch_size"], run["augment_text"], run["config"]["class_weights"],
-              f"{run['epochs_trained']} ({run['best_epoch'] + 1})", f"{run['best_val_loss']:.3f}",
-              format_ci(run["metrics"]["accuracy"]), format_ci(run["metrics"]["balanced_accuracy"]),
-              format_ci(run["metrics"]["auc"]), f"{run['minutes']:.1f}"] for run in runs]),
+        runs_table(runs),
         "",
         "Every trial of the sweep (trials.md), best validation scores:",
         "",
@@ -106,6 +97,23 @@ def report(results: dict) -> str:
         f"Machine:\n{common.machine_markdown(results['machine'])}",
     ]
     return "\n".join(lines)
+
+
+def runs_table(runs: list[dict]) -> str:
+    """Each run's settings and its scores on the test split; the lungs-blacked-out AUC where recorded."""
+    from cxr.evaluate.report import format_ci
+
+    lungs = all("lungs_masked_auc" in run for run in runs)
+    return common.markdown_table(
+        ["run", "learning rate", "dropout", "batch", "augmentation", "class weights", "epochs (best)", "val loss",
+         "test accuracy", "balanced accuracy", "test AUC"] + (["AUC, lungs blacked out"] if lungs else [])
+        + ["training minutes"],
+        [[run["name"], f"{run['config']['learning_rate']:.2g}", f"{run['config']['dropout']:.2f}",
+          run["config"]["batch_size"], run["augment_text"], run["config"]["class_weights"],
+          f"{run['epochs_trained']} ({run['best_epoch'] + 1})", f"{run['best_val_loss']:.3f}",
+          format_ci(run["metrics"]["accuracy"]), format_ci(run["metrics"]["balanced_accuracy"]),
+          format_ci(run["metrics"]["auc"])] + ([format_ci(run["lungs_masked_auc"])] if lungs else [])
+         + [f"{run['minutes']:.1f}"] for run in runs])
 
 
 def scored(name: str, run: str, minutes: float) -> dict:
@@ -149,8 +157,6 @@ def confirm(base: TrainConfig, runs: Path) -> list[dict]:
 
 
 def confirm_report(results: dict) -> str:
-    from cxr.evaluate.report import format_ci
-
     return "\n".join([
         "### The best trial's settings at a training job's length", "",
         f"`python benchmarks/tune.py{results['arguments']}`, {results['date']}: {results['source']} at "
@@ -160,14 +166,7 @@ def confirm_report(results: dict) -> str:
         f"shards; scored by `jobs/evaluate.py` on the test split at the threshold each report chose on the "
         f"validation split; 95% bootstrap intervals.",
         "",
-        common.markdown_table(
-            ["run", "learning rate", "dropout", "batch", "augmentation", "epochs (best)", "val loss",
-             "test accuracy", "balanced accuracy", "test AUC", "AUC, lungs blacked out", "training minutes"],
-            [[run["name"], f"{run['config']['learning_rate']:.2g}", f"{run['config']['dropout']:.2f}",
-              run["config"]["batch_size"], run["augment_text"], f"{run['epochs_trained']} ({run['best_epoch'] + 1})",
-              f"{run['best_val_loss']:.3f}", format_ci(run["metrics"]["accuracy"]),
-              format_ci(run["metrics"]["balanced_accuracy"]), format_ci(run["metrics"]["auc"]),
-              format_ci(run["lungs_masked_auc"]), f"{run['minutes']:.1f}"] for run in results["runs"]]),
+        runs_table(results["runs"]),
         "",
         f"Machine:\n{common.machine_markdown(results['machine'])}",
     ])
