@@ -111,9 +111,9 @@ def test_group_by_a_patient_column_keeps_each_patients_images_in_one_split(ray_s
     (tmp_path / "meta.csv").write_text("\n".join(lines) + "\n")
     output = tmp_path / "shards"
     caplog.set_level("DEBUG")
-    run_preprocess(PreprocessConfig(source=str(write_tree(tmp_path / "src", files)), metadata=str(tmp_path / "meta.csv"),
-                                    split=SplitConfig(0.6, 0.2, 0.2, group_by="patient_id"), image_size=32,
-                                    output=str(output)))
+    run_preprocess(PreprocessConfig(source=str(write_tree(tmp_path / "src", files)),
+                                    metadata=str(tmp_path / "meta.csv"), image_size=32, output=str(output),
+                                    split=SplitConfig(0.6, 0.2, 0.2, group_by="patient_id")))
     manifest, splits, rejected = read_output(str(output))
     check_consistent(manifest, splits, rejected)
     split_of_patient: dict[str, set[str]] = {}

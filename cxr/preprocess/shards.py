@@ -35,7 +35,8 @@ STAGING_SCHEMA = staging_schema()
 
 # What the driver reads back from the staging shards to decide duplicates and splits.
 METADATA_COLUMNS = ["source_uri", "label", "class_name", "source", "content_hash", "status", "detail", "fetch",
-                    "marking_score", "marking_inpainted", "marking_truth", "lungs_found", "fingerprint"] + [f"t_{stage}" for stage in STAGES]
+                    "marking_score", "marking_inpainted", "marking_truth", "lungs_found", "fingerprint",
+                    *(f"t_{stage}" for stage in STAGES)]
 
 
 def remove_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]]:
