@@ -100,6 +100,14 @@ def setup_worker() -> None:
     """Ray's `worker_process_setup_hook` for the workers of a job without --verbose: runs in
     each worker process before any task or actor of the job (ensure_ray)."""
     _quiet_libraries()
+    # A worker stopped at the end of a sweep or by Ctrl-C can print CPython's "Exception
+    # ignored in: <function WeakSet...>" and its traceback while it shuts down: an error
+    # Python itself ignores, in a process whose work is over. It reached a tune job's output.
+    sys.unraisablehook = _log_unraisable
+
+
+def _log_unraisable(unraisable) -> None:
+    log.debug("ignored in %r: %s: %s", unraisable.object, type(unraisable.exc_value).__name__, unraisable.exc_value)
 
 
 def ensure_ray(state_api: bool = False) -> bool:
