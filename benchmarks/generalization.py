@@ -202,9 +202,9 @@ def report(results: dict) -> str:
                       [[name, summary(runs, "accuracy"), summary(runs, "auc"), summary(runs, "auc_lungs_masked"),
                         summary(runs, "auc_lungs_only")] for name, runs in r["runs"].items()]), ""]
     lines += ["How to read it: the held-out-source AUC is the number a lever must raise; the in-distribution and "
-              "real test AUCs are what it costs. The shortcut check blacks out a fixed lung template: on "
-              "lung-cropped images the lungs fill the frame and the template covers only their middle, so with "
-              "a crop a low 'lungs blacked out' AUC is weaker evidence than without.", "",
+              "real test AUCs are what it costs. The shortcut check blacks out a fixed lung template, fitted to "
+              "the frame of lung-cropped images, where the lungs fill most of it: with a crop, blacking out the "
+              "lungs leaves little else, so a low 'lungs blacked out' AUC is weaker evidence than without.", "",
               f"Machine:\n{common.machine_markdown(results['machine'])}"]
     return "\n".join(lines)
 
