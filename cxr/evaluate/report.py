@@ -52,13 +52,14 @@ def build_report(export, evaluated, validation, config) -> dict:
         report["sources"] = per_source
     if "lungs_masked" in by_variant:
         auc = {v: by_variant[v]["auc"] for v in VARIANTS}
+        crop_margin = lung_crop_margin(export)
         report["shortcuts"] = {
             "variants": {v: by_variant[v] for v in ("lungs_masked", "lungs_only")},
             "verdict": verdict(auc["full"], auc["lungs_masked"], auc["lungs_only"]),
             "lung_template": {"ellipses": [dict(zip(("centre_x", "centre_y", "half_width", "half_height"), e))
-                                           for e in template_ellipses(lung_crop_margin(export))],
+                                           for e in template_ellipses(crop_margin)],
                               "units": "fractions of the image side",
-                              "fitted_to_lung_crop": lung_crop_margin(export) is not None},
+                              "fitted_to_lung_crop": crop_margin is not None},
         }
     return report
 

@@ -16,6 +16,8 @@ import numpy as np
 from scipy import fft
 from skimage import transform
 
+from cxr.preprocess.components import Components
+
 # The DCT runs on a 32 x 32 thumbnail and keeps its 16 x 16 lowest frequencies: fine detail
 # (noise, compression) lives in the frequencies it drops. pHash's usual 8 x 8 (64 bits) does
 # not separate chest X-rays, which all share one layout: on 40 real ones, distinct images
@@ -63,22 +65,13 @@ def near_duplicate_groups(fingerprints: list[str], max_distance: int) -> list[in
     the index of its first member.
     """
     words = as_words(fingerprints)
-    parent = list(range(len(words)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    groups = Components()
     for start in range(0, len(words), BLOCK_ROWS):
         block = words[start:start + BLOCK_ROWS]
         distances = _distances(block, words)
         for i, j in zip(*np.nonzero(distances <= max_distance)):
-            a, b = root(start + int(i)), root(int(j))
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    return [root(i) for i in range(len(words))]
+            groups.join(start + int(i), int(j))
+    return [groups.root(i) for i in range(len(words))]
 
 
 def nearest_distances(queries: list[str], references: list[str]) -> np.ndarray:

@@ -19,6 +19,7 @@ from cxr.errors import UserError
 from cxr.artifacts import REJECT_SCHEMA, SPLITS, shard_schema
 from cxr.config import SplitConfig
 from cxr.preprocess import fingerprints
+from cxr.preprocess.components import Components
 
 STAGES = ("read", "decode", "grayscale", "markings", "clahe", "resize", "encode")
 
@@ -100,25 +101,13 @@ def group_by_value(rows: list[dict], values: dict[str, str | None]) -> tuple[lis
     the value, which may identify a patient. Unlike near-duplicates, a patient's images may
     carry several classes (studies at different times): they are kept, in one split.
     """
-    parent: dict[str, str] = {}
-
-    def root(key: str) -> str:
-        while parent.get(key, key) != key:
-            key = parent[key]
-        return key
-
+    groups = Components()
     first_group: dict[str, str] = {}
-    for row in sorted(rows, key=lambda r: r["content_hash"]):
+    for row in rows:
         group, value = row.get("group") or row["content_hash"], values.get(row["source_uri"])
-        if value is None:
-            continue
-        if value not in first_group:
-            first_group[value] = group
-            continue
-        a, b = root(first_group[value]), root(group)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    joined = [{**r, "group": root(r.get("group") or r["content_hash"])} for r in rows]
+        if value is not None:
+            groups.join(first_group.setdefault(value, group), group)
+    joined = [{**r, "group": groups.root(r.get("group") or r["content_hash"])} for r in rows]
     members: dict[str, list[dict]] = defaultdict(list)
     for row in joined:
         members[row["group"]].append(row)
