@@ -16,12 +16,17 @@ The quality benchmark's ablation ran at 96 px for 10 epochs; so does this search
 to fit about an hour on 2 cores. Results go to docs/benchmarks.md (section "tune") and
 docs/benchmarks/tune.json.
 
-    python benchmarks/tune.py --confirm --shards PATH --epochs 20 [--no-write]
+    python benchmarks/tune.py --confirm --shards PATH --epochs 20 [--seeds 0,1,2] [--lower-rate 1.5e-4]
+                              [--no-write]
 
 A sweep's budget is short, and settings that win over a few epochs need not win over a
-training job's full length. `--confirm` skips the sweep: it trains the best trial's
-settings recorded in docs/benchmarks/tune.json beside the job's defaults, both with
-`--epochs` on the same shards, scores both as in 3., and writes section "tune_confirm".
+training job's full length. `--confirm` skips the sweep: it trains three candidates with
+`--epochs` on the same shards, once per seed: the best trial's settings recorded in
+docs/benchmarks/tune.json, the job's defaults with only the peak learning rate lowered to
+`--lower-rate` (which separates the rate from the batch size and augmentation the search
+also changed), and the job's defaults. It scores every run as in 3., picks the candidate
+with the lowest mean validation loss over the seeds (the test split never chooses), and
+writes section "tune_confirm".
 """
 
 from __future__ import annotations
@@ -60,8 +65,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grace-period", type=int, default=defaults.grace_period, help="(default: %(default)s)")
     parser.add_argument("--confirm", action="store_true",
                         help="no sweep: the recorded best trial's settings against the defaults, with --epochs")
+    parser.add_argument("--seeds", default="0", help="with --confirm: comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--lower-rate", type=float, default=1.5e-4,
+                        help="with --confirm: the lowered-rate candidate's peak learning rate (default: %(default)s)")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    return args
 
 
 def trial_rows(table: Path) -> list[dict]:
@@ -104,16 +117,19 @@ def runs_table(runs: list[dict]) -> str:
     from cxr.evaluate.report import format_ci
 
     lungs = all("lungs_masked_auc" in run for run in runs)
-    return common.markdown_table(
-        ["run", "learning rate", "dropout", "batch", "augmentation", "class weights", "epochs (best)", "val loss",
-         "test accuracy", "balanced accuracy", "test AUC"] + (["AUC, lungs blacked out"] if lungs else [])
-        + ["training minutes"],
-        [[run["name"], f"{run['config']['learning_rate']:.2g}", f"{run['config']['dropout']:.2f}",
-          run["config"]["batch_size"], run["augment_text"], run["config"]["class_weights"],
-          f"{run['epochs_trained']} ({run['best_epoch'] + 1})", f"{run['best_val_loss']:.3f}",
-          format_ci(run["metrics"]["accuracy"]), format_ci(run["metrics"]["balanced_accuracy"]),
-          format_ci(run["metrics"]["auc"])] + ([format_ci(run["lungs_masked_auc"])] if lungs else [])
-         + [f"{run['minutes']:.1f}"] for run in runs])
+    seeds = all("seed" in run for run in runs)
+    header = (["run"] + (["seed"] if seeds else [])
+              + ["learning rate", "dropout", "batch", "augmentation", "class weights", "epochs (best)", "val loss",
+                 "test accuracy", "balanced accuracy", "test AUC"]
+              + (["AUC, lungs blacked out"] if lungs else []) + ["training minutes"])
+    return common.markdown_table(header, [
+        [run["name"]] + ([run["seed"]] if seeds else [])
+        + [f"{run['config']['learning_rate']:.2g}", f"{run['config']['dropout']:.2f}", run["config"]["batch_size"],
+           run["augment_text"], run["config"]["class_weights"], f"{run['epochs_trained']} ({run['best_epoch'] + 1})",
+           f"{run['best_val_loss']:.3f}", format_ci(run["metrics"]["accuracy"]),
+           format_ci(run["metrics"]["balanced_accuracy"]), format_ci(run["metrics"]["auc"])]
+        + ([format_ci(run["lungs_masked_auc"])] if lungs else []) + [f"{run['minutes']:.1f}"]
+        for run in runs])
 
 
 def scored(name: str, run: str, minutes: float) -> dict:
@@ -142,29 +158,71 @@ def recorded_best() -> tuple[int, dict]:
         "augment": AugmentConfig(**config["augment"]), "class_weights": config["class_weights"]}
 
 
-def confirm(base: TrainConfig, runs: Path) -> list[dict]:
-    """The recorded best trial's settings and the job's defaults, each trained with `base`'s budget."""
+def confirm(base: TrainConfig, runs: Path, seeds: list[int], lower_rate: float) -> list[dict]:
+    """Each candidate trained once per seed with `base`'s budget: the recorded best trial's settings, the
+    defaults with a lower peak rate, and the defaults."""
     from cxr.train.job import run_training
 
     trial, settings = recorded_best()
+    candidates = ((f"best trial ({trial}) of the recorded sweep", "best", settings),
+                  (f"job defaults, peak rate {lower_rate:.2g}", "lower-rate", {"learning_rate": lower_rate}),
+                  ("job defaults", "defaults", {}))
     scored_runs = []
-    for name, run_name, changes in ((f"best trial ({trial}) of the recorded sweep", "best", settings),
-                                    ("job defaults", "defaults", {})):
-        log.info("confirm: training %s", name)
-        run_training(dataclasses.replace(base, name=run_name, **changes))
-        scored_runs.append(scored(name, str(runs / run_name), _trial_minutes(runs / run_name)))
+    for seed in seeds:
+        for name, run_name, changes in candidates:
+            log.info("confirm: training %s, seed %d", name, seed)
+            run_name = f"{run_name}-seed{seed}"
+            run_training(dataclasses.replace(base, name=run_name, seed=seed, **changes))
+            scored_runs.append({**scored(name, str(runs / run_name), _trial_minutes(runs / run_name)), "seed": seed})
     return scored_runs
 
 
+def candidate_means(runs: list[dict]) -> list[dict]:
+    """Per candidate: the mean, lowest and highest over its seeds of validation loss and the test scores,
+    sorted by mean validation loss, so that the first is the one chosen."""
+    import statistics
+
+    def spread(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values), "low": min(values), "high": max(values)}
+
+    by_name: dict[str, list[dict]] = {}
+    for run in runs:
+        by_name.setdefault(run["name"], []).append(run)
+    rows = [{"name": name, "seeds": [run["seed"] for run in group],
+             "val_loss": spread([run["best_val_loss"] for run in group]),
+             "accuracy": spread([run["metrics"]["accuracy"]["value"] for run in group]),
+             "auc": spread([run["metrics"]["auc"]["value"] for run in group]),
+             "lungs_masked_auc": spread([run["lungs_masked_auc"]["value"] for run in group]),
+             "minutes": spread([run["minutes"] for run in group])}
+            for name, group in by_name.items()]
+    return sorted(rows, key=lambda row: row["val_loss"]["mean"])
+
+
 def confirm_report(results: dict) -> str:
+    means = results["means"]
+
+    def spread(value: dict) -> str:
+        return f"{value['mean']:.3f} ({value['low']:.3f}-{value['high']:.3f})"
+
     return "\n".join([
         "### The best trial's settings at a training job's length", "",
         f"`python benchmarks/tune.py{results['arguments']}`, {results['date']}: {results['source']} at "
         f"{results['image_size']} px ({results['images']['train']} training, {results['images']['val']} validation, "
-        f"{results['images']['test']} test images). The sweep's best settings (above) and the job's defaults, "
-        f"each trained with up to {results['epochs']} epochs (early stopping as in the job), the same seed and "
-        f"shards; scored by `jobs/evaluate.py` on the test split at the threshold each report chose on the "
-        f"validation split; 95% bootstrap intervals.",
+        f"{results['images']['test']} test images). Three candidates, each trained with up to {results['epochs']} "
+        f"epochs (early stopping as in the job) on the same shards, once per seed "
+        f"({', '.join(map(str, results['seeds']))}); scored by `jobs/evaluate.py` on the test split at the "
+        f"threshold each report chose on the validation split; 95% bootstrap intervals. The candidate with the "
+        f"lowest mean validation loss is chosen; the test split chooses nothing.",
+        "",
+        "Mean over the seeds (lowest and highest in brackets), chosen first:",
+        "",
+        common.markdown_table(
+            ["candidate", "seeds", "val loss", "test accuracy", "test AUC", "AUC, lungs blacked out",
+             "training minutes"],
+            [[row["name"], len(row["seeds"]), spread(row["val_loss"]), spread(row["accuracy"]), spread(row["auc"]),
+              spread(row["lungs_masked_auc"]), f"{row['minutes']['mean']:.1f}"] for row in means]),
+        "",
+        "Every run:",
         "",
         runs_table(results["runs"]),
         "",
@@ -203,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         results["images"] = {split: manifest.splits[split].total for split in ("train", "val", "test")}
         base = TrainConfig(data=shards, storage=str(scratch / "runs"), epochs=args.epochs)
         if args.confirm:
-            results["runs"] = confirm(base, scratch / "runs")
+            results["seeds"] = args.seeds
+            results["runs"] = confirm(base, scratch / "runs", args.seeds, args.lower_rate)
+            results["means"] = candidate_means(results["runs"])
             ray.shutdown()
             common.publish(CONFIRM_SECTION, confirm_report(results), results, write=not args.no_write)
             return 0
