@@ -16,15 +16,15 @@ The quality benchmark's ablation ran at 96 px for 10 epochs; so does this search
 to fit about an hour on 2 cores. Results go to docs/benchmarks.md (section "tune") and
 docs/benchmarks/tune.json.
 
-    python benchmarks/tune.py --confirm --shards PATH --epochs 20 [--seeds 0,1,2] [--lower-rate 1.5e-4]
+    python benchmarks/tune.py --confirm --shards PATH --epochs 20 [--seeds 0,1,2] [--lower-rate RATE]
                               [--no-write]
 
 A sweep's budget is short, and settings that win over a few epochs need not win over a
-training job's full length. `--confirm` skips the sweep: it trains three candidates with
+training job's full length. `--confirm` skips the sweep: it trains the candidates with
 `--epochs` on the same shards, once per seed: the best trial's settings recorded in
-docs/benchmarks/tune.json, the job's defaults with only the peak learning rate lowered to
-`--lower-rate` (which separates the rate from the batch size and augmentation the search
-also changed), and the job's defaults. It scores every run as in 3., picks the candidate
+docs/benchmarks/tune.json, the job's defaults, and with `--lower-rate` the job's defaults
+with only the peak learning rate lowered (which separates the rate from the batch size and
+augmentation the search also changed). It scores every run as in 3., picks the candidate
 with the lowest mean validation loss over the seeds (the test split never chooses), and
 writes section "tune_confirm".
 """
@@ -66,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--confirm", action="store_true",
                         help="no sweep: the recorded best trial's settings against the defaults, with --epochs")
     parser.add_argument("--seeds", default="0", help="with --confirm: comma-separated seeds (default: %(default)s)")
-    parser.add_argument("--lower-rate", type=float, default=1.5e-4,
-                        help="with --confirm: the lowered-rate candidate's peak learning rate (default: %(default)s)")
+    parser.add_argument("--lower-rate", type=float, default=None,
+                        help="with --confirm: also the job's defaults with this peak learning rate")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
     args = parser.parse_args(argv)
     try:
@@ -158,15 +158,15 @@ def recorded_best() -> tuple[int, dict]:
         "augment": AugmentConfig(**config["augment"]), "class_weights": config["class_weights"]}
 
 
-def confirm(base: TrainConfig, runs: Path, seeds: list[int], lower_rate: float) -> list[dict]:
+def confirm(base: TrainConfig, runs: Path, seeds: list[int], lower_rate: float | None) -> list[dict]:
     """Each candidate trained once per seed with `base`'s budget: the recorded best trial's settings, the
-    defaults with a lower peak rate, and the defaults."""
+    defaults with a lower peak rate when asked for, and the defaults."""
     from cxr.train.job import run_training
 
     trial, settings = recorded_best()
-    candidates = ((f"best trial ({trial}) of the recorded sweep", "best", settings),
-                  (f"job defaults, peak rate {lower_rate:.2g}", "lower-rate", {"learning_rate": lower_rate}),
-                  ("job defaults", "defaults", {}))
+    candidates = [(f"best trial ({trial}) of the recorded sweep", "best", settings), ("job defaults", "defaults", {})]
+    if lower_rate is not None:
+        candidates.insert(1, (f"job defaults, peak rate {lower_rate:.2g}", "lower-rate", {"learning_rate": lower_rate}))
     scored_runs = []
     for seed in seeds:
         for name, run_name, changes in candidates:
@@ -208,7 +208,7 @@ def confirm_report(results: dict) -> str:
         "### The best trial's settings at a training job's length", "",
         f"`python benchmarks/tune.py{results['arguments']}`, {results['date']}: {results['source']} at "
         f"{results['image_size']} px ({results['images']['train']} training, {results['images']['val']} validation, "
-        f"{results['images']['test']} test images). Three candidates, each trained with up to {results['epochs']} "
+        f"{results['images']['test']} test images). The candidates, each trained with up to {results['epochs']} "
         f"epochs (early stopping as in the job) on the same shards, once per seed "
         f"({', '.join(map(str, results['seeds']))}); scored by `jobs/evaluate.py` on the test split at the "
         f"threshold each report chose on the validation split; 95% bootstrap intervals. The candidate with the "

@@ -169,3 +169,32 @@ def test_cached_bytes_per_worker_counts_train_and_val_images():
                             "counts": {"splits": {"train": {"total": 1001}, "val": {"total": 100}}}})
     assert cached_bytes_per_worker(manifest, 1) == 1101 * 299 * 299
     assert cached_bytes_per_worker(manifest, 2) == 551 * 299 * 299
+
+
+def test_the_training_stream_mixes_the_classes_of_shards_written_one_class_after_the_other(ray_session, tmp_path):
+    from cxr import storage
+    from cxr.artifacts import read_manifest
+    from cxr.config import PreprocessConfig
+    from cxr.preprocess.pipeline import run_preprocess
+    from cxr.train.data import LABEL, split_dataset
+    from tests.trees import class_tree, write_tree
+
+    tree = write_tree(tmp_path / "tree", class_tree(per_class=30, size=64, kaggle_layout=False))
+    output = str(tmp_path / "shards")
+    run_preprocess(PreprocessConfig(source=str(tree), output=output, image_size=32, rows_per_shard=8))
+    manifest, data = read_manifest(output), storage.resolve(output)
+
+    def stream(seed: int | None) -> list[int]:
+        dataset = split_dataset(data, manifest, "train", shuffle_seed=seed)
+        return [int(label) for batch in dataset.iter_batches(batch_size=None) for label in batch[LABEL]]
+
+    def covid_share_of_first_half(labels: list[int]) -> float:
+        half = labels[:len(labels) // 2]
+        return half.count(manifest.class_names.index("COVID")) / len(half)
+
+    in_file_order, shuffled = stream(None), stream(0)
+    # The hazard: a class-per-folder tree lists one class after the other, and so do its shards.
+    assert covid_share_of_first_half(in_file_order) > 0.9
+    assert sorted(shuffled) == sorted(in_file_order) and len(shuffled) == manifest.splits["train"].total
+    assert 0.25 < covid_share_of_first_half(shuffled) < 0.75
+    assert stream(0) == shuffled != stream(1)

@@ -32,10 +32,23 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {FEATURE: images[..., None], LABEL: np.asarray(batch["label"], dtype=np.int64)}
 
 
-def split_dataset(data: storage.Location, manifest: Manifest, split: str):
-    """A lazily read, decoded Ray Data dataset of one split."""
+def split_dataset(data: storage.Location, manifest: Manifest, split: str, shuffle_seed: int | None = None):
+    """A lazily read, decoded Ray Data dataset of one split; with `shuffle_seed`, its rows in a
+    seeded random order, a new one each time the dataset is read (each streamed epoch).
+
+    Training must shuffle the whole split: its shard files are not mixed by class. They
+    follow the order the inputs were listed in (a class-per-folder tree lists one class,
+    then the other) and are sorted by content hash only within each file. Read in file
+    order, the real sample's training split streamed about 900 mostly-COVID images and then
+    2,100 Normal ones, and a shuffle buffer of a few hundred cannot mix runs that long: the
+    model swung from one class to the other through every epoch (docs/benchmarks.md, "tune").
+    The shuffle runs on the encoded rows, before decoding, so it moves the least data.
+    """
     dataset = ray.data.read_parquet(manifest.split_paths(data, split), filesystem=data.fs)
-    return dataset.select_columns(["image_png", "label"]).map_batches(decode_batch, batch_format="numpy")
+    dataset = dataset.select_columns(["image_png", "label"])
+    if shuffle_seed is not None:
+        dataset = dataset.random_shuffle(seed=shuffle_seed)
+    return dataset.map_batches(decode_batch, batch_format="numpy")
 
 
 def class_weights(manifest: Manifest) -> dict[int, float]:
@@ -66,9 +79,9 @@ def worker_dataset(shard, batch_size: int, num_classes: int, seed: int, training
     if cache:
         dataset = dataset.cache()
     if training:
-        # Shards are sorted by content hash: unshuffled, every epoch would see the same
-        # batches. tf.data reshuffles each epoch (Ray's local shuffle, with a fixed seed,
-        # repeats one order); the seed keeps runs reproducible.
+        # The stream is already in a random order (split_dataset), but from the cache every
+        # epoch would see the same batches: tf.data reshuffles locally each epoch (Ray's local
+        # shuffle, with a fixed seed, repeats one order); the seed keeps runs reproducible.
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),

@@ -82,7 +82,7 @@ def run_tuning(config: TuneConfig) -> dict:
              sweep.root.uri, "; ".join(describe(p) for p in config.space), how)
     # Trials run with other working directories (Ray Tune's): every path they get is absolute.
     plan = SweepPlan(config=dataclasses.replace(config, train=dataclasses.replace(base, data=data.uri)),
-                     inputs=inputs, trials_uri=sweep.trials.uri, datasets=shared_datasets(inputs))
+                     inputs=inputs, trials_uri=sweep.trials.uri, datasets=shared_datasets(inputs, base.seed))
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
     if not runtime.is_verbose():
         logging.getLogger(TUNE_CONTROLLER_LOGGER).addFilter(_without_trial_tracebacks)
@@ -176,9 +176,10 @@ def concurrent_trials(config: TuneConfig, nodes: list[dict], started_ray: bool) 
     return max(1, min(fits, config.trials))
 
 
-def shared_datasets(inputs: train_job.RunInputs) -> dict:
+def shared_datasets(inputs: train_job.RunInputs, seed: int) -> dict:
     """The splits every trial reads, decoded once into Ray's object store: validation, and
-    training too when both fit half of the store. What does not fit, each trial streams."""
+    training too when both fit half of the store, shuffled once with `seed` (as the training
+    job shuffles it: cxr.train.data.split_dataset). What does not fit, each trial streams."""
     manifest = inputs.manifest
     budget = ray.cluster_resources().get("object_store_memory", 0) / 2
     shared = {}
@@ -188,7 +189,7 @@ def shared_datasets(inputs: train_job.RunInputs) -> dict:
             log.info("each trial reads the %s split itself (%.1f GB decoded, more than half the object store)",
                      split, decoded / 1e9)
             continue
-        dataset = split_dataset(inputs.data, manifest, split)
+        dataset = split_dataset(inputs.data, manifest, split, shuffle_seed=seed if split == "train" else None)
         dataset.context.enable_progress_bars = False
         shared[split] = dataset.materialize()
         budget -= decoded
