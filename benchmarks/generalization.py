@@ -87,8 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
     args = parser.parse_args(argv)
+    args.real_seeds = args.real_seeds or args.seeds
     for name in ("seeds", "real_seeds"):
-        text = getattr(args, name) or args.seeds
+        text = getattr(args, name)
         try:
             setattr(args, name, [int(s) for s in text.split(",")])
         except ValueError:
