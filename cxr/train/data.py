@@ -34,7 +34,7 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def split_dataset(data: storage.Location, manifest: Manifest, split: str, shuffle_seed: int | None = None):
     """A lazily read, decoded Ray Data dataset of one split; with `shuffle_seed`, its rows in a
-    seeded random order, a new one each time the dataset is read (each streamed epoch).
+    seeded random order (the workers' tf.data shuffle then varies each epoch's batches).
 
     Training must shuffle the whole split: its shard files are not mixed by class. They
     follow the order the inputs were listed in (a class-per-folder tree lists one class,
