@@ -265,6 +265,16 @@ def require_own_ray() -> None:
         fail("RAY_ADDRESS is set: this benchmark measures a Ray it starts itself; unset it")
 
 
+def seed_list(text: str) -> list[int]:
+    """An argparse type: "0,1,2" -> [0, 1, 2]; anything else is the usage error argparse prints."""
+    import argparse
+
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers, got {text!r}") from None
+
+
 def fail(message: str) -> None:
     """End a benchmark with one line on stderr, as the jobs do for user errors."""
     print(f"error: {message}", file=sys.stderr)

@@ -77,8 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--real-images", type=int, default=None,
                         help="real images, spread over the classes (default: all of the sample)")
     parser.add_argument("--epochs", type=int, default=8, help="per run, no early stop (default: %(default)s)")
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default: %(default)s)")
-    parser.add_argument("--real-seeds", default=None,
+    parser.add_argument("--seeds", type=common.seed_list, default="0,1,2",
+                        help="training seeds, comma-separated (default: %(default)s)")
+    parser.add_argument("--real-seeds", type=common.seed_list, default=None,
                         help="training seeds on the real sample, which take longer (default: --seeds)")
     parser.add_argument("--levers", default=None, help="comma-separated subset of the levers, by their first word(s)")
     parser.add_argument("--data-source", type=Path, default=common.REAL_SAMPLE,
@@ -88,12 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
     args = parser.parse_args(argv)
     args.real_seeds = args.real_seeds or args.seeds
-    for name in ("seeds", "real_seeds"):
-        text = getattr(args, name)
-        try:
-            setattr(args, name, [int(s) for s in text.split(",")])
-        except ValueError:
-            parser.error(f"--{name.replace('_', '-')} must be comma-separated integers, got {text!r}")
     return args
 
 

@@ -43,7 +43,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1,2", help="synthetic data and training seeds (default: %(default)s)")
+    parser.add_argument("--seeds", type=common.seed_list, default="0,1,2",
+                        help="synthetic data and training seeds (default: %(default)s)")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/ alone")
     return parser.parse_args(argv)
 
@@ -137,14 +138,10 @@ def render(runs: list[dict], machine: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.require_own_ray()
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        common.fail(f"--seeds must be comma-separated whole numbers, got {args.seeds!r}")
     machine = common.machine_description(PACKAGES)
     with tempfile.TemporaryDirectory(prefix="cxr-quickstart-") as scratch:
         runs = []
-        for seed in seeds:
+        for seed in args.seeds:
             print(f"seed {seed}: running scripts/run.sh at a pseudo-terminal", flush=True)
             runs.append(run_seed(seed, Path(scratch)))
             run = runs[-1]

@@ -65,16 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grace-period", type=int, default=defaults.grace_period, help="(default: %(default)s)")
     parser.add_argument("--confirm", action="store_true",
                         help="no sweep: the recorded best trial's settings against the defaults, with --epochs")
-    parser.add_argument("--seeds", default="0", help="with --confirm: comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--seeds", type=common.seed_list, default="0",
+                        help="with --confirm: comma-separated seeds (default: %(default)s)")
     parser.add_argument("--lower-rate", type=float, default=None,
                         help="with --confirm: also the job's defaults with this peak learning rate")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
-    args = parser.parse_args(argv)
-    try:
-        args.seeds = [int(seed) for seed in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    return args
+    return parser.parse_args(argv)
 
 
 def trial_rows(table: Path) -> list[dict]:
@@ -201,7 +197,7 @@ def candidate_means(runs: list[dict]) -> list[dict]:
 def confirm_report(results: dict) -> str:
     means = results["means"]
 
-    def spread(value: dict) -> str:
+    def mean_and_range(value: dict) -> str:
         return f"{value['mean']:.3f} ({value['low']:.3f}-{value['high']:.3f})"
 
     return "\n".join([
@@ -219,8 +215,9 @@ def confirm_report(results: dict) -> str:
         common.markdown_table(
             ["candidate", "seeds", "val loss", "test accuracy", "test AUC", "AUC, lungs blacked out",
              "training minutes"],
-            [[row["name"], len(row["seeds"]), spread(row["val_loss"]), spread(row["accuracy"]), spread(row["auc"]),
-              spread(row["lungs_masked_auc"]), f"{row['minutes']['mean']:.1f}"] for row in means]),
+            [[row["name"], len(row["seeds"])]
+             + [mean_and_range(row[key]) for key in ("val_loss", "accuracy", "auc", "lungs_masked_auc")]
+             + [f"{row['minutes']['mean']:.1f}"] for row in means]),
         "",
         "Every run:",
         "",
