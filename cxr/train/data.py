@@ -32,9 +32,9 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {FEATURE: images[..., None], LABEL: np.asarray(batch["label"], dtype=np.int64)}
 
 
-def split_dataset(data: storage.Location, manifest: Manifest, split: str, shuffle_seed: int | None = None):
-    """A lazily read, decoded Ray Data dataset of one split; with `shuffle_seed`, its rows in a
-    seeded random order (the workers' tf.data shuffle then varies each epoch's batches).
+def split_dataset(data: storage.Location, manifest: Manifest, split: str, seed: int):
+    """A lazily read, decoded Ray Data dataset of one split; the training split's rows in a
+    random order seeded by `seed` (the workers' tf.data shuffle then varies each epoch's batches).
 
     Training must shuffle the whole split: its shard files are not mixed by class. They
     follow the order the inputs were listed in (a class-per-folder tree lists one class,
@@ -46,8 +46,8 @@ def split_dataset(data: storage.Location, manifest: Manifest, split: str, shuffl
     """
     dataset = ray.data.read_parquet(manifest.split_paths(data, split), filesystem=data.fs)
     dataset = dataset.select_columns(["image_png", "label"])
-    if shuffle_seed is not None:
-        dataset = dataset.random_shuffle(seed=shuffle_seed)
+    if split == "train":
+        dataset = dataset.random_shuffle(seed=seed)
     return dataset.map_batches(decode_batch, batch_format="numpy")
 
 

@@ -232,8 +232,7 @@ def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location,
 
     manifest = inputs.manifest
     cache = _keeps_cache(config, manifest)
-    datasets = {split: shared[split] if split in shared else
-                split_dataset(inputs.data, manifest, split, shuffle_seed=config.seed if split == "train" else None)
+    datasets = {split: shared[split] if split in shared else split_dataset(inputs.data, manifest, split, config.seed)
                 for split in ("train", "val")}
     for dataset in datasets.values():
         # The training bar counts these images: Ray Data's own bars for the streams that

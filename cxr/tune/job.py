@@ -189,7 +189,7 @@ def shared_datasets(inputs: train_job.RunInputs, seed: int) -> dict:
             log.info("each trial reads the %s split itself (%.1f GB decoded, more than half the object store)",
                      split, decoded / 1e9)
             continue
-        dataset = split_dataset(inputs.data, manifest, split, shuffle_seed=seed if split == "train" else None)
+        dataset = split_dataset(inputs.data, manifest, split, seed)
         dataset.context.enable_progress_bars = False
         shared[split] = dataset.materialize()
         budget -= decoded
