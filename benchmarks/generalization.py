@@ -193,7 +193,8 @@ def report(results: dict) -> str:
              f"{results['image_size']} px) and scored with `run_evaluation`; the mean over the training seeds "
              "each part names, with their range in brackets. Levers: appearance "
              "augmentation is `jobs/train.py --appearance-augment 1`; the others are `jobs/preprocess.py` "
-             "flags (`--remove-all-markings`, `--lung-crop`, `--lung-suppress`).", ""]
+             "flags (`--remove-all-markings`, `--lung-crop`, `--lung-suppress`). \"no lever\" is "
+             "`--no-lung-crop` and `--appearance-augment 0`, the recipe before issue 17.", ""]
     if "synthetic" in results:
         s = results["synthetic"]
         lines += [f"Synthetic testbed: {results['synthetic_images']} images from 3 sites, COVID share 0.5, "

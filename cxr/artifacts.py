@@ -64,6 +64,8 @@ MANIFEST_FILE = "manifest.json"
 REJECTED_FILE = "rejected.parquet"
 # The first pass's output under the shards' root, removed when the job ends.
 STAGING_DIR = "_staging"
+# The settings of a part a manifest predates: what preprocessing did before the part existed.
+_BEFORE_RECORDED = {"lungs": {"crop": False, "suppress": False}}
 
 SHARD_SCHEMA = pa.schema([
     ("image_png", pa.binary()),
@@ -263,8 +265,9 @@ class Manifest:
         nested = {"clahe": ClaheConfig, "markings": MarkingConfig, "lungs": LungFocusConfig, "split": SplitConfig,
                   "synthetic": SyntheticConfig}
         for name, config_class in nested.items():
-            # Manifests older than a part (lungs) were made without it: its defaults, all off.
-            settings[name] = config_class(**settings.get(name, {}))
+            # Manifests older than a part (lungs) were made without it: as it was off, whatever
+            # its defaults are now.
+            settings[name] = config_class(**settings.get(name, _BEFORE_RECORDED.get(name, {})))
         # Which images carry a source was decided by the listing; scoring other images does
         # not read the training data's metadata file, nor group by one of its columns.
         settings.pop("metadata", None)

@@ -46,9 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--remove-all-markings", action="store_true",
                         help="inpaint every burned-in mark the detector finds in a kept image, not only those "
                              "at or above --marking-threshold; recorded, so scoring does the same")
-    parser.add_argument("--lung-crop", action="store_true",
+    parser.add_argument("--lung-crop", action=argparse.BooleanOptionalAction, default=defaults.lungs.crop,
                         help="crop each image to the box around its lung fields, found per image; recorded, "
-                             "so evaluate and predict do the same")
+                             "so evaluate and predict do the same (default: on)")
     parser.add_argument("--lung-suppress", action="store_true",
                         help="black out everything outside the lung fields (with --lung-crop or alone)")
     parser.add_argument("--lung-margin", type=float, default=defaults.lungs.margin,

@@ -14,7 +14,8 @@ import sys
 # `python jobs/train.py` puts jobs/ on sys.path, not the repository (see jobs/preprocess.py).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cxr.config import LR_SCHEDULES, MODEL_NAMES, AugmentConfig, TrainConfig, parse_node_labels  # noqa: E402
+from cxr.config import (DEFAULT_APPEARANCE_STRENGTH, LR_SCHEDULES, MODEL_NAMES,  # noqa: E402
+                        AugmentConfig, TrainConfig, parse_node_labels)
 from cxr.errors import UserError  # noqa: E402
 from cxr.runtime import run_job, setup_logging  # noqa: E402
 
@@ -49,8 +50,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, name_help: str) -> N
     parser.add_argument("--dropout", type=float, default=defaults.dropout,
                         help="dropout around the dense head; 0 for none (default: %(default)s)")
     parser.add_argument("--no-class-weights", action="store_true", help="do not weight classes by frequency")
-    parser.add_argument("--no-augment", action="store_true", help="no on-the-fly geometric augmentation")
-    parser.add_argument("--appearance-augment", type=float, default=0.0, metavar="STRENGTH",
+    parser.add_argument("--no-augment", action="store_true",
+                        help="no on-the-fly geometric augmentation (appearance: --appearance-augment 0)")
+    parser.add_argument("--appearance-augment", type=float, default=DEFAULT_APPEARANCE_STRENGTH, metavar="STRENGTH",
                         help="appearance augmentation (gamma, contrast, brightness, blur, noise, resolution loss) "
                              "as hospitals differ: 1 is the preset, 0 none (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=defaults.workers)

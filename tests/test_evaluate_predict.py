@@ -78,6 +78,8 @@ def test_evaluate_writes_a_report_with_intervals_shortcuts_and_a_model_card(trai
     assert "## Shortcut check" in markdown and "lung fields blacked out" in markdown
     card = (report_dir / "MODEL_CARD.md").read_text()
     assert "Not for clinical use" in card and "Known confounders" in card and str(test_counts["total"]) in card
+    # The shards have the default lung crop; this model trained without augmentation.
+    assert "Trained with the lung crop: levers" in card and "## Generalization" in markdown
 
 
 def training_images_as_raw_files(shards: str, folder: Path, count: int) -> list[Path]:

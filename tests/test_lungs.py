@@ -82,9 +82,9 @@ def pixels_of(data: bytes, config: PreprocessConfig) -> np.ndarray:
     return decode_png_gray(process_image(data, config)["image_png"])
 
 
-BASE = PreprocessConfig(image_size=64)
+BASE = PreprocessConfig(image_size=64, lungs=LungFocusConfig(crop=False))
 CROP = dataclasses.replace(BASE, lungs=LungFocusConfig(crop=True))
-SUPPRESS = dataclasses.replace(BASE, lungs=LungFocusConfig(suppress=True))
+SUPPRESS = dataclasses.replace(BASE, lungs=LungFocusConfig(crop=False, suppress=True))
 BOTH = dataclasses.replace(BASE, lungs=LungFocusConfig(crop=True, suppress=True))
 
 
@@ -99,8 +99,9 @@ def test_lung_focus_changes_the_image_and_repeats_exactly():
     assert pixels_of(data, SUPPRESS)[:4, :4].max() == 0 and plain[:4, :4].max() > 0
 
 
-def test_the_lung_focus_is_off_by_default_and_checked():
-    assert not PreprocessConfig().lungs.enabled and not PreprocessConfig().markings.remove_all
+def test_the_lung_crop_is_on_by_default_suppression_off_and_checked():
+    assert PreprocessConfig().lungs == LungFocusConfig(crop=True, suppress=False)
+    assert not PreprocessConfig().markings.remove_all
     with pytest.raises(UserError, match="--lung-margin"):
         LungFocusConfig(margin=0.9)
 
@@ -137,8 +138,9 @@ def test_the_manifest_carries_the_levers_to_scoring_and_older_manifests_have_non
     assert config.lungs == levers.lungs and config.markings.remove_all
     record = as_manifest().to_dict()  # as written before the levers existed
     assert "lungs" not in record["config"] and "remove_all" not in record["config"]["markings"]
+    # Made before the lung crop became the default: read as made, without one.
     config = Manifest.from_dict(record).preprocess_config()
-    assert config.lungs == LungFocusConfig() and not config.markings.remove_all
+    assert not config.lungs.enabled and not config.markings.remove_all
 
 
 
@@ -148,7 +150,7 @@ def test_shards_made_with_other_levers_than_the_models_data_are_refused():
     levers = dataclasses.replace(BOTH, markings=MarkingConfig(remove_all=True))
     model = Export(uri="run/model", manifest=as_manifest({"config": levers.to_dict()}), training={})
     check_compatible(model, as_manifest({"config": levers.to_dict()}), "same")
-    with pytest.raises(UserError, match="^plain: made with no lung focus, the model's training data with "
+    with pytest.raises(UserError, match="^plain: made with --no-lung-crop, the model's training data with "
                                         "--lung-crop --lung-suppress --lung-margin 0.05 --remove-all-markings; "):
         check_compatible(model, as_manifest(), "plain")
     plain = Export(uri="run/model", manifest=as_manifest(), training={})

@@ -122,7 +122,7 @@ def test_a_trial_trains_what_it_drew_and_takes_the_rest_from_the_command():
     trial = sweep.trial_config({"dropout": 0.3, "augment": 0.5, "batch_size": 64, "class_weights": False},
                                storage="/runs/sweep1/trials", name="abc12_00003")
     assert (trial.dropout, trial.batch_size, trial.class_weights) == (0.3, 64, False)
-    assert trial.augment == AugmentConfig(rotation=0.015, shift=0.04, zoom=0.05)  # half the job's default
+    assert trial.augment == AugmentConfig(rotation=0.015, shift=0.04, zoom=0.05).with_appearance(0.5)  # half the job's
     assert (trial.learning_rate, trial.patience) == (1e-3, 4)  # not in what it drew: the command's
     assert (trial.storage, trial.run_name) == ("/runs/sweep1/trials", "abc12_00003")
     assert sweep.sweep_name == "sweep1" and TuneConfig().sweep_name == "scratch_cnn-sweep"

@@ -15,6 +15,7 @@ import numpy as np
 from cxr import storage
 from cxr.artifacts import (CONFUSION_FIGURE, GRADCAM_FIGURE, LEARNING_CURVE_FILE, MODEL_CARD_FILE, RELIABILITY_FIGURE,
                            REPORT_FILE, ROC_FIGURE, ReportLayout, figure_path, positive_label)
+from cxr.config import APPEARANCE_PRESET
 from cxr.evaluate import by_source, figures, metrics
 from cxr.evaluate.gradcam import grad_cam, overlay
 from cxr.evaluate.shortcuts import VARIANTS, lung_crop_margin, template_ellipses, verdict
@@ -208,6 +209,7 @@ def report_markdown(report: dict) -> str:
                      if report["shortcuts"]["lung_template"].get("fitted_to_lung_crop") else "") + "); "
                   "blacked-out pixels are 0. In this database class and source hospital are confounded "
                   "(DeGrave et al. 2021), so this check matters more than the accuracy above.", ""]
+    lines += ["## Generalization", "", _levers_sentence(report), ""]
     if report.get("gradcam"):
         lines += ["## Grad-CAM", "",
                   f"{figure_path(GRADCAM_FIGURE)}: the most confident true positives, false positives and false "
@@ -265,8 +267,9 @@ def model_card(report: dict) -> str:
         "## Preprocessing",
         "",
         f"Grayscale, images with burned-in markings handled by policy `{prep['markings']['policy']}` "
-        f"(score threshold {prep['markings']['threshold']}), CLAHE (clip limit {prep['clahe']['clip_limit']}), "
-        f"resized to {model['image_size']} x {model['image_size']} px.",
+        f"(score threshold {prep['markings']['threshold']}), {_lung_focus_text(prep.get('lungs'))}"
+        f"CLAHE (clip limit {prep['clahe']['clip_limit']}), resized to {model['image_size']} x "
+        f"{model['image_size']} px.",
         "",
         "## Architecture and training",
         "",
@@ -296,6 +299,7 @@ def model_card(report: dict) -> str:
     ]
     if "shortcuts" in report:
         lines.append(f"- Shortcut check on the evaluated images: {report['shortcuts']['verdict']}")
+    lines.append(f"- {_levers_sentence(report)}")
     lines += [
         "- The lung-field template of the shortcut check is fixed, not segmented per image.",
         "- Near-duplicates (resized, re-windowed, re-compressed copies) are kept in one split only when the "
@@ -307,6 +311,41 @@ def model_card(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _lung_focus_text(lungs: dict | None) -> str:
+    lungs = lungs or {}
+    if not (lungs.get("crop") or lungs.get("suppress")):
+        return ""
+    return " and ".join(part for part, on in (
+        (f"cropped to the box around the lung fields found in each image (margin {lungs.get('margin')})",
+         lungs.get("crop")), ("blacked out outside them", lungs.get("suppress"))) if on) + ", "
+
+
+def _levers(report: dict) -> list[str]:
+    """The levers against shortcuts this model was trained with, as read from its records."""
+    prep = report["data"]["preprocessing"]
+    lungs, markings = prep.get("lungs") or {}, prep.get("markings") or {}
+    augment = ((report["model"]["training"] or {}).get("config") or {}).get("augment") or {}
+    return [name for name, used in (("the lung crop", lungs.get("crop")),
+                                    ("lung suppression", lungs.get("suppress")),
+                                    ("removal of every burned-in mark", markings.get("remove_all")),
+                                    ("appearance augmentation", any(augment.get(k) for k in APPEARANCE_PRESET)))
+            if used]
+
+
+def _levers_sentence(report: dict) -> str:
+    levers = _levers(report)
+    if not levers:
+        return ("Trained without any lever against shortcuts (the lung crop, appearance augmentation): on the "
+                "planted-shortcut testbed such a model reads the source instead of the lungs and fails on a "
+                "held-out source (docs/benchmarks.md, \"generalization\"). Expect it to do worse on hospitals "
+                "it never saw than on the evaluated images.")
+    named = ", ".join(levers[:-1]) + " and " + levers[-1] if len(levers) > 1 else levers[0]
+    return (f"Trained with {named}: levers that point the model at the lungs rather than at the hospital. "
+            "docs/benchmarks.md (\"generalization\") measures what each gains on a held-out source and costs "
+            "on the training sources. The trade is deliberate: some accuracy on the hospitals the model was "
+            "trained on, for accuracy on hospitals it never saw.")
 
 
 def _overlap_sentence(overlap: dict | None) -> str:

@@ -81,10 +81,10 @@ def check_compatible(export: Export, manifest: Manifest, uri: str) -> None:
 
 def _focus_text(config) -> str:
     lungs = config.lungs
-    parts = (["--lung-crop"] if lungs.crop else []) + (["--lung-suppress"] if lungs.suppress else [])
-    parts += [f"--lung-margin {lungs.margin:g}"] if parts else []
+    parts = ["--lung-crop" if lungs.crop else "--no-lung-crop"] + (["--lung-suppress"] if lungs.suppress else [])
+    parts += [f"--lung-margin {lungs.margin:g}"] if lungs.enabled else []
     parts += ["--remove-all-markings"] if config.markings.remove_all else []
-    return " ".join(parts) or "no lung focus"
+    return " ".join(parts)
 
 
 def load_export_model(export: Export):
