@@ -356,7 +356,7 @@ class AugmentConfig:
 
 
 # The training job's appearance strength: with the lung crop it raised the held-out-source AUC
-# most (docs/benchmarks.md, "generalization"), for a small in-distribution cost.
+# most, for some in-database AUC (docs/benchmarks.md, "generalization").
 DEFAULT_APPEARANCE_STRENGTH = 1.0
 
 

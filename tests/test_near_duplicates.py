@@ -125,3 +125,21 @@ def test_raw_images_scored_carry_the_fingerprint_preprocessing_gives_them(tmp_pa
     found = dict(zip((u.rsplit("/", 1)[-1] for u in rows["source_uri"]), rows["fingerprint"]))
     assert found == {"a.png": process_image(files["COVID/a.png"], config)["fingerprint"],
                      "b.png": process_image(files["Normal/b.png"], config)["fingerprint"], "broken.png": None}
+
+
+def test_the_fingerprint_is_of_the_whole_film_whatever_the_lung_focus():
+    """A copy's lung box moves with its resizing, so a fingerprint of the crop would miss it:
+    the fingerprint is of the image as it would be without the lung focus."""
+    from cxr.config import LungFocusConfig
+
+    original = synthetic_png("COVID", 3)
+    pixels = np.asarray(Image.open(io.BytesIO(original)))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((150, 150), Image.Resampling.BILINEAR).save(buffer, format="PNG")
+    whole = PreprocessConfig(image_size=64, lungs=LungFocusConfig(crop=False))
+    for lungs in (LungFocusConfig(crop=True), LungFocusConfig(crop=True, suppress=True),
+                  LungFocusConfig(crop=False, suppress=True)):
+        focused = PreprocessConfig(image_size=64, lungs=lungs)
+        for data in (original, buffer.getvalue()):
+            assert process_image(data, focused)["fingerprint"] == process_image(data, whole)["fingerprint"]
+            assert process_image(data, focused)["image_png"] != process_image(data, whole)["image_png"]
