@@ -15,7 +15,7 @@ import numpy as np
 from cxr import storage
 from cxr.artifacts import (CONFUSION_FIGURE, GRADCAM_FIGURE, LEARNING_CURVE_FILE, MODEL_CARD_FILE, RELIABILITY_FIGURE,
                            REPORT_FILE, ROC_FIGURE, ReportLayout, figure_path, positive_label)
-from cxr.config import APPEARANCE_PRESET
+from cxr.config import AugmentConfig
 from cxr.evaluate import by_source, figures, metrics
 from cxr.evaluate.gradcam import grad_cam, overlay
 from cxr.evaluate.shortcuts import VARIANTS, lung_crop_margin, template_ellipses, verdict
@@ -330,7 +330,7 @@ def _levers(report: dict) -> list[str]:
     return [name for name, used in (("the lung crop", lungs.get("crop")),
                                     ("lung suppression", lungs.get("suppress")),
                                     ("removal of every burned-in mark", markings.get("remove_all")),
-                                    ("appearance augmentation", any(augment.get(k) for k in APPEARANCE_PRESET)))
+                                    ("appearance augmentation", AugmentConfig(**augment).appearance))
             if used]
 
 

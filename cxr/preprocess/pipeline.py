@@ -95,18 +95,19 @@ def process_image(data: bytes, config: PreprocessConfig, input_format: str = "im
     if lungs is not None and config.lungs.crop:
         gray = crop_to_box(gray, lungs.box)
     equalized = apply_clahe(gray, config.clahe)
+    # Near-duplicates are copies of one film: its fingerprint is of the whole image, as without
+    # the lung focus, whose box moves with a copy's resizing or windowing (on real X-rays the
+    # crop's fingerprints of resized, re-windowed and JPEG copies were up to 126 bits apart).
+    whole_equalized = equalized if gray is whole else apply_clahe(whole, config.clahe)
     if lungs is not None and config.lungs.suppress:
         # After CLAHE, so that the blacked-out area neither shifts its histograms nor gets lifted by them.
         equalized = suppress_outside(equalized, crop_to_box(lungs.mask, lungs.box) if config.lungs.crop
                                      else lungs.mask)
-    # Near-duplicates are copies of one film: its fingerprint is of the whole image, as without
-    # the lung focus, whose box moves with a copy's resizing or windowing (on real X-rays the
-    # crop's fingerprints of resized, re-windowed and JPEG copies were up to 126 bits apart).
-    fingerprinted = None if lungs is None else resize_square(to_uint8(apply_clahe(whole, config.clahe)),
-                                                             config.image_size)
     lap("clahe")
     resized = resize_square(to_uint8(equalized), config.image_size)
-    fields["fingerprint"] = fingerprints.perceptual_hash(resized if fingerprinted is None else fingerprinted)
+    fingerprinted = resized if whole_equalized is equalized else resize_square(to_uint8(whole_equalized),
+                                                                               config.image_size)
+    fields["fingerprint"] = fingerprints.perceptual_hash(fingerprinted)
     lap("resize")
     png = encode_png(resized)
     lap("encode")
