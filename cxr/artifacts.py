@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cxr import storage
 from cxr.config import ClaheConfig, LungFocusConfig, MarkingConfig, PreprocessConfig, SplitConfig, SyntheticConfig
-from cxr.errors import UserError
+from cxr.errors import UserError, one_line
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ MANIFEST_FILE = "manifest.json"
 REJECTED_FILE = "rejected.parquet"
 # The first pass's output under the shards' root, removed when the job ends.
 STAGING_DIR = "_staging"
+# In every folder a job writes (shards, a run, a sweep, predictions) while it writes there:
+# which job holds it (cxr.claims); removed when the job ends.
+CLAIM_FILE = "_cxr_claim.json"
 # The settings of a part a manifest predates: what preprocessing did before the part existed.
 _BEFORE_RECORDED = {"lungs": {"crop": False, "suppress": False}}
 
@@ -117,6 +121,7 @@ class ShardsLayout(_Layout):
     manifest = _File(MANIFEST_FILE)
     rejected = _File(REJECTED_FILE)
     staging = _File(STAGING_DIR)
+    claim = _File(CLAIM_FILE)
 
     @staticmethod
     def shard_name(split: str, index: int) -> str:
@@ -131,6 +136,9 @@ class ShardsLayout(_Layout):
 
 
 # ---------------------------------------------------------------- the manifest
+
+# What to do about a damaged shard set, in its one-line errors.
+PREPROCESS_AGAIN = "run jobs/preprocess.py again (with --overwrite) to write the shard set anew"
 
 # The class whose sensitivity matters: the project's question is "is it COVID?".
 POSITIVE_CLASS = "COVID"
@@ -211,14 +219,26 @@ class Manifest:
     _raw: Mapping = dataclasses.field(repr=False, compare=False)
 
     @classmethod
-    def from_dict(cls, raw: dict, where: str = "manifest") -> Manifest:
+    def from_dict(cls, raw: dict, where: str = "manifest", remedy: str = PREPROCESS_AGAIN) -> Manifest:
         """The view of a manifest's JSON; `where` names it in the one-line error for a
-        schema version this cxr does not read."""
+        schema version this cxr does not read or a field it lacks, and `remedy` says there
+        what to do about a damaged one."""
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: holds {type(raw).__name__} JSON, not a manifest; {remedy}")
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION:
             raise UserError(f"{where}: schema version {version!r} is not supported "
                             f"(this cxr reads version {SCHEMA_VERSION})")
-        raw = copy.deepcopy(raw)
+        try:
+            return cls._from_checked(copy.deepcopy(raw), version)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            # A field missing or of the wrong type: a file cut or edited by hand.
+            problem = (f"lacks the field {exc.args[0]!r}" if isinstance(exc, KeyError)
+                       else f"has a malformed field ({one_line(exc)})")
+            raise UserError(f"{where}: {problem}, not a whole manifest; {remedy}") from None
+
+    @classmethod
+    def _from_checked(cls, raw: dict, version: int) -> Manifest:
         counts = raw["counts"]
         return cls(
             schema_version=version,
@@ -308,16 +328,40 @@ def _kaggle_source(record: dict | None) -> KaggleSource | None:
                         fetched=_frozen({name: _frozen(how) for name, how in record["fetched"].items()}))
 
 
-def read_manifest(uri: str) -> Manifest:
-    """The manifest of a finished preprocessing output (or of an export), checked."""
+def read_manifest(uri: str, remedy: str = PREPROCESS_AGAIN) -> Manifest:
+    """The manifest of a finished preprocessing output (or of an export), checked; `remedy`
+    says in a one-line error what to do about a damaged one."""
     layout = ShardsLayout.at(uri)
     if not storage.is_file(layout.manifest):
         raise UserError(f"{layout.root.uri}: no {MANIFEST_FILE} (not a finished output of jobs/preprocess.py)")
     try:
         raw = storage.read_json(layout.manifest)
-    except ValueError:
-        raise UserError(f"{layout.manifest.uri}: not valid JSON") from None
-    return Manifest.from_dict(raw, where=layout.manifest.uri)
+    except ValueError:  # UnicodeDecodeError too
+        raise UserError(f"{layout.manifest.uri}: not valid JSON, the file is damaged; {remedy}") from None
+    return Manifest.from_dict(raw, where=layout.manifest.uri, remedy=remedy)
+
+
+def check_shard_files(data: storage.Location, manifest: Manifest, split: str) -> None:
+    """Refuse, in one line naming the file, a shard of `split` that cannot be read or holds
+    other rows than the manifest lists, before Ray Data's tasks meet it with a traceback.
+
+    Reads each file's Parquet footer only (a few KB): a cut file has lost it.
+    """
+    for shard in manifest.shards[split]:
+        location = data.join(shard.path)
+        if not storage.is_file(location):
+            raise UserError(f"{location.uri}: missing, the shard set is incomplete; {PREPROCESS_AGAIN}")
+        try:
+            with location.fs.open_input_file(location.path) as handle:
+                rows = pq.ParquetFile(handle).metadata.num_rows
+        except ValueError as exc:  # pyarrow's ArrowInvalid: no footer, or not Parquet at all
+            raise UserError(f"{location.uri}: not a readable Parquet file ({one_line(exc)}); {PREPROCESS_AGAIN}") \
+                from None
+        except OSError as exc:
+            raise storage.storage_error(exc, location.uri) from None
+        if rows != shard.rows:
+            raise UserError(f"{location.uri}: holds {rows} rows where {MANIFEST_FILE} lists {shard.rows}; "
+                            f"{PREPROCESS_AGAIN}")
 
 
 # ---------------------------------------------------------------- a training run and its export
@@ -325,6 +369,11 @@ def read_manifest(uri: str) -> Manifest:
 EXPORT_DIR = "model"
 MODEL_FILE = "model.keras"  # in the export and in every checkpoint
 STATE_FILE = "state.json"  # in every checkpoint: the epoch, early stopping, the history
+# In every checkpoint (since issue 28; older ones lack it): the sha256 of each of its other
+# files, written by rank 0 and checked before the checkpoint is read (cxr.train.checkpoints).
+CHECKPOINT_DIGEST_FILE = "digest.json"
+# Ray Train's checkpoint folders in a run are named checkpoint_<date and time>.
+RAY_CHECKPOINT_PREFIX = "checkpoint_"
 TRAINING_FILE = "training.json"
 HISTORY_FILE = "history.csv"
 LEARNING_CURVE_FILE = "learning_curve.png"
@@ -357,6 +406,7 @@ class RunLayout(_Layout):
 
     settings = _File(RUN_SETTINGS_FILE)
     ray_checkpoints = _File(RAY_CHECKPOINTS_FILE)
+    claim = _File(CLAIM_FILE)
 
     @property
     def export(self) -> ExportLayout:
@@ -365,6 +415,10 @@ class RunLayout(_Layout):
     @property
     def report(self) -> ReportLayout:
         return ReportLayout(self.root.join(REPORT_DIR))
+
+    def checkpoint(self, name: str) -> storage.Location:
+        """One of Ray Train's checkpoint folders, by its name."""
+        return self.root.join(name)
 
     def worker_record(self, rank: int) -> storage.Location:
         """workers/rank-N.json: each worker's final weights digest, to check they ended in sync."""
@@ -393,6 +447,7 @@ class SweepLayout(_Layout):
     trials_figure = _File(TRIALS_FIGURE_FILE)
     experiment = _File(TUNE_EXPERIMENT_DIR)
     trials = _File(TRIALS_DIR)
+    claim = _File(CLAIM_FILE)
 
     def trial(self, trial_id: str) -> RunLayout:
         return RunLayout(self.root.join(TRIALS_DIR, trial_id))
@@ -432,6 +487,13 @@ def figure_path(name: str) -> str:
     return f"{FIGURES_DIR}/{name}"
 
 
+# Every file a report may hold, by its path under the report folder: what a new report
+# replaces of an older one.
+REPORT_PATHS = (REPORT_FILE, REPORT_MARKDOWN_FILE, MODEL_CARD_FILE,
+                *(figure_path(name) for name in (ROC_FIGURE, CONFUSION_FIGURE, RELIABILITY_FIGURE,
+                                                 LEARNING_CURVE_FILE, GRADCAM_FIGURE)))
+
+
 # ---------------------------------------------------------------- batch predictions
 
 PREDICTIONS_FILE = "predictions.parquet"  # one row per file found
@@ -447,3 +509,4 @@ class PredictionsLayout(_Layout):
     parquet = _File(PREDICTIONS_FILE)
     csv = _File(PREDICTIONS_CSV_FILE)
     summary = _File(PREDICTIONS_SUMMARY_FILE)
+    claim = _File(CLAIM_FILE)

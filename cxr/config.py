@@ -30,6 +30,31 @@ def _require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+# Seconds a job waits for an autoscaling cluster to start the nodes its workers or actors
+# need (cxr.resources): a cold GPU node takes a few minutes to boot and pull the image, and
+# ten minutes is as long as a person watching a job should wait to hear it cannot start.
+# A Ray that cannot grow never waits.
+DEFAULT_WAIT_TIMEOUT = 600.0
+# Seeds reach NumPy (which refuses negatives) and TensorFlow (int64, after `seed * 1000 + rank`).
+MAX_SEED = 2**31 - 1
+
+
+def add_wait_timeout_argument(parser, what: str) -> None:
+    """--wait-timeout, for the jobs that start workers or actors (`what`: which)."""
+    parser.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
+                        help=f"how long to wait for an autoscaling cluster to start the nodes the {what} need; 0 "
+                             "fails at once. A Ray that cannot grow (the job's own, or a cluster without an "
+                             "autoscaler) never waits (default: %(default)g)")
+
+
+def _check_wait_timeout(seconds: float) -> None:
+    _require(seconds >= 0, f"--wait-timeout must be 0 seconds (fail at once) or more, got {seconds:g}")
+
+
+def _check_seed(seed: int) -> None:
+    _require(0 <= seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {seed}")
+
+
 @dataclass(frozen=True)
 class ClaheConfig:
     """Parameters of `skimage.exposure.equalize_adapthist`, the source paper's CLAHE."""
@@ -400,18 +425,23 @@ class TrainConfig:
     # Ray node labels every worker's node must carry, as (key, value) pairs: on a cluster
     # with GPU and CPU pools, ("cxr-pool", "gpu") keeps training on the GPU nodes.
     node_labels: tuple[tuple[str, str], ...] = ()
+    # Seconds to wait for an autoscaling cluster to hold the workers (cxr.resources).
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
         _require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         _require(self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
+        _require(self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
+        _require(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
+        # Each worker's replica takes batch_size / workers images of every batch.
         _require(self.batch_size >= self.workers, f"--batch-size {self.batch_size} is smaller than --workers")
         _require(self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}")
         _require(self.lr_schedule in LR_SCHEDULES,
                  f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         _require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
-        _require(self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
-        _require(self.cpus_per_worker is None or self.cpus_per_worker > 0, "--cpus-per-worker must be positive")
+        _require(self.cpus_per_worker is None or self.cpus_per_worker > 0,
+                 f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
         _require(self.cache_mib >= 0, f"--cache-mib must not be negative, got {self.cache_mib}")
         _require(self.max_failures >= 0, f"--max-failures must not be negative, got {self.max_failures}")
         _require(self.fail_at_epoch is None or 1 <= self.fail_at_epoch < self.epochs,
@@ -420,6 +450,8 @@ class TrainConfig:
                  f"--name may hold letters, digits, '-', '_' and '.', got {self.run_name!r}")
         for key, value in self.node_labels:
             _require(bool(key and value), f"--node-label must be KEY=VALUE, got {key}={value}")
+        _check_seed(self.seed)
+        _check_wait_timeout(self.wait_timeout)
 
     @property
     def run_name(self) -> str:
@@ -607,10 +639,12 @@ class PredictConfig:
     gpu: bool = False
     actors: int | None = None  # None: one per GPU, or half the CPUs (at most 4)
     overwrite: bool = False
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT  # for an autoscaling cluster to hold the actors
 
     def __post_init__(self) -> None:
         _require(self.threshold is None or 0 < self.threshold < 1, f"--threshold must be in (0, 1), got {self.threshold}")
         _require(self.actors is None or self.actors >= 1, f"--actors must be at least 1, got {self.actors}")
+        _check_wait_timeout(self.wait_timeout)
 
 
 @dataclass(frozen=True)
@@ -624,9 +658,12 @@ class EvaluateConfig:
     gpu: bool = False
     actors: int | None = None
     seed: int = 0
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT  # for an autoscaling cluster to hold the actors
 
     def __post_init__(self) -> None:
         _require(self.split in ("train", "val", "test"), f"--split must be train, val or test, got {self.split!r}")
         _require(self.resamples >= 100, f"--resamples must be at least 100, got {self.resamples}")
         _require(self.gradcam_examples >= 0, f"--gradcam-examples must not be negative, got {self.gradcam_examples}")
         _require(self.actors is None or self.actors >= 1, f"--actors must be at least 1, got {self.actors}")
+        _check_seed(self.seed)
+        _check_wait_timeout(self.wait_timeout)

@@ -9,10 +9,13 @@ Errors from S3 are translated into one-line `UserError`s that name the URI, neve
 
 from __future__ import annotations
 
+import errno
 import functools
+import heapq
 import json
 import os
 import posixpath
+import stat
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -151,14 +154,152 @@ def check_bucket(location: Location) -> None:
         raise UserError(f"{location.uri}: bucket '{bucket}' does not exist")
 
 
+@dataclass(frozen=True)
+class Entries:
+    """What is below a folder or prefix: its files, its folders, and entries that are neither."""
+
+    files: list[pafs.FileInfo]  # sorted by path; a link to a file is listed at the link's path
+    folders: list[str]  # every folder's path, sorted, empty ones too (on S3: the prefixes seen)
+    # (path, reason, detail) of each entry that cannot be listed as a file or followed as a
+    # folder: a link that loops or dangles, a second link to one folder, a FIFO or a device.
+    problems: list[tuple[str, str, str]]
+
+
 def list_files(location: Location) -> list[pafs.FileInfo]:
     """Every file below a folder or prefix, sorted by path."""
-    selector = pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
+    return list_entries(location).files
+
+
+def list_entries(location: Location) -> Entries:
+    """Every entry below a folder or prefix; nothing at all when there is no such folder.
+
+    A local folder is walked by `_walk_local`, which ends on any tree; pyarrow's recursive
+    listing follows folder links without a cycle check, and a link to `..` never ends. S3
+    has no links: its listing is pyarrow's.
+    """
+    if location.is_s3:
+        selector = pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
+        try:
+            infos = location.fs.get_file_info(selector)
+        except (OSError, ValueError) as exc:
+            raise storage_error(exc, location.uri) from None
+        return Entries(files=sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path),
+                       folders=sorted(i.path for i in infos if i.type == pafs.FileType.Directory), problems=[])
     try:
-        infos = location.fs.get_file_info(selector)
-    except (OSError, ValueError) as exc:
+        return _walk_local(location.path)
+    except OSError as exc:  # the root itself; anything below it is a problem entry
         raise storage_error(exc, location.uri) from None
-    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+
+# Why an entry below a local folder is neither a file nor a folder that was walked.
+SYMLINK_LOOP = "symlink_loop"  # a link back to a folder holding it, or a file link whose chain loops
+SYMLINK_DUPLICATE = "symlink_duplicate"  # a link to a folder walked already, through another path
+BROKEN_LINK = "broken_link"  # a link to nothing
+SPECIAL_FILE = "special_file"  # a FIFO, socket or device: reading one could block for ever
+UNREADABLE = "unreadable"  # a folder or link this process may not list or follow
+
+
+def _walk_local(root: str) -> Entries:
+    """Walk a local folder, each real folder once (by device and inode), with no recursion.
+
+    Real folders are walked first and folder links only then, in path order, so that a
+    link never takes the place of the folder it points to, and the first link to reach a
+    folder outside the tree walks it once. A link that leads to a folder holding it would
+    start the walk over (`ln -s .. loop`, `ln -s / root`), and is a SYMLINK_LOOP problem,
+    told from the real paths before the link is followed; any other link to a folder walked
+    already is a SYMLINK_DUPLICATE. Memory is one set entry per folder and one list entry per
+    file, whatever the links.
+    """
+    try:
+        top = os.stat(root)
+    except FileNotFoundError:
+        return Entries(files=[], folders=[], problems=[])
+    if not stat.S_ISDIR(top.st_mode):
+        return Entries(files=[], folders=[], problems=[])
+    files, folders, problems = [], [], []
+    visited = {(top.st_dev, top.st_ino)}
+    folder_links: list[str] = []  # a heap of paths: each folder link, followed once every real folder is seen
+    to_walk = [root]
+    while to_walk or folder_links:
+        if not to_walk:
+            link = heapq.heappop(folder_links)
+            target = _follow_folder_link(link, visited, problems)
+            if target is None:
+                continue
+            visited.add(target)
+            folders.append(link)
+            to_walk.append(link)
+        folder = to_walk.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except OSError as exc:
+            if folder == root:
+                raise
+            problems.append((folder, UNREADABLE, exc.strerror or type(exc).__name__))
+            continue
+        for entry in entries:
+            try:
+                if entry.is_symlink():
+                    _classify_link(entry.path, files, problems, folder_links)
+                elif entry.is_dir(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    key = (info.st_dev, info.st_ino)
+                    if key in visited:  # a bind mount of a folder walked already
+                        problems.append((entry.path, SYMLINK_DUPLICATE, "a folder walked already"))
+                        continue
+                    visited.add(key)
+                    folders.append(entry.path)
+                    to_walk.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    files.append(_file_info(entry.path, entry.stat(follow_symlinks=False)))
+                else:
+                    problems.append((entry.path, SPECIAL_FILE, "not a regular file or folder"))
+            except OSError as exc:
+                problems.append((entry.path, UNREADABLE, exc.strerror or type(exc).__name__))
+    return Entries(files=sorted(files, key=lambda i: i.path), folders=sorted(folders),
+                   problems=sorted(problems))
+
+
+def _classify_link(path: str, files: list, problems: list, folder_links: list) -> None:
+    """A link: a file (listed at the link's path), a folder (walked later), or a problem."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            problems.append((path, SYMLINK_LOOP, "the link's chain of links loops"))
+        elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            problems.append((path, BROKEN_LINK, f"links to {os.readlink(path)}, which does not exist"))
+        else:
+            problems.append((path, UNREADABLE, exc.strerror or type(exc).__name__))
+        return
+    if stat.S_ISREG(info.st_mode):
+        files.append(_file_info(path, info))
+    elif stat.S_ISDIR(info.st_mode):
+        heapq.heappush(folder_links, path)
+    else:
+        problems.append((path, SPECIAL_FILE, "links to something that is not a regular file or folder"))
+
+
+def _follow_folder_link(link: str, visited: set, problems: list) -> tuple[int, int] | None:
+    """The (device, inode) of the folder a link leads to, if it is to be walked; else None."""
+    try:
+        info = os.stat(link)
+    except OSError as exc:  # changed since it was classified
+        problems.append((link, UNREADABLE, exc.strerror or type(exc).__name__))
+        return None
+    target, holder = os.path.realpath(link), os.path.realpath(os.path.dirname(link))
+    if os.path.commonpath([target, holder]) == target:
+        problems.append((link, SYMLINK_LOOP, "links to a folder that holds the link"))
+        return None
+    if (info.st_dev, info.st_ino) in visited:
+        problems.append((link, SYMLINK_DUPLICATE, f"links to {target}, walked already through another path"))
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _file_info(path: str, info: os.stat_result) -> pafs.FileInfo:
+    return pafs.FileInfo(path, type=pafs.FileType.File, size=info.st_size, mtime_ns=info.st_mtime_ns)
 
 
 def read_bytes(location: Location) -> bytes:
@@ -238,12 +379,35 @@ def check_writable(location: Location) -> None:
         raise storage_error(exc, location.uri) from None
 
 
-def delete_tree(location: Location, keep_root: bool = False) -> None:
-    """Delete a folder or prefix and everything below it (only its contents if keep_root)."""
+def delete_tree(location: Location) -> None:
+    """Delete a folder or prefix and everything below it (delete_contents keeps the folder)."""
     try:
-        if keep_root:
-            location.fs.delete_dir_contents(location.path, missing_dir_ok=True)
-        elif exists(location):
+        if exists(location):
             location.fs.delete_dir(location.path)
     except (OSError, ValueError) as exc:
         raise storage_error(exc, location.uri) from None
+
+
+def delete_contents(location: Location, keep: tuple[str, ...] = ()) -> None:
+    """Delete everything in a folder or prefix but its top-level entries named in `keep`
+    (the claim of the job that deletes: cxr.claims)."""
+    selector = pafs.FileSelector(location.path, recursive=False, allow_not_found=True)
+    try:
+        for info in location.fs.get_file_info(selector):
+            if posixpath.basename(info.path) in keep:
+                continue
+            if info.type == pafs.FileType.Directory:
+                location.fs.delete_dir(info.path)
+            else:
+                location.fs.delete_file(info.path)
+    except (OSError, ValueError) as exc:
+        raise storage_error(exc, location.uri) from None
+
+
+def contains(outer: str, inner: str) -> bool:
+    """Whether `inner` is `outer` or lies below it (two URIs; local paths through their links)."""
+    def normal(uri: str) -> str:
+        return uri.rstrip("/") if is_s3_uri(uri) else os.path.realpath(os.path.expanduser(uri))
+
+    outer, inner = normal(outer), normal(inner)
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")

@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cxr.artifacts import EXPORT_DIR, REPORT_DIR  # noqa: E402
-from cxr.config import EvaluateConfig  # noqa: E402
+from cxr.config import EvaluateConfig, add_wait_timeout_argument  # noqa: E402
 from cxr.runtime import run_job, setup_logging  # noqa: E402
 
 
@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu", action="store_true", help="one GPU per model actor")
     parser.add_argument("--actors", type=int, default=defaults.actors,
                         help="model actors (default: one per GPU, or half the CPUs, at most 4)")
+    add_wait_timeout_argument(parser, "model actors")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="of the bootstrap")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxr.evaluate.job import format_summary, run_evaluation
     config = EvaluateConfig(run=args.run, data=args.data, split=args.split, output=args.output,
                             resamples=args.resamples, gradcam_examples=args.gradcam_examples, gpu=args.gpu,
-                            actors=args.actors, seed=args.seed)
+                            actors=args.actors, seed=args.seed, wait_timeout=args.wait_timeout)
     print(format_summary(run_evaluation(config)))
     return 0
 

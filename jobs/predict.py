@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cxr.artifacts import EXPORT_DIR, PREDICTIONS_CSV_FILE, PREDICTIONS_FILE, PREDICTIONS_SUMMARY_FILE  # noqa: E402
-from cxr.config import PredictConfig  # noqa: E402
+from cxr.config import PredictConfig, add_wait_timeout_argument  # noqa: E402
 from cxr.runtime import run_job, setup_logging  # noqa: E402
 
 
@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu", action="store_true", help="one GPU per model actor")
     parser.add_argument("--actors", type=int, default=defaults.actors,
                         help="model actors (default: one per GPU, or half the CPUs, at most 4)")
+    add_wait_timeout_argument(parser, "model actors")
     parser.add_argument("--overwrite", action="store_true", help="replace existing predictions")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     # The stage loads Ray, pyarrow and the scoring modules: --help and bad arguments answer before that.
     from cxr.predict.job import format_summary, run_predict
     config = PredictConfig(model=args.model, input=args.input, output=args.output, threshold=args.threshold,
-                           gpu=args.gpu, actors=args.actors, overwrite=args.overwrite)
+                           gpu=args.gpu, actors=args.actors, overwrite=args.overwrite,
+                           wait_timeout=args.wait_timeout)
     print(format_summary(run_predict(config)))
     return 0
 

@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cxr.config import (DEFAULT_APPEARANCE_STRENGTH, LR_SCHEDULES, MODEL_NAMES,  # noqa: E402
-                        AugmentConfig, TrainConfig, parse_node_labels)
+                        AugmentConfig, TrainConfig, add_wait_timeout_argument, parse_node_labels)
 from cxr.errors import UserError  # noqa: E402
 from cxr.runtime import run_job, setup_logging  # noqa: E402
 
@@ -69,21 +69,26 @@ def add_training_arguments(parser: argparse.ArgumentParser, name_help: str) -> N
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--fail-at-epoch", type=int, default=defaults.fail_at_epoch,
                         help="resilience drill: one worker raises once in this epoch")
+    add_wait_timeout_argument(parser, "workers")
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     if args.appearance_augment < 0:
         raise UserError(f"--appearance-augment must not be negative, got {args.appearance_augment}")
+    geometric = AugmentConfig(0, 0, 0) if args.no_augment else AugmentConfig()
+    try:
+        augment = geometric.with_appearance(args.appearance_augment)
+    except UserError as too_strong:  # says which strength is out of range, not which flag set it
+        raise UserError(f"--appearance-augment {args.appearance_augment:g} is too strong: {too_strong}") from None
     return TrainConfig(
         data=args.data, model=args.model, weights=args.weights, storage=args.storage, name=args.name,
         epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule, dropout=args.dropout,
         class_weights=not args.no_class_weights,
-        augment=(AugmentConfig(0, 0, 0) if args.no_augment else AugmentConfig()).with_appearance(
-            args.appearance_augment),
+        augment=augment,
         workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures, cache_mib=args.cache_mib, seed=args.seed, fail_at_epoch=args.fail_at_epoch,
-        node_labels=parse_node_labels(args.node_label))
+        node_labels=parse_node_labels(args.node_label), wait_timeout=args.wait_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,8 @@ def test_a_run_prints_its_story_not_the_libraries_internals(quickstart):
     noise = library_noise(lines)
     assert not noise, "\n".join(f"{name}: {line}" for name, line in noise.items())
     text = "\n".join(lines)
-    for told in ("shards written to", "train: epoch 1/2: loss", "train: epoch 2/2: loss", "model exported to",
+    for told in ("shards written to", "classes: COVID (label 0), Normal (label 1)", "train: epoch 1/2: loss",
+                 "train: epoch 2/2: loss", "model exported to",
                  "evaluated ", "report: "):
         assert told in text
     story = [line for line in lines if not PROGRESS_LINE.match(line)]

@@ -92,21 +92,20 @@ def _node(cpus: int, gpus: int = 0, alive: bool = True, **labels: str) -> dict:
             "Resources": {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}}
 
 
-def test_node_labels_pick_the_nodes_that_may_hold_workers(caplog):
+def test_node_labels_pick_the_nodes_that_may_hold_workers(ray_session):
     gpu_pool = TrainConfig(workers=4, gpu=True, node_labels=(("cxr-pool", "gpu"),))
     head, cpu_node = _node(0), _node(16, **{"cxr-pool": "cpu"})
     gpu_node, dead_gpu_node = _node(48, 4, **{"cxr-pool": "gpu"}), _node(48, 4, alive=False, **{"cxr-pool": "gpu"})
     # Only the labelled, live nodes count: 48 CPUs for 4 workers.
-    assert worker_cpus(gpu_pool, [head, cpu_node, gpu_node, dead_gpu_node], started_ray=False) == 1.0
-    # Not started yet on a cluster: wait for the autoscaler, one whole CPU each, and say so.
-    with caplog.at_level("WARNING", logger="cxr.train.job"):
-        assert worker_cpus(gpu_pool, [head, cpu_node, dead_gpu_node], started_ray=False) == 1.0
-    assert "found 0 on the nodes labelled cxr-pool=gpu; waiting for the autoscaler" in caplog.text
-    # A Ray the job started itself never grows, and without labels nothing is waited for.
-    with pytest.raises(UserError, match="found 0 on the nodes labelled cxr-pool=gpu"):
-        worker_cpus(gpu_pool, [_node(8)], started_ray=True)
+    assert worker_cpus(gpu_pool, False, nodes=lambda: [head, cpu_node, gpu_node, dead_gpu_node]) == 1.0
+    # A Ray the job started itself never grows, nor does a cluster whose nodes no launcher
+    # started (no node group): a shortage is an error at once (waiting: tests/test_resources.py).
+    with pytest.raises(UserError, match="found 0 on the nodes labelled cxr-pool=gpu$"):
+        worker_cpus(gpu_pool, True, nodes=lambda: [_node(8)])
+    with pytest.raises(UserError, match="found 0 on the nodes labelled cxr-pool=gpu$"):
+        worker_cpus(gpu_pool, False, nodes=lambda: [head, cpu_node, dead_gpu_node])
     with pytest.raises(UserError, match="found 0 on the cluster"):
-        worker_cpus(TrainConfig(workers=4, gpu=True), [head, cpu_node], started_ray=False)
+        worker_cpus(TrainConfig(workers=4, gpu=True), False, nodes=lambda: [head, cpu_node])
 
 
 def test_node_labels_are_key_value_pairs():

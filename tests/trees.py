@@ -109,3 +109,12 @@ def kaggle_sheet(class_name: str, count: int, url_of) -> bytes:
     rows = [["FILE NAME", "FORMAT", "SIZE", "URL"]]
     rows += [[f"{class_name.upper()}-{i + 1}", "PNG", "256*256", url_of(i)] for i in range(count)]
     return xlsx_bytes(rows)
+
+
+def write_links(root: Path, links: dict[str, str]) -> Path:
+    """Symbolic links, relative path -> target, as `ln -s target path` makes them (dangling or looping ones too)."""
+    for relative, target in links.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(target)
+    return root

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxr import runtime, storage
-from cxr.artifacts import MODEL_CARD_FILE, REPORT_MARKDOWN_FILE, ReportLayout, ShardsLayout, read_manifest
+from cxr import resources, runtime, storage
+from cxr.artifacts import (MODEL_CARD_FILE, REPORT_MARKDOWN_FILE, ReportLayout, ShardsLayout, check_shard_files,
+                           read_manifest)
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
 from cxr.evaluate.by_source import summary_lines
@@ -57,8 +58,13 @@ def run_evaluation(config: EvaluateConfig) -> dict:
     training_data = export.training.get("config", {}).get("data")
     output = ReportLayout.at(config.output) if config.output else export.layout.run.report
     storage.check_bucket(output.root)
+    existed = storage.exists(output.root)
     storage.check_writable(output.root)
-    runtime.ensure_ray()
+    if not existed:
+        # The probe's folder: an evaluation that fails leaves no report folder behind.
+        storage.delete_tree(output.root)
+    # A pool larger than the cluster would wait forever: refused, or waited for, first.
+    resources.wait_for_actors(config.gpu, config.actors, runtime.ensure_ray(), config.wait_timeout)
 
     threshold_source = _threshold_source(export, training_data)
     validation = None
@@ -69,7 +75,8 @@ def run_evaluation(config: EvaluateConfig) -> dict:
                  else score_data(export, config))
     log.debug("scored %d images of %s", len(evaluated.labels), evaluated.description)
     report = build_report(export, evaluated, validation, config)
-    if config.data is not None and training_data is not None:
+    if (config.data is not None and training_data is not None
+            and _training_split_readable(training_data, "train", "no near-duplicate check")):
         overlap = (training_overlap(training_data, evaluated.shards, config.split, evaluated.source_uris)
                    if evaluated.shards is not None else fingerprint_overlap(training_data, evaluated.fingerprints))
         if overlap is not None:
@@ -83,12 +90,17 @@ def run_evaluation(config: EvaluateConfig) -> dict:
 def _threshold_source(export: Export, training_data: str | None) -> str | None:
     if len(export.class_names) != 2 or training_data is None:
         return None
+    return training_data if _training_split_readable(training_data, "val", "the threshold stays at 0.5") else None
+
+
+def _training_split_readable(training_data: str, split: str, otherwise: str) -> bool:
+    """Whether a split of the training data can be read; if not, a warning says what is done without it."""
     try:
-        read_manifest(training_data)
+        check_shard_files(storage.resolve(training_data), read_manifest(training_data), split)
     except UserError as exc:
-        log.warning("the training data is not readable (%s): the threshold stays at 0.5", exc)
-        return None
-    return training_data
+        log.warning("the training data is not readable (%s): %s", exc, otherwise)
+        return False
+    return True
 
 
 def score_data(export: Export, config: EvaluateConfig) -> Scored:
@@ -110,6 +122,7 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
     paths = manifest.split_paths(data, split)
     if not paths or manifest.splits[split].total == 0:
         raise UserError(f"{data.uri}: the {split} split is empty")
+    check_shard_files(data, manifest, split)
     rows = score(shard_images(data, paths, with_source=manifest.has_column("source")), export,
                  variant_functions(variants, lung_crop_margin(export)), gpu=config.gpu,
                  actors=config.actors).take_all()

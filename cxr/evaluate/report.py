@@ -3,19 +3,23 @@
 `build_report` turns scores into numbers (metrics with intervals for the full images and
 both shortcut variants, the threshold and where it came from); `write_report` draws the
 figures, explains a sample of decisions with Grad-CAM and writes everything under the
-output folder. The Markdown is generated from report.json's numbers only.
+output folder, whole or not at all. The Markdown is generated from report.json's numbers only.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import uuid
 
 import numpy as np
 
 from cxr import storage
 from cxr.artifacts import (CONFUSION_FIGURE, GRADCAM_FIGURE, LEARNING_CURVE_FILE, MODEL_CARD_FILE, RELIABILITY_FIGURE,
-                           REPORT_FILE, ROC_FIGURE, ReportLayout, figure_path, positive_label)
+                           REPORT_FILE, REPORT_MARKDOWN_FILE, REPORT_PATHS, ROC_FIGURE, ReportLayout, figure_path,
+                           positive_label)
 from cxr.config import AugmentConfig
+from cxr.errors import UserError
 from cxr.evaluate import by_source, figures, metrics
 from cxr.evaluate.gradcam import grad_cam, overlay
 from cxr.evaluate.shortcuts import VARIANTS, lung_crop_margin, template_ellipses, verdict
@@ -79,6 +83,14 @@ def _threshold(names: list[str], positive: int, validation, evaluated: str) -> t
 
 
 def write_report(report: dict, export, evaluated, output: ReportLayout, config) -> None:
+    """Draw the figures, explain a sample with Grad-CAM, and write the report folder whole:
+    every file is made in memory first, and any failure leaves the folder as it was."""
+    write_together(output, report_files(report, export, evaluated, config))
+
+
+def report_files(report: dict, export, evaluated, config) -> dict[str, bytes]:
+    """Every file of the report, by its path under the report folder; completes `report`
+    (its figures and Grad-CAM records) on the way."""
     names = report["model"]["class_names"]
     positive = positive_label(names)
     title = f"{report['model']['architecture']}, {len(evaluated.labels)} images"
@@ -100,12 +112,51 @@ def write_report(report: dict, export, evaluated, output: ReportLayout, config) 
         panels, report["gradcam"] = _gradcam_panels(export, evaluated, report, config.gradcam_examples)
         if panels:
             pictures[GRADCAM_FIGURE] = figures.gradcam_grid_png(panels, f"Grad-CAM: {title}", columns=4)
-    for name, data in pictures.items():
-        storage.write_bytes(output.figure(name), data)
     report["figures"] = [figure_path(name) for name in pictures]
-    storage.write_json(output.report, report)
-    storage.write_bytes(output.markdown, report_markdown(report).encode())
-    storage.write_bytes(output.model_card, model_card(report).encode())
+    return {**{figure_path(name): data for name, data in pictures.items()},
+            REPORT_FILE: (json.dumps(report, indent=2) + "\n").encode(),
+            REPORT_MARKDOWN_FILE: report_markdown(report).encode(), MODEL_CARD_FILE: model_card(report).encode()}
+
+
+def write_together(output: ReportLayout, files: dict[str, bytes]) -> None:
+    """Write `files` (by path under the report folder) so that no reader meets half a report.
+
+    Each goes under a temporary name first; only when all are written are they moved into
+    place, and the files of an older report there that this one lacks (a Grad-CAM figure)
+    deleted, so two reports never mix. A failure while writing removes what was written,
+    and the folder too if it was not there before.
+    """
+    existed = storage.exists(output.root)
+    suffix = storage.PARTIAL_MARK + uuid.uuid4().hex[:8]
+    written: list[storage.Location] = []
+    try:
+        for relative, data in files.items():
+            written.append(output.root.join(relative + suffix))
+            storage.write_bytes(written[-1], data)
+    except BaseException:
+        _remove(written, output.root if not existed else None)
+        raise
+    for stale in sorted(set(REPORT_PATHS) - set(files)):
+        location = output.root.join(stale)
+        if storage.is_file(location):
+            location.fs.delete_file(location.path)
+    for partial in written:
+        partial.fs.move(partial.path, partial.path[:-len(suffix)])
+
+
+def _remove(partials: list[storage.Location], folder: storage.Location | None) -> None:
+    """After a failed write: its files, and the folder it made. Failures here would only hide
+    the write's own error."""
+    for partial in partials:
+        try:
+            partial.fs.delete_file(partial.path)
+        except OSError:
+            pass
+    if folder is not None:
+        try:
+            storage.delete_tree(folder)
+        except UserError:
+            pass
 
 
 def _gradcam_panels(export, evaluated, report: dict, per_group: int) -> tuple[list, list[dict]]:

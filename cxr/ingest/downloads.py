@@ -77,12 +77,12 @@ def list_kaggle(config: PreprocessConfig) -> sources.Listing:
               "raw_cache": cache.root.uri if cache else None}
     log.info("Kaggle dataset %s, version %d", ref.id, ref.version)
     if config.download.archive:
-        return _list_archive(remote, cache, config.classes, origin)
+        return _list_archive(remote, cache, config.classes, origin, config.max_pixels)
 
     listed = remote.list_files()
-    # A name is a path in the raw cache: one that would climb out of it is never fetched.
-    unsafe = [f.name for f in listed if f.name.startswith("/") or ".." in f.name.split("/")]
-    files = {f.name: f for f in listed if f.name not in unsafe}
+    # A name is a path in the raw cache: list_tree makes one that would climb out of it an
+    # `unsafe_path` reject, which is never fetched.
+    files = {f.name: f for f in listed}
     cached = cache.sizes() if cache else {}
 
     def read_spec(name: str) -> tuple[str, str, str]:
@@ -106,13 +106,12 @@ def list_kaggle(config: PreprocessConfig) -> sources.Listing:
             _store(cache, name, data)
         return data
 
-    listing = sources.list_tree("kaggle", ref.uri, list(files), config.classes, ref.file_uri, read_spec,
-                                read_sheet=read_sheet)
+    found = sources.Found(files={name: f.size or None for name, f in files.items()})
+    listing = sources.list_tree("kaggle", ref.uri, found, config.classes, ref.file_uri, read_spec,
+                                read_sheet=read_sheet, max_bytes=sources.max_input_bytes(config.max_pixels))
     for item in listing.items:
         item["fetch"] = "cached" if item["kind"] == "file" else None
         item["size"] = files[item["location"]].size if item["kind"] == "kaggle" else 0
-    listing.rejects.extend(sources.reject_row(ref.file_uri(name), None, "wrong_layout", "the path leaves the dataset")
-                           for name in unsafe)
     to_download = sum(item["kind"] == "kaggle" for item in listing.items)
     log.info("%d files listed; %d images selected, %d of them already in the raw cache, %d to download",
              len(listed), len(listing.items), len(listing.items) - to_download, to_download)
@@ -122,7 +121,7 @@ def list_kaggle(config: PreprocessConfig) -> sources.Listing:
 
 
 def _list_archive(remote: kaggle_api.Remote, cache: RawCache, classes: tuple[str, ...] | None,
-                  origin: dict) -> sources.Listing:
+                  origin: dict, max_pixels: int) -> sources.Listing:
     downloaded = not storage.is_file(cache.archive)
     if downloaded:
         log.info("downloading %s as one archive into %s", remote.dataset.uri, cache.archive.uri)
@@ -130,7 +129,7 @@ def _list_archive(remote: kaggle_api.Remote, cache: RawCache, classes: tuple[str
     else:
         log.info("using %s from the raw cache", cache.archive.uri)
         size = storage.file_info(cache.archive).size
-    listing = sources.list_zip(cache.archive, classes, uri_of=remote.dataset.file_uri)
+    listing = sources.list_zip(cache.archive, classes, uri_of=remote.dataset.file_uri, max_pixels=max_pixels)
     archive = {"archive": cache.archive.uri, "archive_bytes": size, "archive_downloaded": downloaded}
     return dataclasses.replace(listing, kind="kaggle_archive", origin={"kaggle": {**origin, **archive}})
 

@@ -5,7 +5,8 @@ A source is a class-per-folder tree (`<class>/*.png` or the Kaggle archive's
 `s3://` prefix, a `.zip` of such a tree (local or on S3), or `synthetic`; a Kaggle dataset
 (cxr.ingest.downloads) is listed with the same rules. Listing runs on the driver and is cheap; it
 returns one row per input found, each either readable or already rejected (unsupported
-file, wrong layout), so that nothing is silently lost. Each row carries its `source` (the
+file, wrong layout, a link that loops or dangles, a path that climbs out of its root, a
+file too large for --max-pixels), so that nothing is silently lost. Each row carries its `source` (the
 collection or hospital) when one is known: from the archive's metadata sheets beside the
 class folders, a --metadata CSV (cxr.ingest.metadata), or the synthetic site. Reading runs
 in Ray workers, a batch at a time.
@@ -14,6 +15,7 @@ in Ray workers, a batch at a time.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +35,19 @@ SUPPORTED = "PNG/JPEG/DICOM"
 # The Kaggle archive keeps lung masks beside the images; they are not inputs.
 IGNORED_FOLDERS = ("masks",)
 IMAGE_FOLDER = "images"
+# The largest file an image of --max-pixels pixels can sensibly be, checked from the
+# listing's size (a zip member's header) before a byte is read. A radiograph is gray: 16-bit
+# gray is 2 bytes a pixel, and 4 covers gray with alpha or 8-bit RGBA stored without any
+# compression. A 16-bit colour PNG that large would pass the pixel limit yet be refused here:
+# no chest X-ray is one, while a 300 MB zip member read whole before its rejection held a job
+# for a minute (issue 28). Plus room for what is not pixels (a DICOM header's private
+# elements and overlays, a PNG's or JPEG's ICC profile and EXIF thumbnail). At the default
+# --max-pixels (50 million) the bound is 216 MiB.
+MAX_BYTES_PER_PIXEL = 4
+NON_PIXEL_BYTES = 16 * 2**20
+DEFAULT_MAX_PIXELS = PreprocessConfig.max_pixels
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,30 @@ class Listing:
     @property
     def found(self) -> int:
         return len(self.items) + len(self.rejects)
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a listing saw below its root, with paths relative to it, before any rule is applied."""
+
+    files: dict[str, int | None]  # path: size in bytes (None: unknown), in listing order
+    folders: tuple[str, ...] = ()  # empty ones too: a class folder can hold no file
+    # (path, reason, detail): entries that are not files to read, each a reject (storage.Entries).
+    problems: tuple[tuple[str, str, str], ...] = ()
+
+
+def max_input_bytes(max_pixels: int) -> int:
+    """The size above which a file cannot be an image of at most `max_pixels` pixels."""
+    return max_pixels * MAX_BYTES_PER_PIXEL + NON_PIXEL_BYTES
+
+
+def is_safe_path(path: str) -> bool:
+    """Whether a listed path stays below its root: relative, with no empty, `.` or `..` part.
+
+    A zip member or an S3 key may be named `../../x.png`, `/tmp/x.png` or `COVID//x.png`;
+    such a name is never an input, and never a class folder.
+    """
+    return bool(path) and not path.startswith("/") and all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 def item_row(source_uri: str, class_name: str, label: int, kind: str, location: str,
@@ -109,88 +148,130 @@ def list_source(config: PreprocessConfig) -> Listing:
     if storage.is_file(location):
         if not location.path.lower().endswith(".zip"):
             raise UserError(f"{location.uri}: a file source must be a .zip archive of a class-per-folder tree")
-        return list_zip(location, config.classes)
-    files = storage.list_files(location)
-    if not files:
+        return list_zip(location, config.classes, max_pixels=config.max_pixels)
+    found = _folder_found(location)
+    if not found.files and not found.problems:
         if not storage.exists(location):
             raise UserError(f"{location.uri}: source does not exist")
         raise UserError(f"{location.uri}: source folder is empty")
+    return list_tree("folder", location.uri, found, config.classes, lambda rel: _joined_uri(location, rel),
+                     lambda rel: ("file", location.join(rel).uri, ""),
+                     read_sheet=lambda rel: storage.read_bytes(location.join(rel)),
+                     max_bytes=max_input_bytes(config.max_pixels))
+
+
+def _joined_uri(location: storage.Location, relative: str) -> str:
+    # Not posixpath.join: an S3 key's path may be absolute (`/x.png`), and must still read as
+    # below the prefix in the reject that names it.
+    return location.uri.rstrip("/") + "/" + relative
+
+
+def _folder_found(location: storage.Location) -> Found:
+    """A local folder's or S3 prefix's entries, relative to it (storage.list_entries)."""
+    entries = storage.list_entries(location)
     prefix = location.path.rstrip("/") + "/"
-    relative = [f.path[len(prefix):] for f in files]
-    return list_tree("folder", location.uri, relative, config.classes,
-                     lambda rel: location.join(rel).uri, lambda rel: ("file", location.join(rel).uri, ""),
-                     read_sheet=lambda rel: storage.read_bytes(location.join(rel)))
+    return Found(files={f.path[len(prefix):]: f.size for f in entries.files},
+                 folders=tuple(f[len(prefix):] for f in entries.folders if f.startswith(prefix)),
+                 problems=tuple((path[len(prefix):], reason, detail) for path, reason, detail in entries.problems))
 
 
-def _zip_members(location: storage.Location) -> tuple[list[str], int]:
-    """The file members of a zip archive, and how many macOS metadata members were left out."""
+def _zip_found(location: storage.Location) -> tuple[Found, dict[str, int]]:
+    """A zip archive's members from its central directory (nothing is decompressed), and the
+    members left out: macOS metadata, and each but the last of a repeated name (zipfile
+    reads only the last member of a name: the earlier ones cannot be had by it)."""
     try:
         with location.fs.open_input_file(location.path) as handle, zipfile.ZipFile(handle) as archive:
-            names = [i.filename for i in archive.infolist() if not i.is_dir()]
+            infos = archive.infolist()
     except (zipfile.BadZipFile, ValueError):  # pyarrow refuses the seek of a file too short to be a zip
         raise UserError(f"{location.uri}: not a valid zip archive") from None
     except OSError as exc:
         raise storage.storage_error(exc, location.uri) from None
-    # macOS archivers add resource forks under __MACOSX/: metadata, not inputs.
-    members = [n for n in names if not n.startswith("__MACOSX/")]
-    if not members:
+    files, folders, left_out = {}, [], Counter()
+    for info in infos:
+        name = info.filename
+        if name.startswith("__MACOSX/"):  # macOS archivers' resource forks: metadata, not inputs
+            left_out["macos_metadata"] += not info.is_dir()
+        elif info.is_dir():
+            folders.append(name.rstrip("/"))
+        else:
+            left_out["repeated_zip_name"] += name in files
+            files[name] = info.file_size  # from the header: what reading it would decompress
+    if not files:
         raise UserError(f"{location.uri}: the zip archive holds no files")
-    return members, len(names) - len(members)
+    return Found(files=files, folders=tuple(folders)), {what: n for what, n in left_out.items() if n}
 
 
-def list_zip(location: storage.Location, classes: tuple[str, ...] | None, uri_of=None) -> Listing:
+def list_zip(location: storage.Location, classes: tuple[str, ...] | None, uri_of=None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Listing:
     """A zip of a class-per-folder tree; `uri_of(member)` names its inputs (default: zip!/member)."""
-    names, macos = _zip_members(location)
+    found, left_out = _zip_found(location)
 
     def read_sheet(member: str) -> bytes:
         with location.fs.open_input_file(location.path) as handle, zipfile.ZipFile(handle) as archive:
             return archive.read(member)
 
-    listing = list_tree("zip", location.uri, names, classes, uri_of or (lambda rel: f"{location.uri}!/{rel}"),
-                        lambda rel: ("zip", location.uri, rel), read_sheet=read_sheet)
-    if macos:
-        listing.ignored["macos_metadata"] = macos
+    listing = list_tree("zip", location.uri, found, classes, uri_of or (lambda rel: f"{location.uri}!/{rel}"),
+                        lambda rel: ("zip", location.uri, rel), read_sheet=read_sheet,
+                        max_bytes=max_input_bytes(max_pixels))
+    listing.ignored.update(left_out)
     return listing
 
 
-def list_images(uri: str) -> Listing:
+def list_images(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Listing:
     """Every file under a folder, an s3:// prefix or in a .zip, at any depth, for scoring.
 
     No classes: items have label -1. Image files are items; anything else is a reject
-    (`unsupported_file`), so each file found is accounted for. Lung masks are skipped.
+    (`unsupported_file`; a link that loops or dangles, an unsafe path, a file too large for
+    `max_pixels`: see list_tree), so each file found is accounted for. Lung masks are skipped.
     """
     location = storage.resolve(uri)
     storage.check_bucket(location)
+    ignored = {}
     if storage.is_file(location):
         if location.path.lower().endswith(".zip"):
-            members, macos = _zip_members(location)
-            entries = [(m, f"{location.uri}!/{m}", ("zip", location.uri, m)) for m in members]
-            ignored = {"macos_metadata": macos} if macos else {}
+            found, ignored = _zip_found(location)
+            uri_of, spec_of = (lambda rel: f"{location.uri}!/{rel}"), (lambda rel: ("zip", location.uri, rel))
         else:
-            entries, ignored = [("", location.uri, ("file", location.uri, ""))], {}
+            found = Found(files={"": storage.file_info(location).size})
+            uri_of, spec_of = (lambda rel: location.uri), (lambda rel: ("file", location.uri, ""))
     else:
-        files = storage.list_files(location)
-        if not files:
+        found = _folder_found(location)
+        if not found.files and not found.problems:
             raise UserError(f"{location.uri}: " + ("the folder holds no files" if storage.exists(location)
                                                   else "does not exist"))
-        prefix = location.path.rstrip("/") + "/"
-        entries = [(f.path[len(prefix):], location.join(f.path[len(prefix):]).uri,
-                    ("file", location.join(f.path[len(prefix):]).uri, "")) for f in files]
-        ignored = {}
+        uri_of = lambda rel: _joined_uri(location, rel)  # noqa: E731
+        spec_of = lambda rel: ("file", location.join(rel).uri, "")  # noqa: E731
     items, rejects, masks = [], [], 0
-    for relative, source_uri, (kind, where, member) in entries:
-        name = source_uri.rsplit("/", 1)[-1]
-        if any(part in IGNORED_FOLDERS for part in relative.split("/")[:-1]):
+    max_bytes = max_input_bytes(max_pixels)
+    rejects += [reject_row(uri_of(path), None, reason, detail) for path, reason, detail in found.problems]
+    for relative, size in found.files.items():
+        source_uri = uri_of(relative)
+        if relative and not is_safe_path(relative):
+            rejects.append(_unsafe_reject(source_uri))
+        elif any(part in IGNORED_FOLDERS for part in relative.split("/")[:-1]):
             masks += 1
-        elif input_format(name):
-            items.append(item_row(source_uri, None, -1, kind, where, member))
-        else:
+        elif not input_format(source_uri):
             rejects.append(reject_row(source_uri, None, "unsupported_file", f"not a {SUPPORTED} file"))
+        elif size is not None and size > max_bytes:
+            rejects.append(_too_large_reject(source_uri, None, size, max_bytes))
+        else:
+            kind, where, member = spec_of(relative)
+            items.append(item_row(source_uri, None, -1, kind, where, member))
     if masks:
         ignored["masks"] = masks
     if not items:
         raise UserError(f"{location.uri}: no {SUPPORTED} images found")
     return Listing(kind="images", root=location.uri, class_names=(), items=items, rejects=rejects, ignored=ignored)
+
+
+def _unsafe_reject(source_uri: str) -> dict:
+    return reject_row(source_uri, None, "unsafe_path",
+                      "an absolute path, or one with an empty, '.' or '..' part: it would leave its root")
+
+
+def _too_large_reject(source_uri: str, class_name: str | None, size: int, max_bytes: int) -> dict:
+    return reject_row(source_uri, class_name, "too_large",
+                      f"{size} bytes, more than any image within --max-pixels can take ({max_bytes}); not read")
 
 
 def _strip_wrappers(paths: list[str]) -> tuple[str, list[str]]:
@@ -209,32 +290,59 @@ def _strip_wrappers(paths: list[str]) -> tuple[str, list[str]]:
         wrapper, paths = wrapper + top + "/", inner
 
 
-def list_tree(kind: str, root: str, relative: list[str], classes: tuple[str, ...] | None,
-              uri_of, read_spec_of, read_sheet=None) -> Listing:
-    """The inputs of a class-per-folder tree, given its files' paths relative to `root`.
+def list_tree(kind: str, root: str, found: Found, classes: tuple[str, ...] | None,
+              uri_of, read_spec_of, read_sheet=None, max_bytes: int | None = None) -> Listing:
+    """The inputs of a class-per-folder tree, from what a listing `found` below `root`.
 
     `uri_of(path)` is an input's source_uri; `read_spec_of(path)` its (kind, location,
     member) for BatchReader or the fetch stage. `read_sheet(path)` reads a metadata sheet
     beside the class folders (`<class>.metadata.xlsx`), whose sources the class's images
-    then carry; without it, or when it fails, the sheet is a reject.
+    then carry; without it, or when it fails, the sheet is a reject. A file larger than
+    `max_bytes` is a reject before it is read.
+
+    Only safe paths (is_safe_path) take part in finding the wrapping folders and the
+    classes; the others are rejects. A class folder with no image (`_class_images`) is an
+    error when `classes` names it; found by the listing, it is left out with a warning.
     """
-    wrapper, stripped = _strip_wrappers(relative)
-    found_classes = sorted({p.split("/", 1)[0] for p in stripped if "/" in p})
+    safe = [p for p in found.files if is_safe_path(p)]
+    wrapper, stripped = _strip_wrappers(safe)
+    inside = [f[len(wrapper):] for f in found.folders if f.startswith(wrapper) and is_safe_path(f)]
+    found_classes = sorted({p.split("/", 1)[0] for p in stripped if "/" in p}
+                           | {f.split("/", 1)[0] for f in inside if f})
     if not found_classes:
         raise UserError(f"{root}: no class subfolders (expected <class>/*.png or <class>/images/*.png)")
+    with_images = _class_images(stripped)
+    empty = [c for c in found_classes if c not in with_images]
     if classes is None:
-        if len(found_classes) < 2:
-            raise UserError(f"{root}: found one class folder ({found_classes[0]}); at least two are needed")
-        class_names = tuple(found_classes)
+        class_names = tuple(c for c in found_classes if c in with_images)
+        for name in empty:
+            log.warning("%s: class folder %s holds no %s image; it is left out of the classes", root, name, SUPPORTED)
+        if len(class_names) < 2:
+            without = f" ({', '.join(empty)}: no {SUPPORTED} image)" if empty else ""
+            raise UserError(f"{root}: found {len(class_names)} class folder(s) with images "
+                            f"({', '.join(class_names) or 'none'}){without}; at least two are needed")
     else:
         missing = [c for c in classes if c not in found_classes]
         if missing:
             raise UserError(f"{root}: no folder for class(es) {', '.join(missing)} "
                             f"(found: {', '.join(found_classes)})")
+        named_empty = [c for c in classes if c in empty]
+        if named_empty:
+            raise UserError(f"{root}: class folder {', '.join(named_empty)} "
+                            f"hold{'s' if len(named_empty) == 1 else ''} no {SUPPORTED} image")
         class_names = classes
     label_of = {name: i for i, name in enumerate(class_names)}
+    left_out = set(empty) if classes is None else set()
     items, rejects, ignored, sheets = [], [], Counter(), {}
-    for original, rel in zip(relative, stripped):
+    rejects += [_unsafe_reject(uri_of(p)) for p in found.files if not is_safe_path(p)]
+    for original, reason, detail in found.problems:
+        class_name = _class_of(original, wrapper)
+        if class_name in found_classes and class_name not in label_of and class_name not in left_out:
+            ignored[f"unselected_class:{class_name}"] += 1
+        else:
+            rejects.append(reject_row(uri_of(original), class_name if class_name in label_of else None, reason,
+                                      detail))
+    for original, rel in zip(safe, stripped):
         parts = rel.split("/")
         uri = uri_of(original)
         sheet_of = metadata.sheet_class(parts[0]) if len(parts) == 1 else None
@@ -249,18 +357,24 @@ def list_tree(kind: str, root: str, relative: list[str], classes: tuple[str, ...
                 rejects.append(reject_row(uri, None, "wrong_layout", "a metadata sheet of no class folder"))
             continue
         class_name = parts[0] if len(parts) > 1 else None
-        if class_name is not None and class_name not in label_of:
+        if class_name in left_out:
+            class_name = None  # what a folder without images holds is rejected below, in no class
+        elif class_name is not None and class_name not in label_of:
             ignored[f"unselected_class:{class_name}"] += 1
             continue
         if len(parts) == 3 and parts[1] in IGNORED_FOLDERS:
             ignored[parts[1]] += 1
             continue
-        if not (len(parts) == 2 or (len(parts) == 3 and parts[1] == IMAGE_FOLDER)):
+        if not _in_layout(parts):
             rejects.append(reject_row(uri, class_name, "wrong_layout",
                                       "not in <class>/ or <class>/images/"))
             continue
         if not input_format(parts[-1]):
             rejects.append(reject_row(uri, class_name, "unsupported_file", f"not a {SUPPORTED} file"))
+            continue
+        size = found.files[original]
+        if max_bytes is not None and size is not None and size > max_bytes:
+            rejects.append(_too_large_reject(uri, class_name, size, max_bytes))
             continue
         read_kind, location, member = read_spec_of(original)
         items.append(item_row(uri, class_name, label_of[class_name], read_kind, location, member,
@@ -270,14 +384,31 @@ def list_tree(kind: str, root: str, relative: list[str], classes: tuple[str, ...
     records = {}
     for class_name, (original, uri) in sorted(sheets.items()):
         try:
-            found = metadata.sheet_sources(read_sheet(original))
+            found_sources = metadata.sheet_sources(read_sheet(original))
         except (SpreadsheetError, OSError, DownloadFailed) as exc:
             rejects.append(reject_row(uri, class_name, "bad_metadata", one_line(exc)))
             continue
-        records[class_name] = {"path": original, **metadata.apply_sheet(items, class_name, found)}
+        records[class_name] = {"path": original, **metadata.apply_sheet(items, class_name, found_sources)}
     return Listing(kind=kind, root=root + ("/" + wrapper.rstrip("/") if wrapper else ""),
                    class_names=class_names, items=items, rejects=rejects, ignored=dict(ignored),
                    metadata={"sheets": records} if records else {})
+
+
+def _in_layout(parts: list[str]) -> bool:
+    """Whether a path's parts are `<class>/<file>` or `<class>/images/<file>`."""
+    return len(parts) == 2 or (len(parts) == 3 and parts[1] == IMAGE_FOLDER)
+
+
+def _class_images(paths: list[str]) -> set[str]:
+    """The class folders that hold at least one input (input_format) where the layout reads one."""
+    return {parts[0] for parts in (p.split("/") for p in paths) if _in_layout(parts) and input_format(parts[-1])}
+
+
+def _class_of(path: str, wrapper: str) -> str | None:
+    """The class folder a path below the wrapping folders is in; None for one outside them or at their top."""
+    if not path.startswith(wrapper) or "/" not in path[len(wrapper):]:
+        return None
+    return path[len(wrapper):].split("/", 1)[0]
 
 
 def list_synthetic(spec: SyntheticConfig) -> Listing:

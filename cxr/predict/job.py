@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cxr import progress, runtime, storage
+from cxr import claims, progress, resources, runtime, storage
 from cxr.artifacts import PREDICTIONS_CSV_FILE, PREDICTIONS_FILE, PREDICTIONS_FILES, PredictionsLayout, positive_label
 from cxr.config import PredictConfig
 from cxr.errors import UserError
@@ -35,14 +35,28 @@ log = logging.getLogger(__name__)
 def run_predict(config: PredictConfig) -> dict:
     """Score every image under `config.input`; write the predictions; return a summary."""
     started = time.time()
+    if storage.contains(config.input, config.output):
+        # The next run over --input would list the predictions as files to score.
+        raise UserError(f"--output {config.output} lies inside --input {config.input}: choose an --output "
+                        "outside --input")
     export = open_export(config.model)
-    listing = sources.list_images(config.input)
+    # Files too large for the training data's --max-pixels are rejected unread, as preprocess did.
+    listing = sources.list_images(config.input, max_pixels=export.manifest.preprocess_config().max_pixels)
     output = PredictionsLayout.at(config.output)
-    _prepare_output(output, config.overwrite)
+    storage.check_bucket(output.root)
+    with claims.claimed(output.claim, "predict", "--output") as claim:
+        _prepare_output(output, config.overwrite)
+        return _score_and_write(config, export, listing, output, claim, started)
+
+
+def _score_and_write(config: PredictConfig, export, listing: sources.Listing, output: PredictionsLayout,
+                     claim: claims.Claim, started: float) -> dict:
+    """Everything after the checks, with the output claimed."""
     log.info("scoring %d images from %s with %s (%s, %d px)", len(listing.items), listing.root, export.uri,
              ", ".join(export.class_names), export.image_size)
 
-    runtime.ensure_ray()
+    # A pool larger than the cluster would wait forever: refused, or waited for, first.
+    resources.wait_for_actors(config.gpu, config.actors, runtime.ensure_ray(), config.wait_timeout)
     with progress.Progress("predict", len(listing.items), "images",
                            runtime.progress_style(ray_data_bars=True)) as shown:
         dataset = score(preprocessed_images(listing.items, export.manifest.preprocess_config()), export,
@@ -52,6 +66,7 @@ def run_predict(config: PredictConfig) -> dict:
     table = predictions_table(scored, listing.rejects, export.class_names, config.threshold)
     if table.num_rows != listing.found:  # a bug, never the user's
         raise RuntimeError(f"found {listing.found} files but wrote {table.num_rows} rows")
+    claim.check()
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     storage.write_bytes(output.parquet, buffer.getvalue())
@@ -68,7 +83,6 @@ def run_predict(config: PredictConfig) -> dict:
 
 
 def _prepare_output(output: PredictionsLayout, overwrite: bool) -> None:
-    storage.check_bucket(output.root)
     existing = [name for name in PREDICTIONS_FILES if storage.exists(output.root.join(name))]
     if existing and not overwrite:
         raise UserError(f"{output.root.uri}: already holds {', '.join(existing)}; pass --overwrite")

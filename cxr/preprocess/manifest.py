@@ -94,12 +94,22 @@ def _focus_lines(config) -> list[str]:
     return [f"  images {', '.join(done)} (evaluate and predict do the same)"] if done else []
 
 
+def printable(text: str) -> str:
+    """`text` on one line: each control character (a newline, a tab, an escape) as its escape.
+
+    Names in the summary come from the user's files (folder names, --metadata's sources and
+    header): one holding a newline would break a table, or forge a line of it.
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def format_summary(manifest: Manifest, output_uri: str) -> str:
-    """A table a person reads at the end of the job."""
+    """A table a person reads at the end of the job; every name in it is printable()."""
     classes, counts = manifest.class_names, manifest.counts
-    width = max(8, *(len(c) + 2 for c in classes))  # two spaces between columns
-    lines = [f"shards written to {output_uri}", "",
-             "split  " + "".join(f"{c:>{width}}" for c in classes) + f"{'total':>{width}}"]
+    shown = {c: printable(c) for c in classes}
+    width = max(8, *(len(shown[c]) + 2 for c in classes))  # two spaces between columns
+    lines = [f"shards written to {printable(output_uri)}", "",
+             "split  " + "".join(f"{shown[c]:>{width}}" for c in classes) + f"{'total':>{width}}"]
     for split in SPLITS:
         row = manifest.splits[split]
         lines.append(f"{split:<7}" + "".join(f"{row.per_class[c]:>{width}}" for c in classes)
@@ -107,7 +117,7 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
     lines.append("")
     lines.append(f"inputs found {counts.found} = kept {counts.kept} + rejected {counts.rejected}")
     for reason, n in counts.rejected_by_reason.items():
-        lines.append(f"  rejected {reason}: {n}")
+        lines.append(f"  rejected {printable(reason)}: {n}")
     near = counts.near_duplicates
     if near.get("groups"):
         lines.append(f"  near-duplicate groups kept within one split: {near['groups']} "
@@ -115,19 +125,19 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
     by_column = counts.grouped_by
     if by_column:
         several = by_column["groups_with_several_classes"]
-        lines.append(f"  images that share a {by_column['column']} kept within one split: {by_column['groups']} "
-                     f"groups ({by_column['images_in_groups']} images"
+        lines.append(f"  images that share a {printable(by_column['column'])} kept within one split: "
+                     f"{by_column['groups']} groups ({by_column['images_in_groups']} images"
                      + (f"; {several} groups hold more than one class" if several else "") + ")")
         if by_column["images_without_value"]:
             lines.append(f"  warning: {by_column['images_without_value']} kept images have no "
-                         f"{by_column['column']}; each is a group of its own")
+                         f"{printable(by_column['column'])}; each is a group of its own")
     if counts.inpainted:
         lines.append(f"  kept with markings inpainted: {counts.inpainted}")
     if counts.lungs:
         lines.append(f"  lung fields found in {counts.lungs['found']} kept images; the template stood in for "
                      f"{counts.lungs['template']}")
     for what, n in counts.ignored.items():
-        lines.append(f"  ignored {what}: {n}")
+        lines.append(f"  ignored {printable(what)}: {n}")
     lines += _focus_lines(manifest.preprocess_config())
     lines += _metadata_lines(manifest.metadata_record())
     # One source (the quickstart's) would only repeat the table above.
@@ -137,7 +147,7 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
         how = Counter()
         for per_class in manifest.kaggle.fetched.values():
             how.update(per_class)
-        lines.append(f"Kaggle {manifest.kaggle.dataset} version {manifest.kaggle.version}: "
+        lines.append(f"Kaggle {printable(manifest.kaggle.dataset)} version {manifest.kaggle.version}: "
                      + ", ".join(f"{what} {n}" for what, n in sorted(how.items())))
     lines.append(f"took {manifest.wall_seconds:.1f} s ({counts.found / max(manifest.wall_seconds, 1e-9):.1f} inputs/s)")
     return "\n".join(lines)
@@ -147,11 +157,12 @@ def _metadata_lines(record: dict) -> list[str]:
     """What the metadata sheets and --metadata matched: counts and column names, never values."""
     lines = []
     for class_name, sheet in record.get("sheets", {}).items():
-        lines.append(f"  metadata sheet {sheet['path']}: {sheet['rows']} rows, {sheet['rows_without_image']} "
-                     f"naming no image found, {sheet['images_without_row']} {class_name} images without a row")
+        lines.append(f"  metadata sheet {printable(sheet['path'])}: {sheet['rows']} rows, "
+                     f"{sheet['rows_without_image']} naming no image found, {sheet['images_without_row']} "
+                     f"{printable(class_name)} images without a row")
     table = record.get("csv")
     if table:
-        columns = f"; columns kept: {', '.join(table['columns'])}" if table["columns"] else ""
+        columns = f"; columns kept: {', '.join(map(printable, table['columns']))}" if table["columns"] else ""
         lines.append(f"  --metadata: {table['rows']} rows, {table['rows_without_image']} naming no image found, "
                      f"{table['images_without_row']} images without a row{columns}")
     return lines
@@ -159,11 +170,12 @@ def _metadata_lines(record: dict) -> list[str]:
 
 def _source_table(manifest: Manifest) -> list[str]:
     names = sorted({source for per_split in manifest.sources.values() for source in per_split})
-    width = max(8, *(len(n) + 2 for n in names))
+    width = max(8, *(len(printable(n)) + 2 for n in names))
     held_out = set(manifest.test_sources)
-    lines = ["images per source" + (f" (held out in test: {', '.join(manifest.test_sources)})" if held_out else ""),
+    lines = ["images per source" + (f" (held out in test: {', '.join(map(printable, manifest.test_sources))})"
+                                    if held_out else ""),
              f"{'source':<{width}}" + "".join(f"{s:>8}" for s in SPLITS)]
     for name in names:
-        lines.append(f"{name:<{width}}" + "".join(
+        lines.append(f"{printable(name):<{width}}" + "".join(
             f"{manifest.sources[s][name].total if name in manifest.sources[s] else 0:>8}" for s in SPLITS))
     return lines

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
 
-from cxr import progress, runtime, storage
-from cxr.artifacts import MANIFEST_FILE, SPLITS, ShardsLayout, shard_schema
+from cxr import claims, progress, runtime, storage
+from cxr.artifacts import CLAIM_FILE, MANIFEST_FILE, SPLITS, ShardsLayout, shard_schema
 from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
 from cxr.ingest import downloads, sources
@@ -150,15 +150,36 @@ def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None,
     return pa.Table.from_pylist(rows, schema=shards.staging_schema(extra_columns))
 
 
+def check_output(output: ShardsLayout) -> None:
+    """--output can be written to as a folder (before it is claimed)."""
+    storage.check_bucket(output.root)
+    if storage.is_file(output.root):
+        raise UserError(f"{output.root.uri}: --output is a file, not a folder or prefix")
+
+
+def check_apart(config: PreprocessConfig) -> None:
+    """--output outside what the job reads: shards inside --source would be listed as a class
+    folder by the next run over it (a third class, silently), and --overwrite would delete
+    inside the source (or, the other way round, the source would be inside what it deletes)."""
+    read = []
+    if config.source != "synthetic" and not is_kaggle_source(config.source):
+        read.append(("--source", config.source))
+    if config.download.raw_cache:
+        read.append(("--raw-cache", config.download.raw_cache))
+    for flag, uri in read:
+        if storage.contains(uri, config.output) or storage.contains(config.output, uri):
+            raise UserError(f"--output {config.output} and {flag} {uri} overlap (one lies inside the other): "
+                            f"choose an --output outside {flag}")
+
+
 def prepare_output(output: ShardsLayout, overwrite: bool) -> None:
-    """Refuse to write over an existing output unless asked; never delete foreign files."""
+    """Refuse to write over an existing output unless asked; never delete foreign files.
+    Runs with the output claimed (cxr.claims), whose claim file it leaves alone."""
     root = output.root
-    storage.check_bucket(root)
-    if storage.is_file(root):
-        raise UserError(f"{root.uri}: --output is a file, not a folder or prefix")
     existing = storage.list_files(root) if root.is_s3 or storage.exists(root) else []
-    if existing:
-        names = [f.path[len(root.path.rstrip("/")) + 1:] for f in existing]
+    names = [f.path[len(root.path.rstrip("/")) + 1:] for f in existing]
+    names = [n for n in names if n != CLAIM_FILE]
+    if names:
         state = "a finished" if MANIFEST_FILE in names else "a partial"
         if not overwrite:
             raise UserError(f"{root.uri} already holds {state} output; pass --overwrite to replace it")
@@ -166,7 +187,7 @@ def prepare_output(output: ShardsLayout, overwrite: bool) -> None:
         if foreign:
             raise UserError(f"{root.uri} holds files cxr did not write (such as {foreign[0]}); "
                             f"refusing to delete them, choose another --output")
-        storage.delete_tree(root, keep_root=True)
+        storage.delete_contents(root, keep=(CLAIM_FILE,))
     storage.check_writable(root)
 
 
@@ -178,6 +199,7 @@ def block_count(items: int, cpus: int) -> int:
 def run_preprocess(config: PreprocessConfig) -> dict:
     """Run the whole job; return the manifest it wrote."""
     started = time.time()
+    check_apart(config)
     table = read_metadata_csv(config.metadata) if config.metadata else None  # a bad file fails first
     if table is not None and config.split.group_by not in (None, *table.extra_columns):
         raise UserError(f"--group-by {config.split.group_by}: --metadata {table.uri} has no such column "
@@ -192,7 +214,15 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     log.info("found %d inputs in %s (%s), classes %s", listing.found, listing.root, listing.kind,
              ", ".join(listing.class_names))
     output = ShardsLayout.at(config.output)
-    prepare_output(output, config.overwrite)
+    check_output(output)
+    with claims.claimed(output.claim, "preprocess", "--output") as claim:
+        prepare_output(output, config.overwrite)
+        return _process(config, listing, output, claim, started)
+
+
+def _process(config: PreprocessConfig, listing: sources.Listing, output: ShardsLayout, claim: claims.Claim,
+             started: float) -> dict:
+    """Everything after the checks, with the output claimed: both passes, the manifest last."""
     staging = output.staging
 
     runtime.ensure_ray()
@@ -249,6 +279,7 @@ def run_preprocess(config: PreprocessConfig) -> dict:
         shard_files=shard_files, source_details=source_details, stage_seconds=_stage_seconds(processed),
         near_duplicates=near_duplicates, grouped_by=grouped_by,
         wall_seconds={"process": processed_at - started, "total": time.time() - started})
+    claim.check()  # the manifest makes the output finished: never for a job that lost its claim
     storage.write_json(output.manifest, manifest)
     storage.delete_tree(staging)
     return manifest

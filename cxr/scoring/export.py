@@ -15,7 +15,7 @@ from cxr import storage
 from cxr.artifacts import MODEL_FILE, ExportLayout, Manifest, RunLayout, read_manifest
 from cxr.errors import UserError
 from cxr.keras_lib import configure_environment
-from cxr.train.models import load_model
+from cxr.train.models import load_model, model_file_damage
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,50 @@ class Export:
         return self.layout.model.uri
 
 
+# What to do about a damaged export, in its one-line errors: the run's checkpoints outlive it.
+EXPORT_AGAIN = ("rerun jobs/train.py with the run's --name (jobs/tune.py with the sweep's) to export it again "
+                "from its checkpoints")
+
+
 def open_export(uri: str) -> Export:
-    """Check and read an export folder, or fail in one line."""
+    """Check and read an export folder, or fail in one line.
+
+    The model file is read through here, on the driver (a second per 100 MB or so, without
+    TensorFlow), so that a damaged one is named before Ray starts rather than met by every
+    scoring actor with a traceback.
+    """
     layout = ExportLayout.at(uri)
     storage.check_bucket(layout.root)
     if not storage.is_file(layout.model):
         raise UserError(f"{layout.root.uri}: no exported model ({MODEL_FILE}); pass the model/ folder of a "
                         f"finished training run")
-    manifest = read_manifest(layout.root.uri)
-    training = storage.read_json(layout.training) if storage.is_file(layout.training) else {}
+    manifest = read_manifest(layout.root.uri, remedy=EXPORT_AGAIN)
+    training = _training_record(layout)
+    _check_model_file(layout)
     return Export(uri=layout.root.uri, manifest=manifest, training=training)
+
+
+def _training_record(layout: ExportLayout) -> dict:
+    """training.json, or {} for an export without one."""
+    if not storage.is_file(layout.training):
+        return {}
+    try:
+        record = storage.read_json(layout.training)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise UserError(f"{layout.training.uri}: not valid JSON, the file is damaged; {EXPORT_AGAIN}")
+    return record
+
+
+def _check_model_file(layout: ExportLayout) -> None:
+    try:
+        with layout.model.fs.open_input_file(layout.model.path) as handle:
+            damage = model_file_damage(handle)
+    except OSError as exc:
+        raise storage.storage_error(exc, layout.model.uri) from None
+    if damage:
+        raise UserError(f"{layout.model.uri}: the model file is damaged ({damage}); {EXPORT_AGAIN}")
 
 
 def find_export(run_uri: str) -> Export:
@@ -94,4 +128,4 @@ def load_export_model(export: Export):
         path = os.path.join(directory, MODEL_FILE)
         with open(path, "wb") as handle:
             handle.write(storage.read_bytes(export.layout.model))
-        return load_model(path)
+        return load_model(path, name=export.model_uri)

@@ -17,7 +17,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from cxr import progress
-from cxr.errors import UserError
+from cxr.resources import actor_plan
 from cxr.scoring.export import Export, load_export_model
 
 # Images per model call: large enough to keep a CPU busy, small enough for any GPU at 299 px.
@@ -86,16 +86,8 @@ def score(dataset, export: Export, variants: Mapping[str, Callable] = FULL, gpu:
     `variants` maps a column's name to a function of the float32 (n, H, W, 1) images that
     gives the model's input; scored images are counted into `tally` (cxr.progress).
     """
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpu and gpus < (actors or 1):
-        raise UserError(f"--gpu needs {actors or 1} GPU(s) for the model actors; the cluster has {gpus}")
-    if actors is None:
-        actors = gpus if gpu else max(1, min(4, cpus // 2))
-    threads = max(1, cpus // actors)
-    # On CPUs, the actors leave one CPU to the read and decode tasks that feed them: actors
-    # holding every CPU would wait forever for their input.
-    actor_cpus = 1.0 if gpu or actors < cpus else max(0.1, (cpus - 1) / actors) if cpus > 1 else 0.5
+    # How many actors, and what each reserves (a job waits for them first: cxr.resources).
+    plan = actor_plan(ray.cluster_resources(), gpu, actors)
     # No actor restarts (Ray Data's default: without limit). Ray Data passes each actor of a
     # pool its transformer and context by reference, which Ray Core reports as an error for
     # every restartable actor, on every run ("has constructor arguments in the object store
@@ -108,7 +100,7 @@ def score(dataset, export: Export, variants: Mapping[str, Callable] = FULL, gpu:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
         return dataset.map_batches(Predictor, fn_constructor_kwargs={"export": export, "variants": variants,
-                                                                     "threads": threads, "tally": tally},
+                                                                     "threads": plan.threads, "tally": tally},
                                    batch_size=PREDICT_BATCH, batch_format="numpy",
-                                   compute=ActorPoolStrategy(size=actors), max_restarts=0,
-                                   num_cpus=actor_cpus, num_gpus=1 if gpu else 0)
+                                   compute=ActorPoolStrategy(size=plan.actors), max_restarts=0,
+                                   num_cpus=plan.cpus, num_gpus=plan.gpus)

@@ -11,7 +11,7 @@ import numpy as np
 import ray
 
 from cxr import storage
-from cxr.artifacts import Manifest
+from cxr.artifacts import Manifest, check_shard_files
 from cxr.config import AugmentConfig
 from cxr.preprocess.transforms import decode_png_gray
 from cxr.keras_lib import keras
@@ -44,6 +44,7 @@ def split_dataset(data: storage.Location, manifest: Manifest, split: str, seed: 
     model swung from one class to the other through every epoch (docs/benchmarks.md, "tune").
     The shuffle runs on the encoded rows, before decoding, so it moves the least data.
     """
+    check_shard_files(data, manifest, split)  # on the driver: a damaged shard is one line, not a task's traceback
     dataset = ray.data.read_parquet(manifest.split_paths(data, split), filesystem=data.fs)
     dataset = dataset.select_columns(["image_png", "label"])
     if split == "train":

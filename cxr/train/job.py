@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import ray
 
-from cxr import progress, runtime, storage
+from cxr import claims, progress, resources, runtime, storage
 from cxr.artifacts import (HISTORY_FILE, LEARNING_CURVE_FILE, MODEL_FILE, RUN_SETTINGS_FILE, ExportLayout, Manifest,
                            RunLayout, read_manifest)
 from cxr.config import TrainConfig
@@ -29,8 +29,8 @@ from cxr.errors import UserError
 from cxr.train.data import cached_bytes_per_worker, split_dataset
 from cxr.train.history import history_csv, learning_curve_png
 from cxr.keras_lib import TF_ENVIRONMENT, configure_environment
-from cxr.train.loop import TrainingState, train_loop_per_worker
-from cxr.train import settings
+from cxr.train.loop import steps_per_epoch, train_loop_per_worker
+from cxr.train import checkpoints, settings
 from cxr.train.models import build_model, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,23 @@ def run_training(config: TrainConfig) -> dict:
     """Train (or resume) and export; return a summary of the run."""
     data, manifest = check_data(config)
     storage_root = check_storage(config)
+    with claims.claimed(RunLayout(storage_root.join(config.run_name)).claim, "train", "--name"):
+        return _claimed_run(config, data, manifest, storage_root)
+
+
+def _claimed_run(config: TrainConfig, data: storage.Location, manifest: Manifest,
+                 storage_root: storage.Location) -> dict:
+    """run_training with the run's folder claimed (cxr.claims): no other driver trains it meanwhile."""
     started_ray = runtime.ensure_ray()
-    inputs = run_inputs(config, data, manifest, worker_cpus(config, ray.nodes(), started_ray),
+    inputs = run_inputs(config, data, manifest, worker_cpus(config, started_ray),
                         placement_group_cleaner=not started_ray)
     log.info("training %s on %d worker(s) (%s, %g CPU each), %s, run %s", config.model, config.workers,
              "GPU" if config.gpu else "CPU", inputs.cpus_per_worker,
              "decoded images kept in memory after epoch 1" if _keeps_cache(config, manifest)
              else "streaming every epoch", storage_root.join(config.run_name).uri)
+    log.info("classes: %s", ", ".join(f"{name} (label {label})" for label, name in enumerate(manifest.class_names)))
+    plan, whole_split = epoch_plan(config, manifest)
+    (log.warning if whole_split else log.info)("%s", plan)
     total_images = config.epochs * manifest.splits["train"].total
     with progress.Progress("train", total_images, "images", runtime.progress_style()) as shown:
         return train_and_export(config, inputs, tally=shown.tally)
@@ -147,55 +157,58 @@ def _check_splits(manifest: Manifest, uri: str) -> None:
             raise UserError(f"{uri}: the {split} split is empty; preprocess more images or change --split")
 
 
-def worker_cpus(config: TrainConfig, nodes: list[dict], started_ray: bool, concurrent_runs: int = 1) -> float:
-    """CPUs each worker reserves, from the live nodes that may hold workers (`ray.nodes()`),
-    when `concurrent_runs` runs of `config.workers` workers train at once (a sweep's trials).
+def worker_cpus(config: TrainConfig, started_ray: bool, concurrent_runs: int = 1, nodes=None) -> float:
+    """CPUs each worker reserves, once the live nodes that may hold workers (--node-label)
+    hold `concurrent_runs` runs of `config.workers` workers at once (a sweep's trials).
 
-    A Ray this job started is all there will be: a request it cannot hold is an error. On
-    a cluster, workers pinned to a node pool by --node-label may wait for the autoscaler
-    to start that pool's nodes (none may be running yet), so a shortage there is a warning.
+    A Ray that cannot grow (this job's own, or a cluster without an autoscaler) is all there
+    will be: a request it cannot hold is an error at once. On a cluster that can grow, the
+    driver waits up to --wait-timeout for the autoscaler to start the nodes (a --node-label'd
+    pool may have none running yet): cxr.resources.wait_for. `nodes` reads the nodes
+    (default `ray.nodes`).
     """
-    resources = eligible_resources(config, nodes)
     where = ("the nodes labelled " + ",".join(f"{k}={v}" for k, v in config.node_labels)
              if config.node_labels else "the cluster")
-    try:
-        return _cpus_per_worker(config, resources, where, concurrent_runs)
-    except UserError as short:
-        if started_ray or not config.node_labels:
-            raise
-        log.warning("%s; waiting for the autoscaler to add nodes (`ray status` shows them; "
-                    "`ray job stop` cancels)", short)
-        return config.cpus_per_worker or 1.0
+    workers = config.workers * concurrent_runs
+    bundle = {"CPU": config.cpus_per_worker or 1.0, **({"GPU": 1.0} if config.gpu else {})}
+    return resources.wait_for(lambda found: _cpus_per_worker(config, found, where, concurrent_runs),
+                              started_ray=started_ray, wait_timeout=config.wait_timeout, demand=[bundle] * workers,
+                              labels=config.node_labels, nodes=nodes)
 
 
-def eligible_resources(config: TrainConfig, nodes: list[dict]) -> dict[str, float]:
-    """CPUs and GPUs of the live nodes that may hold this config's workers (--node-label)."""
-    eligible = [n for n in nodes if n.get("Alive") and all(n.get("Labels", {}).get(k) == v
-                                                             for k, v in config.node_labels)]
-    return {key: sum(n["Resources"].get(key, 0) for n in eligible) for key in ("CPU", "GPU")}
-
-
-def _cpus_per_worker(config: TrainConfig, resources: dict, where: str = "the cluster",
+def _cpus_per_worker(config: TrainConfig, found: dict, where: str = "the cluster",
                      concurrent_runs: int = 1) -> float:
-    """CPUs each worker reserves; refuse a request `resources` cannot hold."""
-    cpus = resources.get("CPU", 0)
+    """CPUs each worker reserves of the `found` resources; refuse a request they cannot hold.
+
+    --cpus-per-worker is taken as given; otherwise cxr.resources.cpu_share decides (a whole
+    CPU each while one is left to decode the stream, else equal shares of no less than half).
+    """
+    cpus = found.get("CPU", 0)
     workers = config.workers * concurrent_runs
     asked = f"--workers {config.workers}" + (f" x --max-concurrent {concurrent_runs}" if concurrent_runs > 1 else "")
-    if config.gpu and resources.get("GPU", 0) < workers:
-        raise UserError(f"{asked} --gpu needs {workers} GPUs, found {int(resources.get('GPU', 0))} on {where}")
-    if config.cpus_per_worker is not None:
-        wanted = config.cpus_per_worker
-    elif workers + 1 <= cpus:
-        wanted = 1.0
-    elif cpus > 0:
-        # Whole CPUs for every worker would leave none for Ray Data to decode the stream,
-        # and the run would wait forever for resources (GUIDE: 2 workers on 2 CPUs).
-        wanted = max(cpus - 1, cpus / 2) / workers
-    else:
-        wanted = 1.0
+    if config.gpu and found.get("GPU", 0) < workers:
+        raise UserError(f"{asked} --gpu needs {workers} GPUs, found {int(found.get('GPU', 0))} on {where}")
+    if config.cpus_per_worker is None:
+        return resources.cpu_share(workers, cpus, asked, "worker", where)
+    wanted = config.cpus_per_worker
     if wanted * workers > cpus:
         raise UserError(f"{asked} x {wanted:g} CPUs needs {wanted * workers:g} CPUs, found {cpus:g} on {where}")
     return wanted
+
+
+def epoch_plan(config: TrainConfig, manifest: Manifest) -> tuple[str, bool]:
+    """A line saying how each epoch goes, and whether --batch-size takes the whole training split.
+
+    A batch larger than the split is not an error: every epoch is then one step on all of
+    it (a few images of a smoke test), which the line says rather than clamping the batch.
+    """
+    images = manifest.splits["train"].total
+    steps = steps_per_epoch(manifest, config.batch_size)
+    if config.batch_size > images:
+        return (f"--batch-size {config.batch_size} is larger than the training split ({images} images): each of "
+                f"the {config.epochs} epoch(s) is one step on all of it", True)
+    return (f"up to {config.epochs} epoch(s) of {steps} step(s), {config.batch_size} images a step "
+            f"({images} training images)", False)
 
 
 def _checked_weights(config: TrainConfig, manifest: Manifest) -> tuple[str, bytes] | None:
@@ -231,6 +244,9 @@ def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location,
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
     manifest = inputs.manifest
+    # Before any worker starts: Ray Train would retry a damaged latest checkpoint through
+    # every failure the run allows.
+    resume = checkpoints.resume_point(run)
     cache = _keeps_cache(config, manifest)
     datasets = {split: shared[split] if split in shared else split_dataset(inputs.data, manifest, split, config.seed)
                 for split in ("train", "val")}
@@ -246,7 +262,7 @@ def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location,
         train_loop_per_worker,
         train_loop_config={"config": config, "manifest": manifest, "weights": inputs.weights_ref,
                            "run_uri": run.root.uri, "cache": cache, "tally": tally,
-                           "cores_shared": inputs.cores_shared},
+                           "cores_shared": inputs.cores_shared, "resume": resume},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
                                      resources_per_worker={"CPU": inputs.cpus_per_worker},
                                      label_selector=dict(config.node_labels) or None),
@@ -306,26 +322,26 @@ def _trainer_class(placement_group_cleaner: bool):
 def export(result, config: TrainConfig, manifest: Manifest, run: RunLayout, into: ExportLayout | None = None,
            extra: dict | None = None) -> dict:
     """Copy the best checkpoint's model, the manifest and the history into `<run>/model/`,
-    or `into` another run's (a sweep's `best/`); `extra` joins training.json."""
-    latest = result.checkpoint
-    if latest is None:
-        raise UserError(f"{run.root.uri}: training produced no checkpoint")
-    best = result.get_best_checkpoint(metric="val_loss", mode="min") or latest
-    with latest.as_directory() as directory:
-        state = TrainingState.load(directory)
+    or `into` another run's (a sweep's `best/`); `extra` joins training.json.
+
+    Only checkpoints whose files match their digest are read (cxr.train.checkpoints); the
+    model is written whole or not at all, as scoring must never load half of one.
+    """
+    chosen = checkpoints.to_export(result, run)
+    state, best_state = chosen.latest, chosen.best_state
     target = into or run.export
-    with best.as_directory() as directory:
-        with open(os.path.join(directory, MODEL_FILE), "rb") as handle:
-            storage.write_bytes(target.model, handle.read())
+    storage.write_bytes_atomically(target.model, storage.read_bytes(chosen.best.join(MODEL_FILE)))
     rows = list(state.history)
     storage.write_json(target.manifest, manifest.to_dict())
     storage.write_bytes(target.history, history_csv(rows))
     storage.write_bytes(target.learning_curve, learning_curve_png(rows, f"{config.model} on {manifest.source_uri}"))
-    best_row = next(r for r in rows if r["epoch"] == state.best_epoch)
+    # The exported checkpoint's own last epoch: Ray Train's best by validation loss.
+    best_row = best_state.history[-1]
     summary = {"model": config.model, "run": run.root.uri, "export": target.root.uri,
                "class_names": list(manifest.class_names), "image_size": manifest.image_size,
-               "epochs_trained": state.next_epoch, "stopped_early": state.stopped_early, "best_epoch": state.best_epoch,
-               "best": best_row, "restarts": state.attempt, "config": config.to_dict(), **(extra or {})}
+               "epochs_trained": state.next_epoch, "stopped_early": state.stopped_early,
+               "best_epoch": best_row["epoch"], "best": best_row, "restarts": state.attempt, "config": config.to_dict(),
+               **(extra or {})}
     storage.write_json(target.training, summary)
     return summary
 

@@ -2,78 +2,35 @@
 
 Every epoch ends with a checkpoint through `ray.train.report`: the full model with its
 optimizer state, plus `state.json` (the epoch, the best validation loss so far, the
-early-stopping counter and the history). A restarted worker group resumes from the
-latest one, so a failure costs at most the epoch it interrupted, and early stopping
-survives restarts.
+early-stopping counter and the history) and the digest of both (cxr.train.checkpoints).
+A restarted worker group resumes from the latest one, checked against its digest first,
+so a failure costs at most the epoch it interrupted, and early stopping survives restarts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import ray
 import ray.train
 
 from cxr import keras_lib, progress, storage
-from cxr.artifacts import MODEL_FILE, STATE_FILE, Manifest, RunLayout, positive_label
+from cxr.artifacts import MODEL_FILE, Manifest, RunLayout, positive_label
 from cxr.config import TrainConfig
 from cxr.keras_lib import keras
+from cxr.train import checkpoints
+from cxr.train.checkpoints import TrainingState
 from cxr.train.data import class_weights, worker_dataset
 from cxr.train.models import build_model, load_model
 
-# Validation loss must improve by more than this to count as an improvement.
-MIN_DELTA = 1e-4
 # Rank 0 tells the driver where training is at most this often (a call to a small actor).
 PROGRESS_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class TrainingState:
-    """Everything besides the model that a resumed run needs to carry on exactly."""
-
-    next_epoch: int = 0
-    best_val_loss: float | None = None
-    best_epoch: int | None = None
-    epochs_without_improvement: int = 0
-    stopped_early: bool = False
-    # How many times this run has been (re)started from a checkpoint.
-    attempt: int = 0
-    history: tuple[dict, ...] = ()
-
-    def after_epoch(self, row: dict, patience: int) -> TrainingState:
-        val_loss = row["val_loss"]
-        improved = self.best_val_loss is None or val_loss < self.best_val_loss - MIN_DELTA
-        waited = 0 if improved else self.epochs_without_improvement + 1
-        return dataclasses.replace(
-            self, next_epoch=row["epoch"] + 1, history=self.history + (row,),
-            best_val_loss=val_loss if improved else self.best_val_loss,
-            best_epoch=row["epoch"] if improved else self.best_epoch,
-            epochs_without_improvement=waited, stopped_early=waited >= patience)
-
-    def finished(self, epochs: int) -> bool:
-        return self.stopped_early or self.next_epoch >= epochs
-
-    def save(self, directory: str) -> None:
-        with open(os.path.join(directory, STATE_FILE), "w") as handle:
-            json.dump(dataclasses.asdict(self), handle, indent=1)
-
-    @classmethod
-    def load(cls, directory: str) -> TrainingState:
-        with open(os.path.join(directory, STATE_FILE)) as handle:
-            return cls.from_dict(json.load(handle))
-
-    @classmethod
-    def from_dict(cls, fields: dict) -> TrainingState:
-        """The state `save` wrote, as JSON gives it back."""
-        return cls(**{**fields, "history": tuple(fields["history"])})
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
@@ -196,6 +153,7 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
                 keras_lib.save_model(self.model, os.path.join(directory, MODEL_FILE))
                 if rank == 0:
                     state.save(directory)
+                    checkpoints.write_digest(directory)  # last: it covers the files above
                 # epochs_trained counts epochs across restarts: Ray Tune's scheduler measures
                 # a trial's progress by it (cxr.tune), where its own iteration count would
                 # restart with a resumed trial.
@@ -259,12 +217,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # 2 cores (docs/benchmarks.md, worker_overhead). Alone, a worker trains under the default.
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = checkpoints.to_load(ray.train.get_checkpoint(), loop_config.get("resume"))
     with strategy.scope():
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
-                model = load_model(os.path.join(directory, MODEL_FILE))
-                state = TrainingState.load(directory)
+                try:
+                    state = checkpoints.verified_state(storage.resolve(directory))
+                except checkpoints.Damaged as exc:  # since the driver checked it (resume_point): the run's failure
+                    raise RuntimeError(f"checkpoint {checkpoint.path} is damaged ({exc})") from None
+                model = load_model(os.path.join(directory, MODEL_FILE), name=checkpoint.path)
             state = dataclasses.replace(state, attempt=state.attempt + 1)
         else:
             with tempfile.TemporaryDirectory() as directory:

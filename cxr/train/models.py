@@ -19,10 +19,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 from cxr.config import MODEL_NAMES, TrainConfig, check_model_name  # noqa: F401  (MODEL_NAMES: the models built here)
-from cxr.errors import UserError
+from cxr.errors import UserError, one_line
 from cxr import keras_lib
 
 VGG_INPUT_SIZE = 224
@@ -77,10 +79,63 @@ def build_model(model_name: str, image_size: int, num_classes: int, weights: str
     return model
 
 
-def load_model(path: str):
-    """Load a model saved by `model.save` (".keras" or SavedModel), with our custom layers known."""
+def load_model(path: str, name: str | None = None):
+    """Load a model saved by `model.save` (".keras" or SavedModel), with our custom layers known.
+
+    A file Keras cannot read is a one-line UserError naming it (`name`: where it came from,
+    when `path` is a local copy); callers check files with `model_file_damage` first, where
+    the error can still say what to do.
+    """
     _vgg19_preprocess_class()  # registers it with Keras, which looks it up by name on loading
-    return keras_lib.keras().models.load_model(path)
+    try:
+        return keras_lib.keras().models.load_model(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{name or path}: not a readable Keras model ({one_line(exc)})") from None
+
+
+# The first bytes of an HDF5 file: tf_keras's legacy format, which checkpoints written
+# before cxr.keras_lib.save_model may hold under the name model.keras.
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ZIP_SIGNATURE = b"PK\x03\x04"
+
+
+def model_file_damage(handle) -> str | None:
+    """Why a saved model file (a seekable binary file object) is not whole, or None.
+
+    Reads it through without TensorFlow, a second per 100 MB or so: a `.keras` file is a
+    zip archive, each member with its CRC, and its end holds the directory, which a cut
+    file loses; a legacy HDF5 file records its own length, and every dataset is read.
+    """
+    try:
+        if zipfile.is_zipfile(handle):
+            with zipfile.ZipFile(handle) as archive:
+                failed = archive.testzip()
+            return f"{failed} in its archive fails its CRC check" if failed else None
+        handle.seek(0)
+        head = handle.read(8)
+        if head.startswith(_ZIP_SIGNATURE):
+            return "cut short: its .keras archive has no end"
+        if head == _HDF5_SIGNATURE:
+            return _hdf5_damage(handle)
+        return "not a Keras model file" if head else "empty"
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:  # not OSError: storage's own failures
+        return one_line(exc)
+
+
+def _hdf5_damage(handle) -> str | None:
+    import h5py  # TensorFlow's dependency: only for legacy files
+
+    def read(_, item) -> None:
+        if isinstance(item, h5py.Dataset):
+            item[()]
+
+    handle.seek(0)
+    try:
+        with h5py.File(handle, "r") as model_file:
+            model_file.visititems(read)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        return f"unreadable HDF5 ({one_line(exc)})"
+    return None
 
 
 def _dense_head(layers, x, num_classes: int, dropout: float):

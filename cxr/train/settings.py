@@ -24,10 +24,11 @@ from cxr.errors import UserError
 from cxr.preprocess.manifest import package_versions
 
 # Settings that may differ on resume: where the workers run and how they hold the data,
-# how many failures to survive, the resilience drill. Where the shards are read from may
-# change too (a copy on S3): the shards themselves are compared by their manifest.
+# how long to wait for them, how many failures to survive, the resilience drill. Where the
+# shards are read from may change too (a copy on S3): the shards themselves are compared by
+# their manifest.
 EXECUTION_SETTINGS = ("workers", "gpu", "cpus_per_worker", "max_failures", "cache_mib", "node_labels",
-                      "fail_at_epoch", "data", "storage", "name")
+                      "fail_at_epoch", "data", "storage", "name", "wait_timeout")
 RECORDED_PACKAGES = ("ray", "tensorflow", "tensorflow-cpu", "tf-keras", "numpy", "pyarrow")
 # The command-line spelling of settings whose flag is not their name.
 _FLAGS = {"class_weights": "--no-class-weights", "augment.rotation": "augmentation rotation",
@@ -88,8 +89,9 @@ def compare(recorded: dict, current: dict) -> tuple[list[tuple[str, object, obje
                if old.get(key) != new.get(key) and not (key == "epochs" and constant)]
     before = recorded["starts"][-1]["config"]  # every start records its execution settings
     now = _execution(current["config"])
-    allowed = [f"{flag(key)} {shown(before.get(key))} -> {shown(now[key])}" for key in now
-               if key not in ("storage", "name") and before.get(key) != now[key]]
+    # A setting the earlier start did not record did not exist then: not a change.
+    allowed = [f"{flag(key)} {shown(before[key])} -> {shown(now[key])}" for key in now
+               if key not in ("storage", "name") and key in before and before[key] != now[key]]
     return refused, allowed
 
 
@@ -104,6 +106,7 @@ def check_resume(run: RunLayout, current: dict) -> tuple[dict, list[str]]:
 
 def check_record(where: str, recorded: dict, current: dict, what: str = "run") -> tuple[dict, list[str]]:
     """check_resume for the record of the run (or `what`: a sweep) at `where`."""
+    _check_classes(where, recorded, current, what)
     refused, allowed = compare(recorded, current)
     if refused:
         key, old, new = refused[0]
@@ -126,6 +129,18 @@ def check_record(where: str, recorded: dict, current: dict, what: str = "run") -
     return {**recorded, "starts": [*recorded["starts"], start]}, allowed
 
 
+def _check_classes(where: str, recorded: dict, current: dict, what: str) -> None:
+    """Refuse shards of other classes by name: a model's outputs are its classes, in their order.
+
+    (Their manifest differs too, which compare refuses; this says what the difference means.)
+    """
+    trained, offered = recorded["data"].get("class_names"), current["data"]["class_names"]
+    if trained is not None and list(trained) != list(offered):
+        raise UserError(f"{where}: the {what} was trained on classes {', '.join(trained)} (in label order), but "
+                        f"--data {current['data']['uri']} holds {', '.join(offered)}; resume it with "
+                        f"--data {recorded['data']['uri']}, or start a new {what} with another --name")
+
+
 def _execution(config: dict) -> dict:
     """The settings that may change from one start to the next (with --epochs under a constant rate)."""
     keys = EXECUTION_SETTINGS + (("epochs",) if config["lr_schedule"] == "constant" else ())
@@ -143,6 +158,8 @@ def shown(value) -> str:
         return "(default)"
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # --wait-timeout 600, as typed, not 600.0
     if isinstance(value, (list, tuple)):
         return ",".join("=".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in value) or "(none)"
     return str(value)

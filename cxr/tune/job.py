@@ -28,8 +28,8 @@ import os
 import ray
 from ray import tune
 
-from cxr import runtime, storage
-from cxr.artifacts import TUNE_EXPERIMENT_DIR, SweepLayout
+from cxr import claims, resources, runtime, storage
+from cxr.artifacts import TUNE_EXPERIMENT_DIR, Manifest, SweepLayout
 from cxr.config import TuneConfig
 from cxr.errors import UserError
 from cxr.train import job as train_job
@@ -59,6 +59,13 @@ def run_tuning(config: TuneConfig) -> dict:
     base = config.train
     data, manifest = train_job.check_data(base)
     sweep = SweepLayout(train_job.check_storage(base).join(config.sweep_name))
+    with claims.claimed(sweep.claim, "tune", "--name"):
+        return _run_sweep(config, data, manifest, sweep)
+
+
+def _run_sweep(config: TuneConfig, data: storage.Location, manifest: Manifest, sweep: SweepLayout) -> dict:
+    """The sweep, its folder claimed (cxr.claims): run or resume it, export the best trial."""
+    base = config.train
     # The State API lets Ray Train clean up after the trials Ray Tune stops (see
     # cxr.train.job._trainer_class).
     started_ray = runtime.ensure_ray(state_api=True)
@@ -69,7 +76,7 @@ def run_tuning(config: TuneConfig) -> dict:
     if concurrent is None:
         concurrent = concurrent_trials(config, nodes, started_ray)
     inputs = train_job.run_inputs(base, data, manifest,
-                                  train_job.worker_cpus(base, nodes, started_ray, concurrent_runs=concurrent),
+                                  train_job.worker_cpus(base, started_ray, concurrent_runs=concurrent),
                                   placement_group_cleaner=True, cores_shared=concurrent > 1)
     _record_settings(sweep, sweep_settings.sweep_record(
         config, train_settings.run_record(base, manifest, data.uri, inputs.weights_sha256), concurrent))
@@ -165,11 +172,11 @@ def concurrent_trials(config: TuneConfig, nodes: list[dict], started_ray: bool) 
     if config.max_concurrent is not None:
         return min(config.max_concurrent, config.trials)
     base = config.train
-    resources = train_job.eligible_resources(base, nodes)
+    found = resources.eligible_resources(nodes, base.node_labels)
     if base.gpu:
-        fits = int(resources["GPU"] // base.workers)
+        fits = int(found["GPU"] // base.workers)
     else:
-        fits = int(max(resources["CPU"] - 1, 0) // (base.workers * (base.cpus_per_worker or 1.0)))
+        fits = int(max(found["CPU"] - 1, 0) // (base.workers * (base.cpus_per_worker or 1.0)))
     if fits < 1 and not started_ray:
         log.warning("no node for a trial's workers is up yet: one trial at a time (on an autoscaling cluster, "
                     "set --max-concurrent)")
