@@ -21,6 +21,8 @@ holder. The claim is removed when the job ends, however it ends, short of being 
   claim then guards nothing, and the job says so. A claim is stale when its refresh is
   older than STALE_SECONDS by the store's own clock, or at once when its holder ran on
   this host and its process is gone.
+- **Other stores** (GCS, HDFS, Azure, fsspec's): pyarrow has no conditional create for
+  them, so no claim is made; a warning says so and the job goes on.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def claimed(location: storage.Location, job: str, alternative: str) -> Iterator[
     record, `alternative` the flag that picks another folder (for the refusal's message)."""
     record = {"job": job, "host": socket.gethostname(), "pid": os.getpid(), "process_started": _process_started(),
               "started": _now_text(), "token": uuid.uuid4().hex}
-    claim = (_claim_s3 if location.is_s3 else _claim_local)(location, job, record, alternative)
+    claim_on = _claim_s3 if location.is_s3 else _claim_local if location.is_local else _claim_unenforced
+    claim = claim_on(location, job, record, alternative)
     try:
         yield claim
     finally:
@@ -283,6 +286,19 @@ def _http_date(text: str | None) -> datetime.datetime | None:
         return parsedate_to_datetime(text) if text else None
     except (TypeError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------- other stores
+
+def _claim_unenforced(location: storage.Location, job: str, record: dict, alternative: str) -> Claim:
+    """GCS, HDFS, Azure, fsspec's...: pyarrow offers no create-if-absent on them (its
+    open_output_stream replaces what is there), so a claim there would guard nothing."""
+    log.warning("%s: a %s job cannot claim a folder on %s:// (pyarrow cannot create a file only where none is), "
+                "so a second job writing there at the same time would not be stopped: run one at a time",
+                _folder(location), job, storage.scheme_of(location.uri))
+    claim = Claim(location=location, job=job, record=record)
+    claim._release = lambda: None
+    return claim
 
 
 # ---------------------------------------------------------------- records and messages

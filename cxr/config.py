@@ -1,6 +1,6 @@
 """Configuration of every job, in one module: frozen dataclasses, validated on construction.
 
-A config is plain data: a job in jobs/ builds one from its arguments (taking every
+A config is plain data: a job's parser (cxr/cli/) builds one from its arguments (taking every
 default from here), its stage reads it, and what it made records it (the manifest holds
 the PreprocessConfig in full, `to_dict`; training.json the TrainConfig), so an artifact
 always says how it was made. Preprocessing: PreprocessConfig and its parts (ClaheConfig,

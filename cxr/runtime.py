@@ -34,8 +34,11 @@ RAY_DATA_QUIET = {"RAY_DATA_LOG_LEVEL": "WARNING"}
 # context.py: `logging.getLogger(__file__)`), which its LoggingConfig therefore misses.
 # Ray Train's placement-group cleaner warns when it frees the workers of a run whose
 # controller died, which is its job when a sweep is interrupted or Ray Tune ends a trial.
+# matplotlib says "generated new fontManager" at INFO the first time it runs on a machine
+# (its font cache is then built; a slow build still warns).
 QUIET_LOGGERS = {
     "tensorflow": logging.WARNING,
+    "matplotlib": logging.WARNING,
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "ray.data._internal.progress": logging.ERROR,
     "{ray}/train/v2/_internal/execution/context.py": logging.WARNING,

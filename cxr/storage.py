@@ -1,34 +1,62 @@
-"""Where data lives: local paths and `s3://` URIs behind one pyarrow filesystem interface.
+"""Where data lives: local paths and URIs of any filesystem pyarrow knows, behind one interface.
 
-S3 settings come from the standard AWS environment (AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL[_S3]) or, on a
-cluster, from the instance role. Every process (the driver and each Ray worker) builds
-its filesystem from its own environment, so credentials are never shipped around.
-Errors from S3 are translated into one-line `UserError`s that name the URI, never a key.
+- A local path (or a `file://` URI) is pyarrow's LocalFileSystem, with an absolute path.
+- `s3://bucket/prefix` is an S3FileSystem built from the standard AWS environment
+  (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+  AWS_ENDPOINT_URL[_S3]) or, on a cluster, the instance role. Not through
+  `FileSystem.from_uri`: it would ignore AWS_ENDPOINT_URL, and with it every S3-compatible server.
+- Any other scheme goes to `pyarrow.fs.FileSystem.from_uri`: `gs://` (GCS), `hdfs://` and
+  `viewfs://`, `abfs://`/`abfss://` (Azure), `fsspec+<protocol>://` (any fsspec filesystem
+  that is installed), `hf://`. Each takes its credentials from the environment as its
+  library does (GOOGLE_APPLICATION_CREDENTIALS, Hadoop's configuration, Azure's identity...).
+
+Every process (the driver and each Ray worker) builds its filesystem from its own
+environment, so credentials are never shipped around. A URI is written as the keys are
+(spaces as spaces, not percent-encoded, as for s3://) and carries no options or
+credentials: everything after the authority is the path, and a URI with a password is
+refused, since URIs are printed and recorded in manifests. Errors are translated into
+one-line `UserError`s that name the URI, never a key.
 """
 
 from __future__ import annotations
 
+import difflib
 import errno
 import functools
 import heapq
 import json
 import os
 import posixpath
+import re
 import stat
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
+import pyarrow
 import pyarrow.fs as pafs
 
 from cxr.errors import UserError
 
+# Filesystems (pyarrow's type names) whose folders are only prefixes of object keys: a
+# folder need not be made before a file is written in it (making one leaves a marker
+# object), and an object appears whole or not at all when its upload ends.
+OBJECT_STORES = ("s3", "gcs", "abfs")
+
+# The schemes that work with this pyarrow, for the message that refuses another one;
+# whatever pyarrow's from_uri accepts works, listed here or not.
+KNOWN_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file", "hf")
+
 
 @dataclass(frozen=True)
 class Location:
-    """A resolved URI: the filesystem and the path that filesystem understands."""
+    """A resolved URI: the filesystem and the path that filesystem understands.
+
+    `uri` is what the user wrote (normalized: no trailing slash; a local path made
+    absolute) and what messages and records name; `path` is the same place in the
+    filesystem's own form (`bucket/key` on S3 and GCS, `/key` on HDFS, `container/key` on Azure).
+    """
 
     uri: str
     fs: pafs.FileSystem
@@ -38,14 +66,40 @@ class Location:
     def is_s3(self) -> bool:
         return self.uri.startswith("s3://")
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def is_object_store(self) -> bool:
+        """S3, GCS or Azure: folders are key prefixes, and an object appears whole or not at all."""
+        return self.fs.type_name in OBJECT_STORES
+
     def join(self, *parts: str) -> Location:
         path = posixpath.join(self.path, *parts)
         uri = posixpath.join(self.uri, *parts)
         return Location(uri=uri, fs=self.fs, path=path)
 
+    def at_path(self, path: str) -> Location:
+        """The location of a path of this filesystem at or below this one (a listed file's, say)."""
+        relative = posixpath.relpath(path, self.path)
+        if relative == ".":
+            return self
+        if relative.startswith("../"):
+            raise ValueError(f"{path} is not below {self.path}")
+        return self.join(relative)
+
+
+def scheme_of(uri: str) -> str:
+    """A URI's scheme, lower case (`s3`, `gs`, `fsspec+memory`); '' for a local path."""
+    if "://" not in uri:
+        return ""
+    scheme = uri.split("://", 1)[0]
+    return scheme.lower() if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) else ""
+
 
 def is_s3_uri(uri: str) -> bool:
-    return uri.startswith("s3://")
+    return scheme_of(uri) == "s3"
 
 
 def s3_endpoint() -> str | None:
@@ -81,39 +135,110 @@ def _s3_filesystem_for(settings: tuple) -> pafs.S3FileSystem:
 
 
 def resolve(uri: str) -> Location:
-    """Resolve a local path or an s3:// URI."""
-    if is_s3_uri(uri):
-        parsed = urlparse(uri)
-        if not parsed.netloc:
+    """Resolve a local path or a URI of any filesystem pyarrow knows (see the module's docstring)."""
+    scheme = scheme_of(uri)
+    if not scheme:
+        if "://" in uri:
+            raise UserError(f"{uri}: not a valid URI (a scheme is letters, digits, '+', '-' or '.', "
+                            f"as in s3://bucket/prefix)")
+        path = os.path.abspath(os.path.expanduser(uri))
+        return Location(uri=path, fs=pafs.LocalFileSystem(), path=path)
+    authority, _, key = uri.split("://", 1)[1].partition("/")
+    if ":" in authority.rpartition("@")[0]:
+        # Named without the password: this message is printed too.
+        shown = f"{scheme}://***@{authority.rpartition('@')[2]}/{key}"
+        raise UserError(f"{shown}: a URI must not hold a password or key (URIs are printed and recorded "
+                        f"in manifests): give credentials through this machine's environment")
+    key = key.rstrip("/")
+    if scheme == "file":
+        if authority not in ("", "localhost"):
+            raise UserError(f"{uri}: a file:// URI names a local path, as in file:///data/xrays")
+        return resolve("/" + key)
+    if scheme == "s3":
+        if not authority:
             raise UserError(f"{uri}: an S3 URI needs a bucket, as in s3://bucket/prefix")
-        path = (parsed.netloc + parsed.path).rstrip("/")
+        path = f"{authority}/{key}".rstrip("/")
         return Location(uri=f"s3://{path}", fs=s3_filesystem(), path=path)
-    if "://" in uri:
-        raise UserError(f"{uri}: unsupported URI scheme (use a local path or s3://bucket/prefix)")
-    path = os.path.abspath(os.path.expanduser(uri))
-    return Location(uri=path, fs=pafs.LocalFileSystem(), path=path)
+    fs, path = _from_uri(uri, scheme, authority, key)
+    normal = f"{scheme}://{authority}/{key}".rstrip("/") if key else f"{scheme}://{authority}"
+    return Location(uri=normal, fs=fs, path=path.rstrip("/") or path)
+
+
+def _from_uri(uri: str, scheme: str, authority: str, key: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem and path for a URI (one filesystem per scheme and authority)."""
+    # pyarrow's native schemes parse a strict URI (percent-encoded); fsspec's take the key as is.
+    through_fsspec = scheme.startswith("fsspec+") or scheme == "hf"
+    strict = f"{scheme}://{authority}/{key if through_fsspec else quote(key, safe='/')}"
+    try:
+        fs, path = pafs.FileSystem.from_uri(strict)
+    except (OSError, ImportError, ValueError) as exc:
+        # ArrowInvalid (a ValueError) for a scheme pyarrow does not know, fsspec's ValueError for
+        # a protocol it does not know; else a library the scheme needs is missing (libhdfs, gcsfs).
+        if any(m in str(exc) for m in ("Unrecognized filesystem type", "Protocol not known")):
+            raise UserError(_unknown_scheme_message(uri, scheme)) from None
+        raise UserError(f"{uri}: {scheme}:// storage cannot be opened on this machine "
+                        f"({_without_secrets(_first_line(exc))})") from None
+    # One filesystem per scheme and authority, kept: each GCS or Azure filesystem is a client with
+    # its own connections, and workers resolve one URI per image they read.
+    return _FILESYSTEMS.setdefault(f"{scheme}://{authority}", fs), path
+
+
+_FILESYSTEMS: dict[str, pafs.FileSystem] = {}
+
+
+def _unknown_scheme_message(uri: str, scheme: str) -> str:
+    guess = difflib.get_close_matches(scheme, KNOWN_SCHEMES, n=1, cutoff=0.5)
+    hint = f"did you mean {guess[0]}://? " if guess else ""
+    return (f"{uri}: unknown storage scheme {scheme}:// ({hint}this pyarrow {pyarrow.__version__} reads a local "
+            f"path or {', '.join(s + '://' for s in KNOWN_SCHEMES)} and fsspec+<protocol>://)")
 
 
 def describe_error(exc: BaseException, uri: str) -> str:
     """A one-line explanation of a storage failure, without credentials or a traceback."""
+    return _without_secrets(_described(exc, uri))
+
+
+def _described(exc: BaseException, uri: str) -> str:
     text = str(exc)
-    bucket = urlparse(uri).netloc if is_s3_uri(uri) else ""
-    if "NoSuchBucket" in text or "NoSuchBucket" in repr(exc):
-        return f"{uri}: bucket '{bucket}' does not exist"
-    if any(m in text for m in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ACCESS_DENIED",
-                               "AccessDenied", "Forbidden", "403", "INVALID_ACCESS_KEY")):
-        return (f"{uri}: access denied by S3 (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
-                f"or the instance role's permissions)")
-    if any(m in text for m in ("curlCode", "Couldn't connect", "Could not connect", "NETWORK_CONNECTION",
-                               "Connection refused", "resolve host")):
-        endpoint = s3_endpoint() or "the default AWS endpoint"
-        return f"{uri}: cannot reach S3 at {endpoint}"
+    scheme = scheme_of(uri)
+    if scheme == "s3" and ("NoSuchBucket" in text or "NoSuchBucket" in repr(exc)):
+        return f"{uri}: bucket '{urlparse(uri).netloc}' does not exist"
+    # Only for a store: a local file may be named "403.png".
+    if scheme and any(m in text for m in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ACCESS_DENIED",
+                                          "AccessDenied", "Forbidden", "403", "INVALID_ACCESS_KEY",
+                                          "PERMISSION_DENIED", "UNAUTHENTICATED", "AuthenticationFailed",
+                                          "AuthorizationFailure", "AccessControlException")):
+        if scheme == "s3":
+            return (f"{uri}: access denied by S3 (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                    f"or the instance role's permissions)")
+        return f"{uri}: access denied by the {scheme}:// store (check the credentials this machine has for it)"
+    if scheme and any(m in text for m in ("curlCode", "Couldn't connect", "Could not connect", "NETWORK_CONNECTION",
+                                          "Connection refused", "resolve host", "UNAVAILABLE")):
+        if scheme == "s3":
+            return f"{uri}: cannot reach S3 at {s3_endpoint() or 'the default AWS endpoint'}"
+        return f"{uri}: cannot reach the {scheme}:// store"
     if isinstance(exc, FileNotFoundError):
         return f"{uri}: does not exist"
     if isinstance(exc, PermissionError):
         return f"{uri}: permission denied"
-    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return f"{uri}: {first_line}"
+    return f"{uri}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# Environment variables that hold secrets, by name: their values never appear in a message,
+# whatever a storage library put in its error (a signed URL, a request's headers...).
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|ACCOUNT_KEY|CLIENT_KEY|CREDENTIAL")
+
+
+def _without_secrets(text: str) -> str:
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_NAME.search(name.upper()) and value in text:
+            text = text.replace(value, "***")
+    return text
 
 
 def storage_error(exc: BaseException, uri: str) -> UserError:
@@ -159,7 +284,7 @@ class Entries:
     """What is below a folder or prefix: its files, its folders, and entries that are neither."""
 
     files: list[pafs.FileInfo]  # sorted by path; a link to a file is listed at the link's path
-    folders: list[str]  # every folder's path, sorted, empty ones too (on S3: the prefixes seen)
+    folders: list[str]  # every folder's path, sorted, empty ones too (on object stores: the prefixes seen)
     # (path, reason, detail) of each entry that cannot be listed as a file or followed as a
     # folder: a link that loops or dangles, a second link to one folder, a FIFO or a device.
     problems: list[tuple[str, str, str]]
@@ -174,10 +299,10 @@ def list_entries(location: Location) -> Entries:
     """Every entry below a folder or prefix; nothing at all when there is no such folder.
 
     A local folder is walked by `_walk_local`, which ends on any tree; pyarrow's recursive
-    listing follows folder links without a cycle check, and a link to `..` never ends. S3
-    has no links: its listing is pyarrow's.
+    listing follows folder links without a cycle check, and a link to `..` never ends. Other
+    filesystems (S3, GCS, HDFS...) are listed by pyarrow: their listings hold no links.
     """
-    if location.is_s3:
+    if not location.is_local:
         selector = pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
         try:
             infos = location.fs.get_file_info(selector)
@@ -308,9 +433,9 @@ def read_bytes(location: Location) -> bytes:
 
 
 def ensure_parent(location: Location) -> None:
-    """Create the local folder a file will go in (S3 has no folders to create)."""
+    """Create the folder a file will go in (an object store has no folders to create)."""
     parent = posixpath.dirname(location.path)
-    if parent and not location.is_s3:
+    if parent and not location.is_object_store:
         location.fs.create_dir(parent, recursive=True)
 
 
@@ -323,10 +448,10 @@ def write_bytes(location: Location, data: bytes) -> None:
 def write_bytes_atomically(location: Location, data: bytes) -> None:
     """Write a file that no reader ever sees half-written, even if this process dies midway.
 
-    An S3 object of one upload appears whole or not at all; a local file is written under
-    a temporary name and renamed into place.
+    An object of one upload (S3, GCS, Azure) appears whole or not at all; a file elsewhere
+    is written under a temporary name and renamed into place.
     """
-    if location.is_s3:
+    if location.is_object_store:
         write_bytes(location, data)
     else:
         write_stream_atomically(location, [data])
@@ -335,8 +460,8 @@ def write_bytes_atomically(location: Location, data: bytes) -> None:
 def write_stream_atomically(location: Location, chunks: Iterable[bytes]) -> int:
     """Write a stream under a temporary name, then move it into place; the bytes written.
 
-    On S3 too: a multipart upload that fails midway would otherwise be completed, partial,
-    when its stream is closed.
+    On object stores too: a multipart upload that fails midway would otherwise be completed,
+    partial, when its stream is closed.
     """
     suffix = PARTIAL_MARK + uuid.uuid4().hex[:8]
     partial_path = location.path + suffix
@@ -407,7 +532,9 @@ def delete_contents(location: Location, keep: tuple[str, ...] = ()) -> None:
 def contains(outer: str, inner: str) -> bool:
     """Whether `inner` is `outer` or lies below it (two URIs; local paths through their links)."""
     def normal(uri: str) -> str:
-        return uri.rstrip("/") if is_s3_uri(uri) else os.path.realpath(os.path.expanduser(uri))
+        if scheme_of(uri) == "file":
+            uri = "/" + uri.split("://", 1)[1].partition("/")[2]
+        return uri.rstrip("/") if scheme_of(uri) else os.path.realpath(os.path.expanduser(uri))
 
     outer, inner = normal(outer), normal(inner)
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")

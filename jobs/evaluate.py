@@ -3,57 +3,19 @@
 Locally: `python jobs/evaluate.py --run outputs/runs/scratch_cnn` (the test split of the
 data it was trained on; the report goes to outputs/runs/scratch_cnn/report/).
 On a cluster: `ray job submit --working-dir . -- python jobs/evaluate.py --run s3://.../runs/exp1`.
+
+The same job as `cxr evaluate ARGS` where cxr is installed (`pip install .`; on a cluster whose
+image has it, `ray job submit -- cxr evaluate ...`). Its options live in cxr/cli/evaluate.py.
 """
 
-from __future__ import annotations
-
-import argparse
 import os
 import sys
 
 # `python jobs/evaluate.py` puts jobs/ on sys.path, not the repository (see jobs/preprocess.py).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cxr.artifacts import EXPORT_DIR, REPORT_DIR  # noqa: E402
-from cxr.config import EvaluateConfig, add_wait_timeout_argument  # noqa: E402
-from cxr.runtime import run_job, setup_logging  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults = EvaluateConfig(run="")
-    parser = argparse.ArgumentParser(description="Evaluate a trained chest X-ray classifier and write its report.")
-    parser.add_argument("--run", required=True,
-                        help=f"a training run folder <storage>/<name> (or its {EXPORT_DIR}/)")
-    parser.add_argument("--data", default=defaults.data,
-                        help="evaluate on these shards (a jobs/preprocess.py output) or on a raw class-per-folder "
-                             "image tree, instead of the training data's test split")
-    parser.add_argument("--split", default=defaults.split, choices=("train", "val", "test"),
-                        help="the split of shards to evaluate (default: %(default)s)")
-    parser.add_argument("--output", default=defaults.output, help=f"report folder (default: <run>/{REPORT_DIR})")
-    parser.add_argument("--resamples", type=int, default=defaults.resamples,
-                        help="bootstrap resamples for the intervals (default: %(default)s)")
-    parser.add_argument("--gradcam-examples", type=int, default=defaults.gradcam_examples,
-                        help="Grad-CAM examples per group (true/false positives, false negatives)")
-    parser.add_argument("--gpu", action="store_true", help="one GPU per model actor")
-    parser.add_argument("--actors", type=int, default=defaults.actors,
-                        help="model actors (default: one per GPU, or half the CPUs, at most 4)")
-    add_wait_timeout_argument(parser, "model actors")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="of the bootstrap")
-    parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.verbose, gpu=args.gpu)  # before Ray and TensorFlow are imported
-    # The stage loads Ray, pyarrow and the scoring modules: --help and bad arguments answer before that.
-    from cxr.evaluate.job import format_summary, run_evaluation
-    config = EvaluateConfig(run=args.run, data=args.data, split=args.split, output=args.output,
-                            resamples=args.resamples, gradcam_examples=args.gradcam_examples, gpu=args.gpu,
-                            actors=args.actors, seed=args.seed, wait_timeout=args.wait_timeout)
-    print(format_summary(run_evaluation(config)))
-    return 0
-
+from cxr.cli import evaluate  # noqa: E402
+from cxr.runtime import run_job  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(main)
+    run_job(evaluate.main)

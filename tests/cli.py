@@ -6,15 +6,30 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO
+
+# Not resolved: the venv's python is a link to the base interpreter, the script is the venv's.
+CXR_COMMAND = Path(sys.executable).parent / "cxr"
 
 
 def run_job(job: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python jobs/<job>.py ARGS` in this environment plus `env` (a value of None unsets)."""
+    return run_command([sys.executable, str(REPO / "jobs" / f"{job}.py"), *args], env=env, timeout=timeout)
+
+
+def run_cxr(*args: str, env: dict | None = None, timeout: float = 300,
+            cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`cxr ARGS`, the console script that installing the project put beside this Python, as run_job."""
+    return run_command([str(CXR_COMMAND), *args], env=env, timeout=timeout, cwd=cwd)
+
+
+def run_command(command: list[str], env: dict | None = None, timeout: float = 300,
+                cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`command` in this environment plus `env` (a value of None unsets)."""
     environment = {name: value for name, value in {**os.environ, **(env or {})}.items() if value is not None}
-    return subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), *args], capture_output=True,
-                          text=True, cwd=REPO, env=environment, timeout=timeout)
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=environment, timeout=timeout)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
@@ -44,6 +59,7 @@ NOISE = {
     "Ray Tune's experiment banner": r"Configuration for experiment|View detailed results here|tensorboard --logdir",
     "Ray's own log lines": r"\t(DEBUG|INFO|WARNING) \S+\.py:\d+ -- ",
     "output of Ray's processes": r"pid=\w+\)|\(raylet\)",
+    "matplotlib's first-run notice": r"generated new fontManager",
     "Python warnings": r"\w+Warning: ",
     "tracebacks": r"Traceback \(most recent call last\)",
 }

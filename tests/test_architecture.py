@@ -13,8 +13,10 @@ from cxr import artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 # The stages in the data's order (evaluate and predict side by side, both over scoring);
-# the shared modules at the top of cxr/ come before all.
-STAGE_RANKS = {"ingest": 1, "preprocess": 2, "train": 3, "tune": 4, "scoring": 5, "evaluate": 6, "predict": 6}
+# the shared modules at the top of cxr/ come before all, the command line (cli), which runs
+# every stage, after all.
+STAGE_RANKS = {"ingest": 1, "preprocess": 2, "train": 3, "tune": 4, "scoring": 5, "evaluate": 6, "predict": 6,
+               "cli": 7}
 # Imports across siblings that docs/architecture.md names: prediction applies the operating
 # point the way evaluation chose it.
 ALLOWED_SIBLING_IMPORTS = {("predict", "cxr.evaluate.metrics")}
@@ -77,6 +79,8 @@ def test_the_rule_sees_wrong_imports(tmp_path):
     assert _against_the_flow("cxr.predict.job", {"cxr.evaluate.metrics", "cxr.scoring.export"}) == []
     assert _against_the_flow("cxr.predict.job", {"cxr.evaluate.report"}) == ["cxr.evaluate.report"]
     assert _against_the_flow("cxr.evaluate.job", {"cxr.predict.job"}) == ["cxr.predict.job"]
+    assert _against_the_flow("cxr.cli.train", {"cxr.train.job", "cxr.cli.tune"}) == []
+    assert _against_the_flow("cxr.runtime", {"cxr.cli.train"}) == ["cxr.cli.train"]
 
 
 def _artifact_file_names() -> set[str]:

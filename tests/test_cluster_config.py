@@ -25,6 +25,8 @@ from packaging.utils import canonicalize_name
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
+from tests.pins import constraint_pins, pinned_version
+
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "ray_cluster.yaml"                        # infra/Dockerfile's images
 STOCK_YAML = ROOT / "ray_cluster_stock_images.yaml"             # the fallback: Ray's images, installs at boot
@@ -61,20 +63,6 @@ def ray_view_of(config: dict) -> AutoscalingConfig:
 
 def has_gpu(node_type: dict) -> bool:
     return node_type["resources"].get("GPU", 0) > 0
-
-
-def ray_pin_in_pyproject() -> str:
-    pins = [m[1] for dep in PYPROJECT["project"]["dependencies"]
-            if (m := re.fullmatch(r"ray(?:\[[^\]]*\])?==(\S+)", dep.strip()))]
-    assert len(pins) == 1, PYPROJECT["project"]["dependencies"]
-    return pins[0]
-
-
-def ray_pin_in_constraints() -> str:
-    pins = [line.split("==", 1)[1].strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
-            if line.split("==", 1)[0].strip().lower() == "ray"]
-    assert len(pins) == 1, "constraints.txt must pin ray exactly once"
-    return pins[0]
 
 
 def pip_installs(command: str) -> list[list[str]]:
@@ -190,8 +178,7 @@ def test_fallback_nodes_install_the_project_pinned_with_the_right_tensorflow(sto
 
 
 def test_fallback_images_carry_the_pinned_ray(stock):
-    version = ray_pin_in_pyproject()
-    assert ray_pin_in_constraints() == version
+    version = pinned_version("ray")  # constraints.txt's, within pyproject.toml's range
     python = "py3" + re.search(r">=\s*3\.(\d+)", PYPROJECT["project"]["requires-python"])[1]
     for name, node_type in stock["available_node_types"].items():
         variant = "gpu" if has_gpu(node_type) else "cpu"
@@ -207,38 +194,25 @@ def test_gpu_nodes_ask_docker_for_their_gpus(either):
             assert any("--gpus" in opt for opt in run_options), f"{name}: no --gpus in {run_options}"
 
 
-def gpu_constraints() -> dict[str, str]:
-    pins = {}
-    for line in (ROOT / "constraints-gpu.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            requirement = Requirement(line)
-            (specifier,) = requirement.specifier
-            assert specifier.operator == "==", line
-            pins[canonicalize_name(requirement.name)] = specifier.version
-    return pins
-
-
 def test_every_cuda_wheel_the_gpu_extra_resolves_is_pinned():
     """tensorflow[and-cuda] bounds its nvidia-* wheels only from above: each is pinned, inside TensorFlow's range.
     The requirements are read from the installed TensorFlow's metadata (tf-keras installs the same release
     in the CPU environment; its and-cuda requirements are the GPU node's)."""
     [gpu] = [Requirement(text) for text in PYPROJECT["project"]["optional-dependencies"]["gpu"]]
-    (specifier,) = gpu.specifier
-    assert specifier.operator == "==" and "and-cuda" in gpu.extras
+    assert "and-cuda" in gpu.extras
+    version = pinned_version(gpu.name)  # constraints.txt's TensorFlow, which the gpu extra's range admits
     tensorflow = importlib.metadata.distribution(gpu.name)
-    assert tensorflow.version == specifier.version, (
-        f"installed {gpu.name} {tensorflow.version} is not the gpu extra's {specifier.version}: re-resolve"
+    assert tensorflow.version == version, (
+        f"installed {gpu.name} {tensorflow.version} is not constraints.txt's {version}: re-resolve"
         " constraints-gpu.txt as its header says")
     cuda = [r for r in map(Requirement, tensorflow.requires)
             if r.marker and r.marker.evaluate({"extra": "and-cuda"}) and not r.marker.evaluate({"extra": ""})]
-    pins = gpu_constraints()
+    pins = constraint_pins("constraints-gpu.txt")
     assert {canonicalize_name(r.name) for r in cuda} == {name for name in pins if name.startswith("nvidia-")}
     for requirement in cuda:
         assert requirement.specifier.contains(pins[canonicalize_name(requirement.name)]), requirement
     # Nothing pinned twice: constraints.txt holds the rest of the environment.
-    elsewhere = {canonicalize_name(line.split("==")[0]) for line in (ROOT / "constraints.txt").read_text().splitlines()
-                 if "==" in line}
-    assert not set(pins) & elsewhere
+    assert not set(pins) & set(constraint_pins())
 
 
 def test_node_types_resources_labels_and_roles(either):

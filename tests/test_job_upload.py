@@ -87,11 +87,15 @@ def test_ignore_files_list_every_data_folder():
 
 def test_documented_job_submissions_upload_the_repository_root():
     """Every `ray job submit` the docs show uploads `.` with no runtime_env of its own: the ignore files
-    above are what keeps data out. (The RayJob manifests upload nothing: tests/test_kuberay.py.)"""
+    above are what keeps data out; or it runs the `cxr` installed on the nodes, and uploads nothing.
+    (The RayJob manifests upload nothing: tests/test_kuberay.py.)"""
     documents = [ROOT / "README.md", *sorted((ROOT / "jobs").glob("*.py")), ROOT / "ray_cluster.yaml",
                  ROOT / "ray_cluster_stock_images.yaml"]
     submissions = [(path.name, match) for path in documents
                    for match in re.findall(r"ray job submit -[^\n`]*", path.read_text().replace("\\\n", " "))]
     assert submissions
     for name, command in submissions:
-        assert re.search(r"--working-dir \.(\s|$)", command) and "--runtime-env" not in command, f"{name}: {command}"
+        uploads_the_repository = re.search(r"--working-dir \.(\s|$)", command)
+        runs_the_installed_command = re.search(r" -- cxr ", command) and "--working-dir" not in command
+        assert uploads_the_repository or runs_the_installed_command, f"{name}: {command}"
+        assert "--runtime-env" not in command, f"{name}: {command}"

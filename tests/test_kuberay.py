@@ -1,5 +1,6 @@
-"""infra/kuberay and infra/Dockerfile agree with the project: the Ray and Python versions that
-pyproject.toml pins, the jobs' own argument parsers, the GPU pool training is pinned to; no secrets.
+"""infra/kuberay and infra/Dockerfile agree with the project: the Ray that constraints.txt pins (within
+pyproject.toml's range) and the Python that pyproject.toml requires, the jobs' own argument parsers,
+the GPU pool training is pinned to; no secrets.
 
 No cluster and no Docker: the manifests are read as YAML, and the groups' Ray resources and node
 labels are taken as the Ray autoscaler itself derives them from the RayCluster.
@@ -8,7 +9,7 @@ labels are taken as the Ray autoscaler itself derives them from the RayCluster.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import io
 import json
 import posixpath
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from tests.pins import pinned_version
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERAY = REPO / "infra" / "kuberay"
@@ -45,16 +47,6 @@ SECRET_TEXT = [re.compile(pattern) for pattern in (
     r"(?im)^\s*(ENV|ARG)\s+\w*(secret|key|token|password)",  # a Dockerfile baking one in
 )]
 SECRET_NAME = re.compile(r"(?i)secret|key|token|password")
-
-
-def pinned_ray_version() -> str:
-    for text in PROJECT["dependencies"]:
-        requirement = Requirement(text)
-        if requirement.name == "ray":
-            (specifier,) = requirement.specifier
-            assert specifier.operator == "==", f"pyproject.toml does not pin ray: {text}"
-            return specifier.version
-    raise AssertionError("pyproject.toml does not depend on ray")
 
 
 def documents(path: Path) -> list[dict]:
@@ -100,15 +92,12 @@ def autoscaler_view(cluster: dict) -> dict[str, dict]:
 
 
 def entrypoint_config(job: str):
-    """The RayJob's entrypoint, `python jobs/<job>.py ARGS`, read by that job's own parse_args and
-    build_config: (args, config)."""
+    """The RayJob's entrypoint, `python jobs/<job>.py ARGS`, read by that job's own parser and
+    build_config (cxr/cli/<job>.py, which jobs/<job>.py runs): (args, config)."""
     python, script, *argv = shlex.split(job_spec(job)["entrypoint"])
     assert (python, script) == ("python", f"jobs/{job}.py")
-    path = REPO / script
-    assert path.is_file(), f"{script} does not exist"
-    module_spec = importlib.util.spec_from_file_location(f"kuberay_job_{job}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    assert (REPO / script).is_file(), f"{script} does not exist"
+    module = importlib.import_module(f"cxr.cli.{job}")
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
@@ -155,7 +144,7 @@ def test_manifests_are_kuberay_v1_resources():
 
 def test_cluster_runs_the_pinned_ray_in_the_images_the_dockerfile_builds():
     cluster = ray_cluster()
-    assert cluster["spec"]["rayVersion"] == pinned_ray_version()
+    assert cluster["spec"]["rayVersion"] == pinned_version("ray")
     _, builds = dockerfile_builds()
     for name, group in groups(cluster).items():
         image = ray_container(group)["image"]
@@ -171,7 +160,7 @@ def test_dockerfile_builds_on_the_pinned_ray_and_python_with_one_tensorflow_extr
         # CUDA 12.1 toolkit of Ray's -gpu images would only add weight (see the Dockerfile).
         match = re.fullmatch(r"rayproject/ray:(?P<ray>[^-]+)-py(?P<major>\d)(?P<minor>\d+)-cpu", args["RAY_IMAGE"])
         assert match, f"{tag}: RAY_IMAGE={args['RAY_IMAGE']} is not an official CPU Ray image"
-        assert match["ray"] == pinned_ray_version(), f"{tag}: RAY_IMAGE={args['RAY_IMAGE']}"
+        assert match["ray"] == pinned_version("ray"), f"{tag}: RAY_IMAGE={args['RAY_IMAGE']}"
         assert Version(f"{match['major']}.{match['minor']}") in python, f"{tag}: RAY_IMAGE={args['RAY_IMAGE']}"
         assert args["CXR_EXTRA"] in PROJECT["optional-dependencies"], f"{tag}: CXR_EXTRA={args['CXR_EXTRA']}"
         assert tag == "(defaults)" or tag.endswith(f"-{args['CXR_EXTRA']}"), f"{tag}: CXR_EXTRA={args['CXR_EXTRA']}"

@@ -178,7 +178,7 @@ def test_the_wait_ends_when_the_resources_appear(ray_session, caplog):
     (["--appearance-augment", "5"], "--appearance-augment 5 is too strong: augmentation gamma must be in [0, 1.0)"),
 ])
 def test_training_flags_say_what_is_wrong_with_them(args, message):
-    from jobs.train import build_config, parse_args
+    from cxr.cli.train import build_config, parse_args
 
     with pytest.raises(UserError) as refused:
         build_config(parse_args(args))
@@ -186,7 +186,7 @@ def test_training_flags_say_what_is_wrong_with_them(args, message):
 
 
 def test_wait_timeout_reaches_every_job_that_starts_workers_or_actors():
-    from jobs import evaluate, predict, train, tune
+    from cxr.cli import evaluate, predict, train, tune
 
     assert train.build_config(train.parse_args([])).wait_timeout == 600
     assert train.build_config(train.parse_args(["--wait-timeout", "0"])).wait_timeout == 0

@@ -176,7 +176,7 @@ def prepare_output(output: ShardsLayout, overwrite: bool) -> None:
     """Refuse to write over an existing output unless asked; never delete foreign files.
     Runs with the output claimed (cxr.claims), whose claim file it leaves alone."""
     root = output.root
-    existing = storage.list_files(root) if root.is_s3 or storage.exists(root) else []
+    existing = storage.list_files(root) if not root.is_local or storage.exists(root) else []
     names = [f.path[len(root.path.rstrip("/")) + 1:] for f in existing]
     names = [n for n in names if n != CLAIM_FILE]
     if names:
@@ -288,8 +288,7 @@ def _process(config: PreprocessConfig, listing: sources.Listing, output: ShardsL
 def _read_staging_metadata(staging: storage.Location) -> dict[str, list[dict]]:
     """The metadata rows of each staging file, keyed by file URI; no image bytes are read."""
     dataset = pads.dataset(staging.path, filesystem=staging.fs, format="parquet")
-    prefix = "s3://" if staging.is_s3 else ""
-    return {prefix + fragment.path: fragment.to_table(columns=shards.METADATA_COLUMNS).to_pylist()
+    return {staging.at_path(fragment.path).uri: fragment.to_table(columns=shards.METADATA_COLUMNS).to_pylist()
             for fragment in dataset.get_fragments()}
 
 
