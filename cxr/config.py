@@ -35,7 +35,7 @@ def _require(condition: bool, message: str) -> None:
 # ten minutes is as long as a person watching a job should wait to hear it cannot start.
 # A Ray that cannot grow never waits.
 DEFAULT_WAIT_TIMEOUT = 600.0
-# Seeds reach NumPy (which refuses negatives) and TensorFlow (int64, after `seed * 1000 + rank`).
+# --seed is the root of a NumPy SeedSequence (cxr.seeds), which refuses negatives.
 MAX_SEED = 2**31 - 1
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from cxr import storage
+from cxr import seeds, storage
 from cxr.artifacts import Manifest, check_shard_files
 from cxr.config import AugmentConfig
 from cxr.preprocess.transforms import decode_png_gray
-from cxr.keras_lib import keras
-from cxr.train.appearance import appearance_layer
+from cxr.train import appearance, geometric
 
 FEATURE = "image"
 LABEL = "label"
@@ -34,7 +33,8 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def split_dataset(data: storage.Location, manifest: Manifest, split: str, seed: int):
     """A lazily read, decoded Ray Data dataset of one split; the training split's rows in a
-    random order seeded by `seed` (the workers' tf.data shuffle then varies each epoch's batches).
+    random order drawn from the run's `seed` (cxr.seeds.split_shuffle; the workers' tf.data
+    shuffle then varies each epoch's batches).
 
     Training must shuffle the whole split: its shard files are not mixed by class. They
     follow the order the inputs were listed in (a class-per-folder tree lists one class,
@@ -43,13 +43,20 @@ def split_dataset(data: storage.Location, manifest: Manifest, split: str, seed: 
     2,100 Normal ones, and a shuffle buffer of a few hundred cannot mix runs that long: the
     model swung from one class to the other through every epoch (docs/benchmarks.md, "tune").
     The shuffle runs on the encoded rows, before decoding, so it moves the least data.
+
+    Every split keeps its order (Ray Data's `preserve_order`) wherever it is materialized:
+    by default Ray Data hands blocks on as its tasks finish, and the shuffle then mixes its
+    input blocks in another order each time: read from 8 files, 4 runs with one seed gave 4
+    orders. Streamed to Ray Train, the trainer's DataConfig decides (cxr.train.job).
     """
     check_shard_files(data, manifest, split)  # on the driver: a damaged shard is one line, not a task's traceback
     dataset = ray.data.read_parquet(manifest.split_paths(data, split), filesystem=data.fs)
     dataset = dataset.select_columns(["image_png", "label"])
     if split == "train":
-        dataset = dataset.random_shuffle(seed=seed)
-    return dataset.map_batches(decode_batch, batch_format="numpy")
+        dataset = dataset.random_shuffle(seed=seeds.split_shuffle(seed))
+    dataset = dataset.map_batches(decode_batch, batch_format="numpy")
+    dataset.context.execution_options.preserve_order = True
+    return dataset
 
 
 def class_weights(manifest: Manifest) -> dict[int, float]:
@@ -65,8 +72,9 @@ def class_weights(manifest: Manifest) -> dict[int, float]:
 
 
 def worker_dataset(shard, batch_size: int, num_classes: int, seed: int, training: bool,
-                   augment: AugmentConfig | None = None, cache: bool = False):
-    """This worker's tf.data pipeline over its Ray Data shard.
+                   augment: AugmentConfig | None = None, cache: bool = False, rank: int = 0):
+    """This worker's tf.data pipeline over its Ray Data shard; its shuffle and augmentation
+    draw from the run's `seed` and the worker's `rank` (cxr.seeds).
 
     `batch_size` is the global batch: under MultiWorkerMirroredStrategy each replica takes
     batch_size / workers of it. Autosharding is off because Ray already gave each worker
@@ -83,47 +91,47 @@ def worker_dataset(shard, batch_size: int, num_classes: int, seed: int, training
         # The stream is already in a random order (split_dataset), but from the cache every
         # epoch would see the same batches: tf.data reshuffles locally each epoch (Ray's local
         # shuffle, with a fixed seed, repeats one order); the seed keeps runs reproducible.
-        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seeds.shuffle(seed, rank), reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
                           num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment is not None and augment.enabled:
-        augmenter = augmentation(augment, seed)
-        # In parallel: the layers draw from one seeded generator, so a run's sequence of
-        # augmentations is seeded but which batch gets which draw follows the order the
-        # parallel calls run in. One batch at a time would make it exact, at a measured
-        # 8 s more per 694-image epoch at 96 px on 2 cores (about 25%); the seeded layers
-        # themselves are exact (tests/test_training_safety.py).
-        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # A key per batch, drawn in order from this worker's stream (a new sequence every
+        # epoch): the augmentation's stateless draws then depend on the batch and the epoch
+        # only, never on which of tf.data's parallel calls ran first. (Keras's random layers
+        # draw from one stateful generator: a seed made their draws repeat but not which batch
+        # got which, and one batch at a time cost 25 to 30% of a quickstart epoch's images/s.)
+        keys = tf.data.Dataset.random(seed=seeds.augmentation(seed, rank), rerandomize_each_iteration=True).batch(2)
+        augment_batch = augmentation(augment)
+        dataset = tf.data.Dataset.zip((dataset, keys)).map(
+            lambda batch, key: (augment_batch(batch[0], key), batch[1]), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def augmentation(augment: AugmentConfig, seed: int):
-    """The Keras model that augments a float32 (n, H, W, 1) batch when called with training=True.
+def augmentation(augment: AugmentConfig):
+    """The function that augments a float32 (n, H, W, 1) training batch, drawing from `key`
+    (a shape-[2] integer tensor: the same key, the same augmentation).
 
-    The paper's image generator: small rotations, shifts and zooms, each seeded (a worker
-    with the same seed augments the same way), filled with the nearest edge pixels and
-    sampled at the nearest pixel (as torchvision's RandomAffine does by default): three
-    bilinear resamplings in a row blurred a 96 px X-ray to 45% of its Laplacian energy, so
-    the model trained on blurred images and was scored on sharp ones; then,
-    when asked for, appearance (cxr.train.appearance: gamma, contrast, brightness, blur,
-    noise, resolution loss), seeded too. A strength of zero adds no layer (worker_dataset
-    skips augmentation when all are zero).
+    The paper's image generator: small rotations, shifts and zooms (cxr.train.geometric),
+    filled with the nearest edge pixels and sampled at the nearest pixel (as torchvision's
+    RandomAffine does by default): three bilinear resamplings in a row blurred a 96 px X-ray
+    to 45% of its Laplacian energy, so the model trained on blurred images and was scored on
+    sharp ones; then, when asked for, appearance (cxr.train.appearance: gamma, contrast,
+    brightness, blur, noise, resolution loss). A strength of zero leaves its step out
+    (worker_dataset skips augmentation when all are zero).
     """
-    layers = keras().layers
-    nearest = {"fill_mode": "nearest", "interpolation": "nearest"}
-    chosen = []
-    if augment.rotation:
-        chosen.append(layers.RandomRotation(augment.rotation, seed=seed, **nearest))
-    if augment.shift:
-        chosen.append(layers.RandomTranslation(augment.shift, augment.shift, seed=seed + 1, **nearest))
-    if augment.zoom:
-        chosen.append(layers.RandomZoom(augment.zoom, seed=seed + 2, **nearest))
-    if augment.appearance:
-        chosen.append(appearance_layer(augment, seed + 3))
-    return keras().Sequential(chosen)
+    import tensorflow as tf  # heavy: training workers only
+
+    def augment_batch(images, key):
+        geometric_key, appearance_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        images = geometric.augmented(tf, images, geometric_key, augment)
+        if augment.appearance:
+            images = appearance.augmented(tf, images, appearance_key, augment)
+        return images
+
+    return augment_batch
 
 
 def cached_bytes_per_worker(manifest: Manifest, workers: int) -> int:

@@ -278,10 +278,12 @@ def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location,
             logging_config=LoggingConfig(log_level="INFO" if runtime.is_verbose() else "WARNING"),
             worker_runtime_env={"env_vars": TF_ENVIRONMENT},
             callbacks=callbacks or None),
-        # Explicit Ray Data options, Ray Data's defaults: without them Ray Train builds its
+        # Explicit Ray Data options, Ray Data's defaults but the order: without them Ray Train builds its
         # own from the deprecated `exclude_resources` (ray/train/_internal/data_config.py,
         # default_ingest_options), and its DatasetManager warns about that on every run.
-        dataset_config=DataConfig(execution_options=ExecutionOptions()),
+        # In order: otherwise blocks arrive as tasks finish, and one seed gives many orders
+        # (cxr.train.data.split_dataset).
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         datasets=datasets)
     return trainer.fit()
 

@@ -1,7 +1,7 @@
 """How a sweep chooses its trials and stops the poor ones: Ray Tune's search space, searcher
 and scheduler, built from a TuneConfig.
 
-- Searcher. Random search (Ray Tune's BasicVariantGenerator, seeded with --seed) unless
+- Searcher. Random search (Ray Tune's BasicVariantGenerator, seeded from --seed: cxr.seeds) unless
   Optuna is installed, then Optuna's TPE through Ray's OptunaSearch (`--searcher auto`, the
   default; `random` or `optuna` to choose). Random search needs nothing and is a strong
   baseline for a few dozen trials over five settings; TPE models which regions scored well
@@ -28,6 +28,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+from cxr import seeds
 from cxr.config import SearchParameter, TuneConfig
 from cxr.errors import UserError
 
@@ -70,11 +71,11 @@ def searcher(config: TuneConfig, concurrent: int):
         # Optional and heavy (it brings SQLAlchemy): imported only when chosen.
         from ray.tune.search.optuna import OptunaSearch
 
-        return (ConcurrencyLimiter(OptunaSearch(seed=config.train.seed), max_concurrent=concurrent),
+        return (ConcurrencyLimiter(OptunaSearch(seed=seeds.search(config.train.seed)), max_concurrent=concurrent),
                 "Optuna TPE (model-based: samples more where earlier trials scored well)")
     why = ("--searcher random" if config.searcher == "random"
            else "optuna is not installed; pip install optuna for model-based search")
-    return (BasicVariantGenerator(max_concurrent=concurrent, random_state=config.train.seed),
+    return (BasicVariantGenerator(max_concurrent=concurrent, random_state=seeds.search(config.train.seed)),
             f"random ({why})")
 
 
