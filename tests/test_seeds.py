@@ -38,7 +38,7 @@ def test_neighbouring_seeds_and_ranks_do_not_overlap():
     assert len(set(drawn)) == len(drawn)
 
 
-PINNED_STREAMS_OF_SEED_0 = [1878776328, 1976665982, 980756183, 1188727675, 608273276]
+PINNED_STREAMS_OF_SEED_0 = [1878776328, 1976665982, 980756183, 1188727675, 0]
 
 
 def test_the_streams_are_pinned():
