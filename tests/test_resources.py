@@ -27,7 +27,19 @@ def live_nodes_in_a_node_group(ray_session):
 
 
 def requested_bundles() -> list[dict]:
-    """What the session Ray's (v1, read-only) autoscaler has been asked to fit, as request_resources wrote it."""
+    """What the session Ray's autoscaler has been asked to fit, where request_resources wrote it:
+    the GCS's resource constraints for an autoscaler v2 (as this process's Ray takes it to be,
+    a value Ray caches per process), the internal KV for v1."""
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    if is_autoscaler_v2():
+        from ray.autoscaler.v2.sdk import get_cluster_resource_state
+        from ray.experimental.internal_kv import internal_kv_get_gcs_client
+
+        state = get_cluster_resource_state(internal_kv_get_gcs_client())
+        return [dict(by_count.request.resources_bundle)
+                for constraint in state.cluster_resource_constraints
+                for by_count in constraint.resource_requests for _ in range(by_count.count)]
     from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
     from ray.experimental.internal_kv import _internal_kv_get
 
