@@ -380,6 +380,9 @@ LEARNING_CURVE_FILE = "learning_curve.png"
 WORKERS_DIR = "workers"
 REPORT_DIR = "report"
 RUN_SETTINGS_FILE = "run.json"  # what defines the run, written before its first epoch (cxr.train.settings)
+# TensorBoard's event files (cxr.train.tracking): a run's in its own folder, a sweep's one
+# folder per trial, so that `tensorboard --logdir` on the folder compares the trials.
+TENSORBOARD_DIR = "tensorboard"
 # Ray Train's record of a run's checkpoints: once it exists, rerunning the run resumes it.
 RAY_CHECKPOINTS_FILE = "checkpoint_manager_snapshot.json"
 
@@ -406,6 +409,7 @@ class RunLayout(_Layout):
 
     settings = _File(RUN_SETTINGS_FILE)
     ray_checkpoints = _File(RAY_CHECKPOINTS_FILE)
+    tensorboard = _File(TENSORBOARD_DIR)
     claim = _File(CLAIM_FILE)
 
     @property
@@ -447,10 +451,16 @@ class SweepLayout(_Layout):
     trials_figure = _File(TRIALS_FIGURE_FILE)
     experiment = _File(TUNE_EXPERIMENT_DIR)
     trials = _File(TRIALS_DIR)
+    tensorboard = _File(TENSORBOARD_DIR)
     claim = _File(CLAIM_FILE)
 
     def trial(self, trial_id: str) -> RunLayout:
         return RunLayout(self.root.join(TRIALS_DIR, trial_id))
+
+    def trial_tensorboard(self, trial_id: str) -> storage.Location:
+        """`tensorboard/<trial id>/`: a trial's event files, beside the other trials' rather than
+        in its run (TensorBoard names each run by its folder)."""
+        return self.root.join(TENSORBOARD_DIR, trial_id)
 
     @property
     def best(self) -> RunLayout:

@@ -18,4 +18,4 @@ from cxr.cli import evaluate  # noqa: E402
 from cxr.runtime import run_job  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(evaluate.main)
+    run_job(evaluate.JOB.main)

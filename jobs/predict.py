@@ -18,4 +18,4 @@ from cxr.cli import predict  # noqa: E402
 from cxr.runtime import run_job  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(predict.main)
+    run_job(predict.JOB.main)

@@ -19,4 +19,4 @@ from cxr.cli import preprocess  # noqa: E402
 from cxr.runtime import run_job  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(preprocess.main)
+    run_job(preprocess.JOB.main)

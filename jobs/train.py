@@ -18,4 +18,4 @@ from cxr.cli import train  # noqa: E402
 from cxr.runtime import run_job  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(train.main)
+    run_job(train.JOB.main)

@@ -22,4 +22,4 @@ from cxr.cli import tune  # noqa: E402
 from cxr.runtime import run_job  # noqa: E402
 
 if __name__ == "__main__":
-    run_job(tune.main)
+    run_job(tune.JOB.main)

@@ -7,7 +7,7 @@
 #        the same three stages on real chest X-rays, with the settings measured on real
 #        images in docs/benchmarks.md (quality): 128 px, up to 30 epochs
 #   ./scripts/run.sh JOB [ARGS...]
-#        one job: jobs/JOB.py with ARGS (preprocess, train, evaluate, predict)
+#        one job: `cxr JOB ARGS` (preprocess, train, tune, evaluate, predict)
 # Shards and runs that already exist are reused: a rerun resumes training where it stopped.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +16,7 @@ cd "$ROOT"
 if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then
   job="$1"; shift
   [ -f "jobs/$job.py" ] || { echo "error: no job '$job' (jobs: $(cd jobs && ls *.py | sed 's/\.py$//' | tr '\n' ' '))" >&2; exit 2; }
-  exec "$VENV/bin/python" "jobs/$job.py" "$@"
+  exec "$VENV/bin/cxr" "$job" "$@"
 fi
 
 seed=0 outputs=outputs source=synthetic
@@ -30,35 +30,32 @@ while [ $# -gt 0 ]; do
 done
 [[ "$seed" =~ ^[0-9]+$ ]] || { echo "error: --seed must be a whole number, got '$seed'" >&2; exit 2; }
 
+# The recipes are the presets cxr/cli/presets/quickstart.yaml and real.yaml (`cxr JOB --config NAME`).
 if [ "$source" = synthetic ]; then
-  # Small enough to train in minutes on 2 cores, large enough that the test split (86
-  # images) measures something; the task is the same as at 299 px (docs/benchmarks.md).
   name="quickstart-seed$seed"
-  preprocess=(--synthetic-images 1000 --synthetic-size 192 --synthetic-seed "$seed" --image-size 96)
-  # Batches of 16: twice the steps of the default 32, which batch normalization's moving
-  # averages (momentum 0.99) need. At 32, 22 steps an epoch left them far from the data's
-  # statistics for the first epochs (validation accuracy at the majority rate), and 5
-  # epochs missed AUC 0.95 for 2 seeds of 3; at 16, validation AUC passes 0.97 by epoch 2.
-  train=(--epochs 5 --batch-size 16 --seed "$seed")
+  preset=quickstart
+  preprocess=(--synthetic-seed "$seed")
+  train=(--seed "$seed")
 else
   name="real"
-  preprocess=(--source "$source" --image-size 128)
+  preset=real
+  preprocess=(--source "$source")
   [ "$source" = kaggle ] && preprocess+=(--raw-cache "$outputs/raw")
-  train=(--epochs 30)
+  train=()
 fi
 shards="$outputs/shards/$name"
 
 staged=
 stage() { [ -z "$staged" ] || echo; staged=1; printf '== %s\n$ %s\n' "$1" "${*:2}"; }
-python="$VENV/bin/python"
+cxr="$VENV/bin/cxr"
 if [ -f "$shards/manifest.json" ]; then
   staged=1
   printf '== 1/3 preprocess: reusing the shards in %s (delete the folder to make them again)\n' "$shards"
 else
-  stage "1/3 preprocess" python jobs/preprocess.py "${preprocess[@]}" --output "$shards"
-  "$python" jobs/preprocess.py "${preprocess[@]}" --output "$shards"
+  stage "1/3 preprocess" cxr preprocess --config "$preset" "${preprocess[@]}" --output "$shards"
+  "$cxr" preprocess --config "$preset" "${preprocess[@]}" --output "$shards"
 fi
-stage "2/3 train" python jobs/train.py --data "$shards" "${train[@]}" --storage "$outputs/runs" --name "$name"
-"$python" jobs/train.py --data "$shards" "${train[@]}" --storage "$outputs/runs" --name "$name"
-stage "3/3 evaluate" python jobs/evaluate.py --run "$outputs/runs/$name"
-exec "$python" jobs/evaluate.py --run "$outputs/runs/$name"
+stage "2/3 train" cxr train --config "$preset" "${train[@]}" --data "$shards" --storage "$outputs/runs" --name "$name"
+"$cxr" train --config "$preset" "${train[@]}" --data "$shards" --storage "$outputs/runs" --name "$name"
+stage "3/3 evaluate" cxr evaluate --run "$outputs/runs/$name"
+exec "$cxr" evaluate --run "$outputs/runs/$name"

@@ -1,5 +1,8 @@
-"""Both jobs on a real Ray cluster, the way the README runs them: `ray job submit` with the
-working directory uploaded, shards and the run on S3 (SeaweedFS).
+"""Both jobs on a real Ray cluster, the way the README runs them, shards and the run on S3
+(SeaweedFS), in both of `ray job submit`'s entry forms: `python jobs/<job>.py` with the working
+directory uploaded, and `cxr <job>` with nothing uploaded, as on a cluster whose nodes have cxr
+installed (the RayJobs of infra/kuberay): here the test's virtualenv, whose bin (and so `cxr`) is
+first on the head's PATH (tests/ray_head.py).
 
 The cluster is one head node on loopback with its own temp dir and ports (tests/ray_head.py),
 labelled like the GPU pool of ray_cluster.yaml so that training's --node-label is honoured
@@ -27,11 +30,13 @@ pytestmark = pytest.mark.slow
 POOL_LABEL = ("cxr-pool", "gpu")
 
 
-def submit(head, *entrypoint: str, timeout: float = 600) -> tuple[str, subprocess.CompletedProcess]:
-    """`ray job submit` from the repository, waiting for the job; returns its id and the CLI's result."""
+def submit(head, *entrypoint: str, upload: bool = True, timeout: float = 600) -> tuple[str, subprocess.CompletedProcess]:
+    """`ray job submit` from the repository, waiting for the job; returns its id and the CLI's result.
+    upload: the repository goes up as the job's working directory (`--working-dir`)."""
     job_id = f"cxr-test-{uuid.uuid4().hex[:8]}"
+    working_dir = ["--working-dir", str(REPO)] if upload else []
     result = subprocess.run(
-        ["ray", "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO),
+        ["ray", "job", "submit", "--address", head.dashboard_url, *working_dir,
          "--submission-id", job_id, "--", *entrypoint],
         env=without_aws(head.env), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     return job_id, result
@@ -70,9 +75,10 @@ def test_both_jobs_submitted_to_a_cluster_against_s3(local_s3, s3_bucket, s3_cli
         # Progress as a log shows it: the stage, images done of all, and the rate.
         assert "preprocess: 80/80 images (100%)" in output and "images/s" in output
 
-        job_id, result = submit(head, "python", "jobs/train.py", "--data", shards, "--storage", runs,
+        # The installed command, with no working directory uploaded: what the node has installed runs.
+        job_id, result = submit(head, "cxr", "train", "--data", shards, "--storage", runs,
                                 "--name", "e2e", "--epochs", "2", "--batch-size", "16",
-                                "--node-label", "=".join(POOL_LABEL))
+                                "--node-label", "=".join(POOL_LABEL), upload=False)
         output = succeeded(job_id, result)
         training = read_json(s3_client, s3_bucket, "runs/e2e/model/training.json")
         assert training["epochs_trained"] == 2 and training["class_names"] == ["COVID", "Normal"]

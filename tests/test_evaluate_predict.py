@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cxr.config import PreprocessConfig, SyntheticConfig
+from cxr.cli.evaluate import JOB as EVALUATE
+from cxr.cli.predict import JOB as PREDICT
+from cxr.config import EvaluateConfig, PredictConfig, PreprocessConfig, SyntheticConfig
 from cxr.ingest.synthetic import render_synthetic
 from cxr.preprocess.pipeline import run_preprocess
 from cxr.preprocess.transforms import encode_png
@@ -52,6 +54,9 @@ def test_evaluate_writes_a_report_with_intervals_shortcuts_and_a_model_card(trai
     report_dir = trained["run"] / "report"
     report = json.loads((report_dir / "report.json").read_text())
     manifest = json.loads((Path(trained["shards"]) / "manifest.json").read_text())
+    # The report records the evaluation's settings: `--config report.json` repeats it.
+    assert EVALUATE.build_config(EVALUATE.parse_args(["--config", str(report_dir / "report.json")])) == \
+        EvaluateConfig(run=str(trained["run"]), resamples=200, gradcam_examples=2)
 
     # Every test image scored once; the confusion matrix accounts for all of them.
     test_counts = manifest["counts"]["splits"]["test"]
@@ -170,6 +175,11 @@ def test_predict_scores_every_file_as_training_preprocessed_it(trained, tmp_path
         assert row["prob_COVID"] + row["prob_Normal"] == pytest.approx(1.0, abs=1e-5)
         assert row["predicted_class"] == ("COVID" if row["prob_COVID"] >= row["prob_Normal"] else "Normal")
         assert 0 <= row["marking_score"] <= 1
+    # The summary records the scoring's settings: `--config summary.json` repeats it.
+    (tmp_path / "summary.json").write_bytes(
+        s3_client.get_object(Bucket=s3_bucket, Key="predictions/zip/summary.json")["Body"].read())
+    assert PREDICT.build_config(PREDICT.parse_args(["--config", str(tmp_path / "summary.json")])) == \
+        PredictConfig(model=str(trained["run"] / "model"), input=str(archive), output=output)
     csv = s3_client.get_object(Bucket=s3_bucket, Key="predictions/zip/predictions.csv")["Body"].read().decode()
     assert csv.splitlines()[0].startswith('"path","predicted_class","prob_COVID","prob_Normal"')
     assert len(csv.strip().splitlines()) == len(rows) + 1

@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from cxr.config import DownloadConfig, PreprocessConfig, parse_classes
+from cxr.config import DownloadConfig, PreprocessConfig, class_list
 from cxr.errors import DownloadFailed, UserError
 from cxr.ingest.kaggle_api import DatasetRef, RemoteFile, find_credentials, open_dataset
 from tests.kaggle_server import image_name
@@ -36,9 +36,12 @@ def test_dataset_refs():
 
 
 def test_class_defaults_and_download_settings():
-    assert parse_classes(None, "kaggle") == ("COVID", "Normal") == parse_classes(None, "kaggle:a/b")
-    assert parse_classes(None, "some/folder") is None and parse_classes("all", "kaggle") is None
-    assert parse_classes("Normal, COVID", "kaggle") == ("Normal", "COVID")
+    def wanted(classes, source):
+        return PreprocessConfig(source=source, classes=classes).wanted_classes
+
+    assert wanted(None, "kaggle") == ("COVID", "Normal") == wanted(None, "kaggle:a/b")
+    assert wanted(None, "some/folder") is None and wanted(class_list("all"), "kaggle") is None
+    assert wanted(class_list("Normal, COVID"), "kaggle") == ("Normal", "COVID")
     assert [DownloadConfig(backoff_seconds=0.5, max_backoff_seconds=3).backoff(n) for n in (1, 2, 3, 4)] == \
         [0.5, 1.0, 2.0, 3.0]
     for bad, message in (({"concurrency": 0}, "--download-concurrency"), ({"max_failed_share": 2}, "--max-failed"),

@@ -1,6 +1,7 @@
 """infra/kuberay and infra/Dockerfile agree with the project: the Ray that constraints.txt pins (within
-pyproject.toml's range) and the Python that pyproject.toml requires, the jobs' own argument parsers,
-the GPU pool training is pinned to; no secrets.
+pyproject.toml's range) and the Python that pyproject.toml requires, the `cxr` command the RayJobs
+run (installed in the image, its parsers reading their entrypoints), the GPU pool training is pinned
+to; no secrets.
 
 No cluster and no Docker: the manifests are read as YAML, and the groups' Ray resources and node
 labels are taken as the Ray autoscaler itself derives them from the RayCluster.
@@ -9,7 +10,6 @@ labels are taken as the Ray autoscaler itself derives them from the RayCluster.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import posixpath
@@ -92,21 +92,24 @@ def autoscaler_view(cluster: dict) -> dict[str, dict]:
 
 
 def entrypoint_config(job: str):
-    """The RayJob's entrypoint, `python jobs/<job>.py ARGS`, read by that job's own parser and
-    build_config (cxr/cli/<job>.py, which jobs/<job>.py runs): (args, config)."""
-    python, script, *argv = shlex.split(job_spec(job)["entrypoint"])
-    assert (python, script) == ("python", f"jobs/{job}.py")
-    assert (REPO / script).is_file(), f"{script} does not exist"
-    module = importlib.import_module(f"cxr.cli.{job}")
+    """The RayJob's entrypoint, `cxr <job> ARGS` (the command the image installs), read by the `cxr`
+    command's own parser and the job's build_config (cxr/cli/<job>.py): (args, config)."""
+    from cxr.cli.command import JOBS as COMMAND_JOBS, build_parser
+    from cxr.errors import UserError
+
+    argv = shlex.split(job_spec(job)["entrypoint"])
+    assert argv[:2] == ["cxr", job], f"rayjob-{job}.yaml: the entrypoint is not `cxr {job} ...`: {argv[:2]}"
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            args = module.parse_args(argv)
-    except SystemExit:
-        args = None
-    if args is None:    # argparse's one-line error, not its usage text
-        pytest.fail(f"rayjob-{job}.yaml: {script} rejects the entrypoint: {stderr.getvalue().strip().splitlines()[-1]}")
-    return args, module.build_config(args)
+            args = build_parser().parse_args(argv[1:])
+    except UserError as error:      # the command's own one line
+        pytest.fail(f"rayjob-{job}.yaml: cxr rejects the entrypoint: {error}")
+    except SystemExit:              # the job's parser: argparse's one-line error, not its usage text
+        pytest.fail(f"rayjob-{job}.yaml: cxr {job} rejects the entrypoint: "
+                    f"{stderr.getvalue().strip().splitlines()[-1]}")
+    assert args.job == job
+    return args, COMMAND_JOBS[job].build_config(args)
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -228,7 +231,21 @@ def test_dockerfile_dependency_list_is_pyprojects_for_the_extra(tmp_path):
     for extra in {args["CXR_EXTRA"] for args in builds.values()}:
         listed = subprocess.run([sys.executable, "-c", words[2], extra], cwd=tmp_path, capture_output=True,
                                 text=True, check=True).stdout.splitlines()
-        assert listed == PROJECT["dependencies"] + PROJECT["optional-dependencies"][extra]
+        # The extra's build, with MLflow's client for --mlflow.
+        extras = PROJECT["optional-dependencies"]
+        assert listed == PROJECT["dependencies"] + extras[extra] + extras["mlflow"]
+
+
+def test_the_image_installs_the_cxr_command_the_rayjobs_run():
+    """The entrypoints call `cxr`: pyproject.toml declares that console script and the image pip-installs
+    the project itself, after its dependencies (pinned by the constraints), which writes it onto the
+    image's PATH (see the Dockerfile)."""
+    assert PYPROJECT["project"]["scripts"]["cxr"] == "cxr.cli.command:console_script"
+    steps = dockerfile_steps()
+    first_code_copy = min(index for index, _, name in copied_files(steps) if name == "cxr")
+    project_installs = [shlex.split(rest) for index, rest, _ in pip_installs(steps)
+                        if index > first_code_copy and "." in shlex.split(rest)]
+    assert len(project_installs) == 1, "one pip install of the project (`.`) after its code is copied"
 
 
 def test_dockerfile_puts_the_project_where_the_jobs_run():
@@ -346,18 +363,18 @@ def test_training_reads_what_preprocessing_writes():
 @pytest.mark.parametrize("job", ("train", "tune"))
 def test_training_is_pinned_to_the_gpu_group_and_fits_it(job):
     """A sweep's trials are training runs: the same placement, --max-concurrent of them at once."""
-    args, config = entrypoint_config(job)
+    _, config = entrypoint_config(job)
     concurrent = 1
     if job == "tune":
         concurrent, config = config.max_concurrent, config.train
     assert config.gpu
-    assert args.node_label == [f"{POOL}=gpu"]
+    assert config.node_labels == ((POOL, "gpu"),)
     cluster = ray_cluster()
     view = autoscaler_view(cluster)
     selector = dict(config.node_labels)
     matching = [name for name, node in view.items() if selector.items() <= node["labels"].items()]
     assert len(matching) == 1 and pod_gpus(groups(cluster)[matching[0]]), \
-        f"--node-label {args.node_label} selects {matching}, not the GPU group alone"
+        f"--node-label {config.node_labels} selects {matching}, not the GPU group alone"
     node = view[matching[0]]
     assert config.workers * concurrent <= node["resources"]["GPU"] * node["max_workers"]
 

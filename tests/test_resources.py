@@ -187,25 +187,26 @@ def test_the_wait_ends_when_the_resources_appear(ray_session, caplog):
     (["--cpus-per-worker", "-1"], "--cpus-per-worker must be positive, got -1.0"),
     (["--wait-timeout", "-5"], "--wait-timeout must be 0 seconds (fail at once) or more, got -5"),
     (["--seed", "-1"], "--seed must be in [0, 2147483647], got -1"),
-    (["--appearance-augment", "5"], "--appearance-augment 5 is too strong: augmentation gamma must be in [0, 1.0)"),
+    (["--appearance-augment", "5"], "--appearance-augment 5 is too strong: --augment-gamma must be in [0, 1.0), got 1.5"),
 ])
 def test_training_flags_say_what_is_wrong_with_them(args, message):
-    from cxr.cli.train import build_config, parse_args
+    from cxr.cli.train import JOB
 
     with pytest.raises(UserError) as refused:
-        build_config(parse_args(args))
+        JOB.build_config(JOB.parse_args(args))
     assert str(refused.value).startswith(message)
 
 
 def test_wait_timeout_reaches_every_job_that_starts_workers_or_actors():
     from cxr.cli import evaluate, predict, train, tune
 
-    assert train.build_config(train.parse_args([])).wait_timeout == 600
-    assert train.build_config(train.parse_args(["--wait-timeout", "0"])).wait_timeout == 0
-    assert tune.build_config(tune.parse_args(["--wait-timeout", "30"])).train.wait_timeout == 30
-    predicting = ["--model", "m", "--input", "i", "--output", "o"]
-    assert predict.parse_args([*predicting, "--wait-timeout", "5"]).wait_timeout == 5
-    assert evaluate.parse_args(["--run", "r", "--wait-timeout", "5"]).wait_timeout == 5
+    def built(job, *args):
+        return job.JOB.build_config(job.JOB.parse_args(list(args)))
+
+    assert built(train).wait_timeout == 600 and built(train, "--wait-timeout", "0").wait_timeout == 0
+    assert built(tune, "--wait-timeout", "30").train.wait_timeout == 30
+    assert built(predict, "--model", "m", "--input", "i", "--output", "o", "--wait-timeout", "5").wait_timeout == 5
+    assert built(evaluate, "--run", "r", "--wait-timeout", "5").wait_timeout == 5
     for build in (lambda: PredictConfig(model="m", input="i", output="o", wait_timeout=-1),
                   lambda: EvaluateConfig(run="r", wait_timeout=-1)):
         with pytest.raises(UserError, match=r"--wait-timeout must be 0 seconds \(fail at once\) or more, got -1"):

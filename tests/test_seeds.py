@@ -8,7 +8,6 @@ import pytest
 
 from cxr import seeds, storage
 from cxr.artifacts import RunLayout
-from cxr.config import TrainConfig
 
 
 def every_stream(seed: int, rank: int) -> list[int]:
@@ -57,17 +56,21 @@ def weights_digest(storage_root, name: str) -> str:
 
 @pytest.mark.slow
 def test_a_single_worker_run_is_reproduced_exactly_by_its_seed(tiny_shards, tmp_path):
+    from cxr.cli.train import JOB
     from cxr.train.job import run_training
 
-    def train(name: str, seed: int) -> str:
-        # Default augmentation (geometric and appearance) on: its streams are part of the run.
-        run_training(TrainConfig(data=tiny_shards, storage=str(tmp_path), name=name, epochs=2, batch_size=16,
-                                 seed=seed))
-        return weights_digest(tmp_path, name)
+    def train(*flags: str) -> str:
+        config = JOB.build_config(JOB.parse_args(list(flags)))
+        run_training(config)
+        return weights_digest(tmp_path, config.run_name)
 
-    first = train("first", seed=3)
-    assert train("again", seed=3) == first
-    assert train("other", seed=4) != first
+    # Default augmentation (geometric and appearance) on: its streams are part of the run.
+    first = train("--data", tiny_shards, "--storage", str(tmp_path), "--name", "first", "--epochs", "2",
+                  "--batch-size", "16", "--seed", "3")
+    # The run's own record, replayed under another name, is the same run.
+    recorded = RunLayout.at(str(tmp_path / "first")).settings.uri
+    assert train("--config", recorded, "--name", "again") == first
+    assert train("--config", recorded, "--name", "other", "--seed", "4") != first
 
 
 def test_the_training_split_streams_in_one_order_per_seed(ray_session, tmp_path):

@@ -51,6 +51,11 @@ def test_two_workers_survive_a_failure_and_end_in_sync(shards, tmp_path, capsys,
     assert 1 <= len([p for p in run.glob("checkpoint_*") if p.is_dir()]) <= 2
     ranks = [json.loads((run / "workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    # TensorBoard: an event file per start of the workers, read as one run of every epoch.
+    from tests.test_tracking import scalars
+
+    assert len(list((run / "tensorboard").iterdir())) == 2
+    assert [step for step, _ in scalars(run / "tensorboard")["val_loss"]] == [0, 1, 2]
 
     exported = run / "model"
     assert json.loads((exported / "manifest.json").read_text()) == json.loads(

@@ -110,7 +110,7 @@ def test_node_labels_pick_the_nodes_that_may_hold_workers(ray_session):
 
 def test_node_labels_are_key_value_pairs():
     assert parse_node_labels(["cxr-pool=gpu", " zone = a "]) == (("cxr-pool", "gpu"), ("zone", "a"))
-    assert parse_node_labels(None) == ()
+    assert parse_node_labels([]) == ()
     for bad in ("cxr-pool", "=gpu", "cxr-pool="):
         with pytest.raises(UserError, match="--node-label must be KEY=VALUE"):
             TrainConfig(node_labels=parse_node_labels([bad]))

@@ -54,8 +54,8 @@ def test_the_same_settings_resume_and_the_start_is_added(tmp_path):
     ({"epochs": 10}, "--epochs", "5", "10"),
     ({"dropout": 0.5}, "--dropout", "0.2", "0.5"),
     ({"seed": 1}, "--seed", "0", "1"),
-    ({"class_weights": False}, "--no-class-weights", "on", "off"),
-    ({"augment": AugmentConfig(0, 0, 0).with_appearance(1.0)}, "augmentation rotation", "0.03", "0"),  # --no-augment
+    ({"class_weights": False}, "--class-weights", "on", "off"),
+    ({"augment": AugmentConfig(0, 0, 0).with_appearance(1.0)}, "--augment-rotation", "0.03", "0"),  # --no-augment
 ])
 def test_a_setting_that_changes_what_is_trained_is_refused_in_one_line(tmp_path, overrides, flag, old, new):
     run = started(tmp_path)
@@ -278,12 +278,12 @@ def test_zero_appearance_adds_nothing_to_the_geometric_augmentation():
 
 
 def test_the_job_augments_appearance_by_default_and_it_scales_with_the_tune_strength():
-    from cxr.cli.train import build_config, parse_args
+    from cxr.cli.train import JOB
     from cxr.config import TrainConfig, TuneConfig
 
     assert not AugmentConfig().appearance  # the geometric part alone
-    assert TrainConfig().augment == AugmentConfig().with_appearance(1.0) == build_config(parse_args([])).augment
-    assert build_config(parse_args(["--appearance-augment", "0"])).augment == AugmentConfig()
+    assert TrainConfig().augment == AugmentConfig().with_appearance(1.0) == JOB.build_config(JOB.parse_args([])).augment
+    assert JOB.build_config(JOB.parse_args(["--appearance-augment", "0"])).augment == AugmentConfig()
     trial = TuneConfig().trial_config({"augment": 0.5})
     assert trial.augment.gamma == APPEARANCE.gamma / 2 and trial.augment.zoom == AugmentConfig().zoom / 2
 
@@ -296,7 +296,7 @@ def test_a_run_recorded_before_appearance_augmentation_resumes_without_it(tmp_pa
     storage.write_json(run.settings, old)
     assert settings.check_resume(run, record(augment=AugmentConfig()))[1] == []
     # Today's default adds it: that would be another run.
-    with pytest.raises(UserError, match="appearance augmentation gamma"):
+    with pytest.raises(UserError, match="--augment-gamma"):
         settings.check_resume(run, record())
 
 

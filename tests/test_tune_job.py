@@ -84,7 +84,8 @@ def test_a_sweep_stops_a_poor_trial_resumes_and_exports_the_best_as_a_run_evalua
         ray_session, tiny_shards, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    command = sweep_args(tiny_shards, str(tmp_path / "runs"), str(space), "--trials", "3")
+    mlruns = tmp_path / "mlruns"
+    command = sweep_args(tiny_shards, str(tmp_path / "runs"), str(space), "--trials", "3", "--mlflow", str(mlruns))
     sweep = tmp_path / "runs" / "sweep"
 
     # A line per ended trial, with how it ended; Ctrl-C once the scheduler has stopped trial 2.
@@ -108,6 +109,8 @@ def test_a_sweep_stops_a_poor_trial_resumes_and_exports_the_best_as_a_run_evalua
     noise = library_noise(lines + (result.stdout + result.stderr).splitlines())
     assert not noise, "\n".join(f"{name}: {line}" for name, line in noise.items())
     assert [line.split(" ")[2] for line in result.stdout.splitlines() if line.startswith("tune: trial ")] == ["3/3"]
+    assert f"  TensorBoard events: {sweep / 'tensorboard'}" in result.stdout.splitlines()
+    assert f"  MLflow: a run per trial in experiment sweep at file://{mlruns}" in result.stdout.splitlines()
     for name, files in before.items():  # no new checkpoint, no second start
         assert sorted(str(path.relative_to(sweep / "trials" / name)) for path in (sweep / "trials" / name).rglob("*")) \
             == files
@@ -125,6 +128,18 @@ def test_a_sweep_stops_a_poor_trial_resumes_and_exports_the_best_as_a_run_evalua
             epochs = [line.split(",")[0] for line in history.read_text().splitlines()[1:]]
             assert len(epochs) == len(set(epochs)) == int(row["epochs"]), row
     assert rows[1]["stopped_by_scheduler"] == "True"
+    # Tracked: a TensorBoard run per trial beside the others', an MLflow run per trial in the
+    # sweep's experiment; each with every epoch the trial kept, once (trial 3 across Ctrl-C).
+    from tests.test_tracking import metric_steps, mlflow_runs, scalars
+
+    assert sorted(path.name for path in (sweep / "tensorboard").iterdir()) == sorted(row["trial_id"] for row in rows)
+    tracked = {run.info.run_name: run for run in mlflow_runs(f"file://{mlruns}", "sweep")}
+    assert sorted(tracked) == sorted(row["trial_id"] for row in rows)
+    for row in rows:
+        epochs = list(range(int(row["epochs"])))
+        assert [step for step, _ in scalars(sweep / "tensorboard" / row["trial_id"])["val_loss"]] == epochs, row
+        assert [step for step, _ in metric_steps(f"file://{mlruns}", tracked[row["trial_id"]], "val_loss")] == epochs
+        assert tracked[row["trial_id"]].data.params["learning_rate"] == row["learning_rate"]
     # The best is chosen on validation loss (the default --metric), among all trials.
     best_row = min(rows, key=lambda row: float(row["score"]))
     assert float(best_row["learning_rate"]) != 0.05

@@ -89,7 +89,7 @@ def test_a_missing_space_file_is_one_line(tmp_path):
     ("dropout: {uniform: [0.0, 1.5]}\n", TrainConfig(),
      "dropout 1.5 cannot be trained: --dropout must be in [0, 1), got 1.5"),
     ("augment: {uniform: [0.0, 6.0]}\n", TrainConfig(),
-     "augment 6.0 cannot be trained: augmentation zoom must be in [0, 0.5), got 0.6"),
+     "augment 6.0 cannot be trained: --augment-zoom must be in [0, 0.5), got 0.6"),
     ("batch_size: {choice: [1, 32]}\n", TrainConfig(workers=2),
      "batch_size 1 cannot be trained: --batch-size 1 is smaller than --workers"),
     ("lr_schedule: {choice: [cosine, step]}\n", TrainConfig(),
@@ -98,7 +98,7 @@ def test_a_missing_space_file_is_one_line(tmp_path):
 def test_a_space_value_the_model_cannot_take_is_refused_before_any_trial(tmp_path, text, train, message):
     path = write(tmp_path, "space.yaml", text)
     with pytest.raises(UserError) as refused:
-        TuneConfig(train=train, space=load_space(path), space_source=f"--space {path}")
+        TuneConfig(train=train, space=load_space(path), space_file=path)
     assert str(refused.value) == f"--space {path}: {message}"
 
 
@@ -109,7 +109,7 @@ def test_a_space_value_the_model_cannot_take_is_refused_before_any_trial(tmp_pat
     ({"reduction_factor": 1}, "--reduction-factor must be at least 2, got 1"),
     ({"metric": "auc"}, "--metric must be one of val_loss, val_auc, got 'auc'"),
     ({"searcher": "grid"}, "--searcher must be one of auto, random, optuna, got 'grid'"),
-    ({"space": ()}, "the default search space: the search space is empty"),
+    ({"space": ()}, "the search space is empty"),
     ({"space": DEFAULT_SPACE[:1] * 2}, "a parameter appears twice in ['learning_rate', 'learning_rate']"),
 ])
 def test_search_settings_are_checked_on_construction(changes, message):

@@ -1,4 +1,4 @@
-"""The `cxr` command: one subcommand per job, each with that job's own parser (cxr/cli/<job>.py)."""
+"""The `cxr` command: one subcommand per job, each with that job's own options (cxr/cli/<job>.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from cxr.errors import UserError
 from cxr.runtime import run_job
 
 # In the data's order, as `cxr --help` lists them.
-JOBS = {"preprocess": preprocess, "train": train, "tune": tune, "evaluate": evaluate, "predict": predict}
+JOBS = {job.name: job for job in (preprocess.JOB, train.JOB, tune.JOB, evaluate.JOB, predict.JOB)}
 
 
 class _JobListFormatter(argparse.HelpFormatter):
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = parser.add_subparsers(title="jobs", dest="job", metavar="JOB", required=True,
                                  parser_class=argparse.ArgumentParser)
     for name, job in JOBS.items():
-        job.add_arguments(jobs.add_parser(name, help=job.DESCRIPTION, description=job.DESCRIPTION))
+        job.add_arguments(jobs.add_parser(name, help=job.description, description=job.description))
     return parser
 
 

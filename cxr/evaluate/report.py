@@ -51,6 +51,7 @@ def build_report(export, evaluated, validation, config) -> dict:
                  "preprocessing": export.manifest.config_record()},
         "threshold": {"value": threshold, "note": threshold_note},
         "metrics": full,
+        "config": config.to_dict(),  # this evaluation's settings: `--config report.json` repeats it
     }
     per_source = by_source.source_metrics(evaluated, names, positive, threshold, config.resamples, config.seed)
     if per_source is not None:

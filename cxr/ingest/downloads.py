@@ -77,7 +77,7 @@ def list_kaggle(config: PreprocessConfig) -> sources.Listing:
               "raw_cache": cache.root.uri if cache else None}
     log.info("Kaggle dataset %s, version %d", ref.id, ref.version)
     if config.download.archive:
-        return _list_archive(remote, cache, config.classes, origin, config.max_pixels)
+        return _list_archive(remote, cache, config.wanted_classes, origin, config.max_pixels)
 
     listed = remote.list_files()
     # A name is a path in the raw cache: list_tree makes one that would climb out of it an
@@ -107,7 +107,7 @@ def list_kaggle(config: PreprocessConfig) -> sources.Listing:
         return data
 
     found = sources.Found(files={name: f.size or None for name, f in files.items()})
-    listing = sources.list_tree("kaggle", ref.uri, found, config.classes, ref.file_uri, read_spec,
+    listing = sources.list_tree("kaggle", ref.uri, found, config.wanted_classes, ref.file_uri, read_spec,
                                 read_sheet=read_sheet, max_bytes=sources.max_input_bytes(config.max_pixels))
     for item in listing.items:
         item["fetch"] = "cached" if item["kind"] == "file" else None

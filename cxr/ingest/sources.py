@@ -148,13 +148,13 @@ def list_source(config: PreprocessConfig) -> Listing:
     if storage.is_file(location):
         if not location.path.lower().endswith(".zip"):
             raise UserError(f"{location.uri}: a file source must be a .zip archive of a class-per-folder tree")
-        return list_zip(location, config.classes, max_pixels=config.max_pixels)
+        return list_zip(location, config.wanted_classes, max_pixels=config.max_pixels)
     found = _folder_found(location)
     if not found.files and not found.problems:
         if not storage.exists(location):
             raise UserError(f"{location.uri}: source does not exist")
         raise UserError(f"{location.uri}: source folder is empty")
-    return list_tree("folder", location.uri, found, config.classes, lambda rel: _joined_uri(location, rel),
+    return list_tree("folder", location.uri, found, config.wanted_classes, lambda rel: _joined_uri(location, rel),
                      lambda rel: ("file", location.join(rel).uri, ""),
                      read_sheet=lambda rel: storage.read_bytes(location.join(rel)),
                      max_bytes=max_input_bytes(config.max_pixels))

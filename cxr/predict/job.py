@@ -77,7 +77,8 @@ def _score_and_write(config: PredictConfig, export, listing: sources.Listing, ou
                "status": dict(Counter(table.column("status").to_pylist()).most_common()),
                "predicted": dict(Counter(c for c in table.column("predicted_class").to_pylist() if c)),
                "threshold": config.threshold, "ignored": listing.ignored,
-               "seconds": round(time.time() - started, 2)}
+               "seconds": round(time.time() - started, 2),
+               "config": config.to_dict()}  # `--config summary.json` repeats this scoring
     storage.write_json(output.summary, summary)
     return summary
 

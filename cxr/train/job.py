@@ -14,6 +14,7 @@ A hyperparameter sweep (cxr.tune) runs this job once per trial: it makes the che
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -30,7 +31,7 @@ from cxr.train.data import cached_bytes_per_worker, split_dataset
 from cxr.train.history import history_csv, learning_curve_png
 from cxr.keras_lib import TF_ENVIRONMENT, configure_environment
 from cxr.train.loop import steps_per_epoch, train_loop_per_worker
-from cxr.train import checkpoints, settings
+from cxr.train import checkpoints, settings, tracking
 from cxr.train.models import build_model, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -60,22 +61,24 @@ class RunInputs:
     # Whether other runs' workers share the nodes (a sweep's concurrent trials): each worker's
     # TensorFlow then keeps to the CPUs it reserved instead of its share of the node's cores.
     cores_shared: bool = False
+    mlflow: tracking.MlflowServer | None = None  # the checked --mlflow
 
 
 def run_training(config: TrainConfig) -> dict:
     """Train (or resume) and export; return a summary of the run."""
     data, manifest = check_data(config)
     storage_root = check_storage(config)
+    mlflow = tracking.check_mlflow(config.mlflow)
     with claims.claimed(RunLayout(storage_root.join(config.run_name)).claim, "train", "--name"):
-        return _claimed_run(config, data, manifest, storage_root)
+        return _claimed_run(config, data, manifest, storage_root, mlflow)
 
 
 def _claimed_run(config: TrainConfig, data: storage.Location, manifest: Manifest,
-                 storage_root: storage.Location) -> dict:
+                 storage_root: storage.Location, mlflow: tracking.MlflowServer | None = None) -> dict:
     """run_training with the run's folder claimed (cxr.claims): no other driver trains it meanwhile."""
     started_ray = runtime.ensure_ray()
     inputs = run_inputs(config, data, manifest, worker_cpus(config, started_ray),
-                        placement_group_cleaner=not started_ray)
+                        placement_group_cleaner=not started_ray, mlflow=mlflow)
     log.info("training %s on %d worker(s) (%s, %g CPU each), %s, run %s", config.model, config.workers,
              "GPU" if config.gpu else "CPU", inputs.cpus_per_worker,
              "decoded images kept in memory after epoch 1" if _keeps_cache(config, manifest)
@@ -105,32 +108,41 @@ def check_storage(config: TrainConfig) -> storage.Location:
 
 
 def run_inputs(config: TrainConfig, data: storage.Location, manifest: Manifest, cpus_per_worker: float,
-               placement_group_cleaner: bool, cores_shared: bool = False) -> RunInputs:
+               placement_group_cleaner: bool, cores_shared: bool = False,
+               mlflow: tracking.MlflowServer | None = None) -> RunInputs:
     """The checked weights (put in the object store, for every worker) and the rest of RunInputs."""
     weights = _checked_weights(config, manifest)
     return RunInputs(manifest=manifest, data=data, cpus_per_worker=cpus_per_worker,
                      weights_sha256=hashlib.sha256(weights[1]).hexdigest() if weights else None,
                      weights_ref=ray.put(weights) if weights else None,
-                     placement_group_cleaner=placement_group_cleaner, cores_shared=cores_shared)
+                     placement_group_cleaner=placement_group_cleaner, cores_shared=cores_shared, mlflow=mlflow)
 
 
 def train_and_export(config: TrainConfig, inputs: RunInputs, tally=None, datasets: dict | None = None,
-                     callbacks: tuple = ()) -> dict:
+                     callbacks: tuple = (), run_tracking: tracking.RunTracking | None = None) -> dict:
     """One run, its inputs checked: record (or check) its settings, train, export.
 
     `datasets` replaces the run's own reading of a split by one a sweep read once for all
-    its trials; `callbacks` go to Ray Train (a trial's report to Ray Tune).
+    its trials; `callbacks` go to Ray Train (a trial's report to Ray Tune); `run_tracking`
+    says where its epochs are tracked, if not in its own folder (a sweep's trial).
     """
     storage_root = storage.resolve(config.storage)
     run = RunLayout(storage_root.join(config.run_name))
-    _record_settings(run, settings.run_record(config, inputs.manifest, inputs.data.uri, inputs.weights_sha256))
-    result = _fit(config, inputs, storage_root, run, tally, datasets or {}, list(callbacks))
+    record = settings.run_record(config, inputs.manifest, inputs.data.uri, inputs.weights_sha256)
+    record = _record_settings(run, record)
+    run_tracking = dataclasses.replace(run_tracking or tracking.for_run(run, config.run_name, inputs.mlflow),
+                                       params=settings.defining_settings(record),
+                                       key=tracking.run_key(run.root.uri, record["starts"][0]["at"]))
+    result = _fit(config, inputs, storage_root, run, tally, datasets or {}, list(callbacks), run_tracking)
     _check_finite(run)
-    return export(result, config, inputs.manifest, run)
+    where = tracking.summary(run_tracking.tensorboard, run_tracking.mlflow, run_tracking.experiment,
+                             run_tracking.run_name)
+    return {**export(result, config, inputs.manifest, run), "tracking": where}
 
 
-def _record_settings(run: RunLayout, record: dict) -> None:
-    """Write run.json before the first epoch; on a resume, first refuse other settings."""
+def _record_settings(run: RunLayout, record: dict) -> dict:
+    """Write run.json before the first epoch; on a resume, first refuse other settings. The
+    record written: on a resume, the first start's with this one added."""
     if storage.is_file(run.ray_checkpoints):
         if storage.is_file(run.settings):
             record, changed = settings.check_resume(run, record)
@@ -140,6 +152,7 @@ def _record_settings(run: RunLayout, record: dict) -> None:
             log.warning("%s has no %s (started by an earlier cxr): resuming without checking its settings",
                         run.root.uri, RUN_SETTINGS_FILE)
     storage.write_json(run.settings, record)
+    return record
 
 
 def _check_finite(run: RunLayout) -> None:
@@ -234,7 +247,7 @@ def _keeps_cache(config: TrainConfig, manifest: Manifest) -> bool:
 
 
 def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location, run: RunLayout, tally, shared: dict,
-         callbacks: list):
+         callbacks: list, run_tracking: tracking.RunTracking):
     configure_environment()
     for name, value in RAY_TRAIN_ENVIRONMENT.items():
         os.environ.setdefault(name, value)  # the driver's, which Ray Train passes on to its controller
@@ -262,7 +275,7 @@ def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location,
         train_loop_per_worker,
         train_loop_config={"config": config, "manifest": manifest, "weights": inputs.weights_ref,
                            "run_uri": run.root.uri, "cache": cache, "tally": tally,
-                           "cores_shared": inputs.cores_shared, "resume": resume},
+                           "cores_shared": inputs.cores_shared, "resume": resume, "tracking": run_tracking},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
                                      resources_per_worker={"CPU": inputs.cpus_per_worker},
                                      label_selector=dict(config.node_labels) or None),
@@ -356,4 +369,5 @@ def format_summary(summary: dict) -> str:
         f"  {summary['model']}: {summary['epochs_trained']} epoch(s)"
         + (", stopped early" if summary["stopped_early"] else "") + f"; best epoch {summary['best_epoch'] + 1}: {metrics}",
         f"  learning curve: {summary['export']}/{LEARNING_CURVE_FILE} (per epoch: {HISTORY_FILE})",
+        *tracking.summary_lines(summary.get("tracking")),
     ])

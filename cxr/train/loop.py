@@ -24,7 +24,7 @@ from cxr import keras_lib, progress, seeds, storage
 from cxr.artifacts import MODEL_FILE, Manifest, RunLayout, positive_label
 from cxr.config import TrainConfig
 from cxr.keras_lib import keras
-from cxr.train import checkpoints
+from cxr.train import checkpoints, tracking
 from cxr.train.checkpoints import TrainingState
 from cxr.train.data import class_weights, worker_dataset
 from cxr.train.models import build_model, load_model
@@ -100,13 +100,14 @@ def non_finite_guard():
 
 
 def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: TrainingState, train_images: int,
-                     tally=None) -> list:
-    """Keras callbacks of the one `fit` over all remaining epochs: time, checkpoint, report.
+                     tally=None, writer: tracking.EpochWriter | None = None) -> list:
+    """Keras callbacks of the one `fit` over all remaining epochs: time, track, checkpoint, report.
 
     One `fit` for the whole run rather than one per epoch: each call would rebuild the
     input pipeline and wait for its first batch again. The first callback's `state` is
     the training state after the last finished epoch. Rank 0 tells the driver's progress
-    `tally` where training is and each epoch's metrics. The first callback stops at a
+    `tally` where training is and each epoch's metrics, and hands each epoch's row to its
+    `writer` (TensorBoard, MLflow: cxr.train.tracking). The first callback stops at a
     non-finite loss: that epoch is neither checkpointed nor counted, so the latest and the
     best checkpoint stay finite and a rerun resumes from the last good epoch.
     """
@@ -160,6 +161,10 @@ def _epoch_callbacks(config: TrainConfig, rank: int, world: int, state: Training
                 ray.train.report({**row, "best_val_loss": state.best_val_loss, "stopped_early": state.stopped_early,
                                   "epochs_trained": state.next_epoch},
                                  checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
+            if writer is not None:
+                # After the checkpoint: an epoch is tracked once it is kept, so the epoch a
+                # resumed run trains again was never tracked (TensorBoard would show it twice).
+                writer.write(row)
             # Every rank sees the same all-reduced validation loss, so all stop together.
             if state.stopped_early:
                 self.model.stop_training = True
@@ -255,10 +260,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
                      + (" (finished)" if state.finished(config.epochs) else ""))
     non_finite = None
     if not state.finished(config.epochs):
-        callbacks = _epoch_callbacks(config, rank, world, state, train_images, tally)
-        model.fit(train, validation_data=val, initial_epoch=state.next_epoch, epochs=config.epochs,
-                  class_weight=weights, verbose=0, callbacks=callbacks)
-        state, non_finite = callbacks[1].state, callbacks[0].found
+        with tracking.opened(loop_config["tracking"] if rank == 0 else None, list(state.history)) as writer:
+            callbacks = _epoch_callbacks(config, rank, world, state, train_images, tally, writer)
+            model.fit(train, validation_data=val, initial_epoch=state.next_epoch, epochs=config.epochs,
+                      class_weight=weights, verbose=0, callbacks=callbacks)
+            state, non_finite = callbacks[1].state, callbacks[0].found
+            if writer is not None:
+                writer.failed = non_finite is not None
     _write_worker_summary(loop_config["run_uri"], rank, model, state, non_finite)
 
 

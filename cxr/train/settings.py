@@ -17,24 +17,20 @@ import hashlib
 import json
 import platform
 
-from cxr import __version__, storage
+from cxr import __version__, options, storage
 from cxr.artifacts import Manifest, RunLayout
 from cxr.config import APPEARANCE_PRESET, TrainConfig
 from cxr.errors import UserError
 from cxr.preprocess.manifest import package_versions
 
 # Settings that may differ on resume: where the workers run and how they hold the data,
-# how long to wait for them, how many failures to survive, the resilience drill. Where the
-# shards are read from may change too (a copy on S3): the shards themselves are compared by
-# their manifest.
-EXECUTION_SETTINGS = ("workers", "gpu", "cpus_per_worker", "max_failures", "cache_mib", "node_labels",
-                      "fail_at_epoch", "data", "storage", "name", "wait_timeout")
+# how long to wait for them, how many failures to survive, the resilience drill, where the
+# run is tracked (TrainConfig's settings that do not define the run). Where the shards are
+# read from may change too (a copy on S3): the shards themselves are compared by their manifest.
+EXECUTION_SETTINGS = tuple(leaf.name for leaf in options.leaves(TrainConfig) if not leaf.option.defines_run)
 RECORDED_PACKAGES = ("ray", "tensorflow", "tensorflow-cpu", "tf-keras", "numpy", "pyarrow")
-# The command-line spelling of settings whose flag is not their name.
-_FLAGS = {"class_weights": "--no-class-weights", "augment.rotation": "augmentation rotation",
-          "augment.shift": "augmentation shift", "augment.zoom": "augmentation zoom",
-          **{f"augment.{name}": f"appearance augmentation {name}" for name in APPEARANCE_PRESET},
-          "node_labels": "--node-label", "manifest": "--data"}
+# How messages name what run.json holds beside the settings.
+_RECORD_FLAGS = {"manifest": "--data", "weights.sha256": "--weights (file content)"}
 
 
 def run_record(config: TrainConfig, manifest: Manifest, data_uri: str, weights_sha256: str | None) -> dict:
@@ -148,8 +144,8 @@ def _execution(config: dict) -> dict:
 
 
 def flag(key: str) -> str:
-    """The command-line spelling of a setting, for messages."""
-    return _FLAGS.get(key, "--" + key.replace("_", "-").replace(".sha256", " (file content)"))
+    """The command-line spelling of a setting (or of what run.json holds beside them), for messages."""
+    return _RECORD_FLAGS.get(key) or options.flag(TrainConfig, key)
 
 
 def shown(value) -> str:

@@ -34,6 +34,7 @@ from cxr.config import TuneConfig
 from cxr.errors import UserError
 from cxr.train import job as train_job
 from cxr.train import settings as train_settings
+from cxr.train import tracking
 from cxr.train.data import split_dataset
 from cxr.tune import records, search, trials
 from cxr.tune import settings as sweep_settings
@@ -59,11 +60,13 @@ def run_tuning(config: TuneConfig) -> dict:
     base = config.train
     data, manifest = train_job.check_data(base)
     sweep = SweepLayout(train_job.check_storage(base).join(config.sweep_name))
+    mlflow = tracking.check_mlflow(base.mlflow)
     with claims.claimed(sweep.claim, "tune", "--name"):
-        return _run_sweep(config, data, manifest, sweep)
+        return _run_sweep(config, data, manifest, sweep, mlflow)
 
 
-def _run_sweep(config: TuneConfig, data: storage.Location, manifest: Manifest, sweep: SweepLayout) -> dict:
+def _run_sweep(config: TuneConfig, data: storage.Location, manifest: Manifest, sweep: SweepLayout,
+               mlflow: tracking.MlflowServer | None = None) -> dict:
     """The sweep, its folder claimed (cxr.claims): run or resume it, export the best trial."""
     base = config.train
     # The State API lets Ray Train clean up after the trials Ray Tune stops (see
@@ -77,7 +80,7 @@ def _run_sweep(config: TuneConfig, data: storage.Location, manifest: Manifest, s
         concurrent = concurrent_trials(config, nodes, started_ray)
     inputs = train_job.run_inputs(base, data, manifest,
                                   train_job.worker_cpus(base, started_ray, concurrent_runs=concurrent),
-                                  placement_group_cleaner=True, cores_shared=concurrent > 1)
+                                  placement_group_cleaner=True, cores_shared=concurrent > 1, mlflow=mlflow)
     _record_settings(sweep, sweep_settings.sweep_record(
         config, train_settings.run_record(base, manifest, data.uri, inputs.weights_sha256), concurrent))
 
@@ -89,7 +92,7 @@ def _run_sweep(config: TuneConfig, data: storage.Location, manifest: Manifest, s
              sweep.root.uri, "; ".join(describe(p) for p in config.space), how)
     # Trials run with other working directories (Ray Tune's): every path they get is absolute.
     plan = SweepPlan(config=dataclasses.replace(config, train=dataclasses.replace(base, data=data.uri)),
-                     inputs=inputs, trials_uri=sweep.trials.uri, datasets=shared_datasets(inputs, base.seed))
+                     inputs=inputs, sweep_uri=sweep.root.uri, datasets=shared_datasets(inputs, base.seed))
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
     if not runtime.is_verbose():
         logging.getLogger(TUNE_CONTROLLER_LOGGER).addFilter(_without_trial_tracebacks)
@@ -118,7 +121,7 @@ def _run_sweep(config: TuneConfig, data: storage.Location, manifest: Manifest, s
     if _interrupted(saved, config):
         print("tune: interrupted; run the same command again to resume the sweep", flush=True)
         raise KeyboardInterrupt
-    return _finish(results, saved, sweep, manifest, config, how)
+    return _finish(results, saved, sweep, manifest, config, how, mlflow)
 
 
 def _interrupted(saved: list, config: TuneConfig) -> bool:
@@ -131,7 +134,8 @@ def _interrupted(saved: list, config: TuneConfig) -> bool:
     return len(ended) < config.trials
 
 
-def _finish(results, saved: list, sweep: SweepLayout, manifest, config: TuneConfig, how: str) -> dict:
+def _finish(results, saved: list, sweep: SweepLayout, manifest, config: TuneConfig, how: str,
+            mlflow: tracking.MlflowServer | None) -> dict:
     """The records of a finished sweep (`saved`: Ray Tune's saved trials), its table and
     figure, and the best trial's export."""
     ended = trials.collect(results, {trial.trial_id: trial.experiment_tag for trial in saved}, sweep, config)
@@ -148,7 +152,8 @@ def _finish(results, saved: list, sweep: SweepLayout, manifest, config: TuneConf
             "best": {"trial": best.number, "trial_id": best.trial_id, "drawn": best.drawn,
                      "score": best.score(config.metric), "epoch": best.best_epoch + 1},
             "best_run": sweep.best.root.uri, "export": exported["export"],
-            "table": sweep.trials_markdown.uri, "figure": sweep.trials_figure.uri}
+            "table": sweep.trials_markdown.uri, "figure": sweep.trials_figure.uri,
+            "tracking": tracking.summary(sweep.tensorboard.uri, mlflow, tracking.sweep_experiment(mlflow, config.sweep_name))}
 
 
 def _record_settings(sweep: SweepLayout, record: dict) -> None:
@@ -257,4 +262,5 @@ def format_summary(summary: dict) -> str:
         f"validation split; {records.drawn_text(best['drawn'])}",
         f"  exported to {summary['export']}: python jobs/evaluate.py --run {summary['best_run']}",
         f"  every trial: {summary['table']} (and .csv); validation AUC per epoch: {summary['figure']}",
+        *tracking.summary_lines(summary["tracking"]),
     ])

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import json
 
-from cxr import storage
+from cxr import options, storage
 from cxr.artifacts import SWEEP_SETTINGS_FILE, SweepLayout
 from cxr.config import SearchParameter, TuneConfig
 from cxr.errors import UserError
 from cxr.train import settings as train_settings
 from cxr.tune.space import describe, space_record
 
-# The search's settings: Ray Tune keeps them with the sweep, so none may change on resume.
-SEARCH_SETTINGS = ("trials", "space", "metric", "grace_period", "reduction_factor", "searcher", "max_concurrent")
+# The search's settings: Ray Tune keeps them with the sweep, so none may change on resume
+# (the space as read: a file named by --space may have changed since).
+SEARCH_SETTINGS = tuple(leaf.name for leaf in options.leaves(TuneConfig)
+                        if leaf.option.defines_run and not leaf.name.startswith("train.") and leaf.name != "space_file")
 
 
 def sweep_record(config: TuneConfig, train_record: dict, concurrent: int) -> dict:
@@ -74,13 +76,13 @@ def _change(key: str, old, new) -> str:
     if key == "space":
         return f"the sweep was started with another search space ({_space_text(old)}), not {_space_text(new)}"
     shown = train_settings.shown
-    return f"the sweep was started with {train_settings.flag(key)} {shown(old)}, not {shown(new)}"
+    return f"the sweep was started with {options.flag(TuneConfig, key)} {shown(old)}, not {shown(new)}"
 
 
 def _fix(key: str, old) -> str:
     if key == "space":
         return f"that space (it is in {SWEEP_SETTINGS_FILE}, under search.space, in --space's format)"
-    return f"{train_settings.flag(key)} {train_settings.shown(old)}"
+    return f"{options.flag(TuneConfig, key)} {train_settings.shown(old)}"
 
 
 def _space_text(record: dict) -> str:

@@ -22,13 +22,9 @@ can be passed as --space again.
 
 from __future__ import annotations
 
-import json
-
-import yaml  # PyYAML: a dependency of Ray itself
-
-from cxr import storage
 from cxr.config import SEARCH_KINDS, SearchParameter
 from cxr.errors import UserError
+from cxr.options import read_mapping
 
 # The kinds a file spells as a one-key mapping; a plain value is "fixed".
 DRAWN_KINDS = ("loguniform", "uniform", "choice")
@@ -38,39 +34,17 @@ _NUMERIC = ("learning_rate", "dropout", "augment")
 def load_space(path: str) -> tuple[SearchParameter, ...]:
     """The search space in the YAML or JSON file at `path` (local or s3://)."""
     where = f"--space {path}"
-    entries = _parse(_read(path, where), path, where)
+    return space_parameters(read_mapping(path, where), where)
+
+
+def space_parameters(entries, where: str) -> tuple[SearchParameter, ...]:
+    """The search space of a file's entries (its shape: the module's docstring)."""
     if entries is None or entries == {}:
         raise UserError(f"{where}: the search space is empty; name at least one of {', '.join(SEARCH_KINDS)}")
     if not isinstance(entries, dict):
         raise UserError(f"{where}: expected a mapping of settings to draws, such as "
                         f"`dropout: {{uniform: [0.0, 0.5]}}`, got a {type(entries).__name__}")
     return tuple(_parameter(name, entry, where) for name, entry in entries.items())
-
-
-def _read(path: str, where: str) -> str:
-    location = storage.resolve(path)
-    if not storage.is_file(location):
-        raise UserError(f"{where}: no such file")
-    try:
-        return storage.read_bytes(location).decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{where}: not a text file") from None
-
-
-def _parse(text: str, path: str, where: str):
-    if path.lower().endswith(".json"):
-        try:
-            return json.loads(text) if text.strip() else None
-        except json.JSONDecodeError as error:
-            raise UserError(f"{where}: not valid JSON: {error.msg} "
-                            f"(line {error.lineno}, column {error.colno})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise UserError(f"{where}: not valid YAML: {problem}{at}") from None
 
 
 def _parameter(name, entry, where: str) -> SearchParameter:
