@@ -1,22 +1,33 @@
-"""Shared by the benchmarks: what machine ran them, process-tree memory and CPU, the results page.
+"""Shared by the benchmarks: their inputs, what machine ran them, process-tree memory and CPU,
+the results page, and the smoke mode.
 
 docs/benchmarks.md holds one section per benchmark between `<!-- name:start -->` and
 `<!-- name:end -->`; each benchmark rewrites its own section and leaves the others alone,
 so the preprocessing, training and inference numbers can be refreshed independently.
 Processes are read from /proc (Linux) rather than with psutil, which this venv only has
 vendored inside Ray.
+
+Every benchmark takes `--smoke`: the same script with its sizes shrunk (generated images
+instead of the real sample, one epoch, one seed) so that tests/test_benchmarks.py can run
+it in seconds; a smoke run prints its section and writes nothing into docs/.
+A benchmark imports only this module of benchmarks/, and only public names of `cxr`.
 """
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import json
 import os
 import platform
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from time import perf_counter
 
 from cxr.preprocess.manifest import package_versions
 
@@ -30,7 +41,89 @@ PAGE_HEADER = """# Benchmarks
 Measured numbers for the cxr jobs, each written by the script named in its section
 (`python benchmarks/<name>.py`). A run replaces only its own section; the machine it ran
 on is described in the section, and the raw numbers are in `docs/benchmarks/<name>.json`.
+
+Every script also takes `--smoke`: the same steps on tiny generated images (64 px, one
+epoch, one seed, no `../shared` data), in seconds to a minute, printing its section and
+writing nothing here. `tests/test_benchmarks.py` runs each one that way (marked slow), so a
+change to the jobs that breaks a benchmark fails the suite; the numbers on this page come
+only from the full runs.
 """
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def spread(items: list[dict], n: int | None) -> list[dict]:
+    """n items evenly spaced over the (class-sorted) listing, so every class is represented."""
+    if n is None or n >= len(items):
+        return items
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+def link_subset(items: list[dict], folder: Path) -> str:
+    """A class-per-folder tree of symlinks to `items`: a source that lists exactly these
+    images, so that two runs see the same ones without copying any."""
+    for item in items:
+        target = Path(item["location"])
+        link = folder / item["class_name"] / "images" / target.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+    return str(folder)
+
+
+def prepare_shards(shards: str | None, source: Path, scratch: Path, image_size: int,
+                   limit: int | None = None) -> tuple[str, float | None]:
+    """`shards` when given (checked), else `source` preprocessed into `scratch`/shards with the
+    job's defaults at `image_size` (`limit` images, spread over the classes): the shards path
+    and the preprocessing wall time (None when given)."""
+    from cxr.artifacts import MANIFEST_FILE
+    from cxr.config import PreprocessConfig
+    from cxr.ingest import sources
+    from cxr.preprocess.pipeline import run_preprocess
+
+    if shards:
+        if not (Path(shards) / MANIFEST_FILE).is_file():
+            fail(f"{shards}: no {MANIFEST_FILE}; pass the output of jobs/preprocess.py")
+        return shards, None
+    require_real_images(source)
+    folder = str(source)
+    if limit is not None:
+        items = sources.list_source(PreprocessConfig(source=folder)).items
+        folder = link_subset(spread(items, limit), scratch / "subset")  # symlinks, no copies
+    start = perf_counter()
+    run_preprocess(PreprocessConfig(source=folder, output=str(scratch / "shards"), image_size=image_size))
+    return str(scratch / "shards"), perf_counter() - start
+
+
+def load_split(shards: str, manifest, split: str) -> tuple:
+    """A split as float32 (n, H, W, 1) images and int labels, decoded as Ray Data's tasks do."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from cxr import storage
+    from cxr.train.data import FEATURE, LABEL, decode_batch
+
+    batches = [decode_batch(pq.read_table(path, columns=["image_png", "label"]).to_pydict())
+               for path in manifest.split_paths(storage.resolve(shards), split)]
+    return (np.concatenate([b[FEATURE] for b in batches]).astype(np.float32),
+            np.concatenate([b[LABEL] for b in batches]))
+
+
+def evaluate_run(run: str, train_seconds: float | None = None) -> dict:
+    """`run_evaluation` of a run, with its training settings and time (by default, its epochs' sum)."""
+    import csv
+
+    from cxr.artifacts import RunLayout
+    from cxr.config import EvaluateConfig
+    from cxr.evaluate.job import run_evaluation
+
+    report = run_evaluation(EvaluateConfig(run=run))
+    training = report["model"]["training"]
+    if train_seconds is None:
+        with open(RunLayout.at(run).export.history.path) as handle:
+            train_seconds = sum(float(row["seconds"]) for row in csv.DictReader(handle))
+    return {"config": training["config"], "train_seconds": train_seconds,
+            "epochs_trained": training["epochs_trained"], "best_epoch": training["best_epoch"], "report": report}
 
 
 # ---------------------------------------------------------------- the machine
@@ -227,6 +320,15 @@ def _title(pid: int, group: str) -> str:
 # ---------------------------------------------------------------- the results page
 
 
+def busy_machine_warning(load_averages: list[float], cores: int) -> str | None:
+    """A bold line when the 1-minute load average exceeded the cores during a run (None if not)."""
+    if max(load_averages) <= cores:
+        return None
+    return (f"- **Measured on a busy machine** (load average up to {max(load_averages):.1f} on {cores} cores): "
+            "the sides got different shares of the cores, so their ratios are not comparable; rerun on an "
+            "idle machine before drawing conclusions from them.")
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -254,9 +356,15 @@ def write_raw(name: str, results: dict) -> Path:
     return path
 
 
+def read_raw(name: str) -> dict:
+    """A benchmark's raw numbers as its last full run wrote them ({} before the first)."""
+    path = RAW_RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def require_real_images(folder: Path) -> None:
     if not folder.is_dir():
-        fail(f"{folder}: real images not found; pass --data <class-per-folder tree>")
+        fail(f"{folder}: real images not found; pass a class-per-folder tree of them (see --help)")
 
 
 def require_own_ray() -> None:
@@ -265,10 +373,8 @@ def require_own_ray() -> None:
         fail("RAY_ADDRESS is set: this benchmark measures a Ray it starts itself; unset it")
 
 
-def seed_list(text: str) -> list[int]:
+def number_list(text: str) -> list[int]:
     """An argparse type: "0,1,2" -> [0, 1, 2]; anything else is the usage error argparse prints."""
-    import argparse
-
     try:
         return [int(seed) for seed in text.split(",")]
     except ValueError:
@@ -288,3 +394,34 @@ def publish(name: str, text: str, results: dict, write: bool) -> None:
         write_section(name, text)
         raw = write_raw(name, results)
         print(f"\nwrote {RESULTS_PAGE.relative_to(REPO)} and {raw.relative_to(REPO)}")
+
+
+# ---------------------------------------------------------------- smoke mode
+
+
+SMOKE_HELP = ("check that the benchmark runs: the same steps on tiny generated data, in seconds to a minute; "
+              "prints its section, writes nothing into docs/")
+
+
+def smoke(args: argparse.Namespace, **sizes) -> argparse.Namespace:
+    """`args` for a smoke run: `sizes` replace the real run's sizes, and nothing goes into docs/."""
+    unknown = set(sizes) - set(vars(args))
+    if unknown:  # a smoke setting that names no flag of the script would be silently ignored
+        raise ValueError(f"smoke settings name no argument: {sorted(unknown)}")
+    return argparse.Namespace(**{**vars(args), **sizes, "no_write": True})
+
+
+def smoke_images(per_class: int = 24, size: int = 64) -> Path:
+    """A class-per-folder tree (COVID, Normal; `<class>/images/*.png` beside `masks/`, as the real
+    sample) of unmarked synthetic chest X-rays, in a temporary folder removed at exit: what a
+    smoke run reads instead of the real sample."""
+    from tests.trees import class_tree, write_tree
+
+    return write_tree(scratch_folder("cxr-smoke-images-"), class_tree(per_class, size))
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A new temporary folder, removed when this process exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

@@ -1,6 +1,6 @@
 """DICOM decode cost per image, beside the PNG path, on the same real chest X-rays.
 
-    python benchmarks/dicom.py [--data PATH] [--limit N] [--no-write]
+    python benchmarks/dicom.py [--data PATH] [--limit N] [--no-write] [--smoke]
 
 Each real PNG is also written, in memory and untimed, as the 12-bit DICOM a hospital
 sends: uncompressed (MONOCHROME2 and MONOCHROME1), RLE, JPEG 2000 lossless, JPEG lossless
@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="use N images, evenly spread over the listing (default: %(default)s; "
                              "JPEG lossless files are written by a slow pure-Python encoder)")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     return parser.parse_args(argv)
 
 
@@ -86,6 +87,8 @@ def summary(times: list[float], inputs: list[bytes]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke:
+        args = common.smoke(args, data=common.smoke_images(), limit=2 * WARMUP)
     common.require_real_images(args.data)
     if args.limit < 1:
         common.fail(f"--limit must be positive, got {args.limit}")

@@ -1,6 +1,6 @@
 """Kaggle downloads inside the preprocessing pipeline: what they cost over reading local files.
 
-    python benchmarks/download.py [--latency 0.1] [--concurrency 1,4,16] [--no-write]
+    python benchmarks/download.py [--latency 0.1] [--concurrency 1,4,16] [--no-write] [--smoke]
 
 In one run, on the same real chest X-rays (the shared sample), on one warmed-up local Ray,
 with the same config (128 px), the preprocessing job runs:
@@ -51,7 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds the server waits before each file answer (default: %(default)s)")
     parser.add_argument("--concurrency", default="1,4,16",
                         help="downloads in flight, one run each (default: %(default)s)")
+    parser.add_argument("--warmup-images", type=int, default=200,
+                        help="synthetic images of the untimed warm-up run (default: %(default)s)")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     return parser.parse_args(argv)
 
 
@@ -139,6 +142,8 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke:
+        args = common.smoke(args, data=common.smoke_images(), latency=0.01, concurrency="2", warmup_images=8)
     common.require_real_images(args.data)
     common.require_own_ray()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         base = PreprocessConfig(source=str(args.data), output=f"{scratch}/out", image_size=128, overwrite=True)
         results["image_size"] = base.image_size
         runtime.ensure_ray()
-        timed_run(dataclasses.replace(base, synthetic=dataclasses.replace(base.synthetic, images=200),
+        timed_run(dataclasses.replace(base, synthetic=dataclasses.replace(base.synthetic, images=args.warmup_images),
                                       source="synthetic"), server)  # warm-up: every worker imports cxr
 
         runs = {"local folder": base}

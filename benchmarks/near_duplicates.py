@@ -1,7 +1,7 @@
 """Near-duplicates in the real sample: how many, how many crossed the splits, pairs at the threshold.
 
     python benchmarks/near_duplicates.py [--data PATH] [--distance 24] [--image-size 128]
-                                         [--keep DIR] [--limit N] [--no-write]
+                                         [--keep DIR] [--limit N] [--no-write] [--smoke]
 
 1. Preprocesses the sample as before this check (`--near-duplicate-distance -1`; the
    fingerprints are stored anyway) and, from its shards, counts at several distances the
@@ -26,7 +26,7 @@ import dataclasses
 import datetime
 import sys
 import tempfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", type=Path, default=None, help="keep both shard sets here (default: a temp dir)")
     parser.add_argument("--limit", type=int, default=None, help="use N images, evenly spread (a quick check)")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     return parser.parse_args(argv)
 
 
@@ -91,12 +92,12 @@ def sweep(rows: list[dict]) -> list[dict]:
 
 def pairs_near(rows: list[dict], distance: int) -> tuple[list, list]:
     """The closest pairs at or just under `distance`, and just over it: (distance, row, row)."""
-    from cxr.preprocess.fingerprints import BLOCK_ROWS, _distances, as_words
+    from cxr.preprocess.fingerprints import BLOCK_ROWS, as_words, bit_distances
 
     words = as_words([r["fingerprint"] for r in rows])
     under, over = [], []
     for start in range(0, len(words), BLOCK_ROWS):
-        block = _distances(words[start:start + BLOCK_ROWS], words)
+        block = bit_distances(words[start:start + BLOCK_ROWS], words)
         for i, j in zip(*np.nonzero((block > distance - 8) & (block <= distance + 8))):
             a, b = start + int(i), int(j)
             if a < b:
@@ -127,21 +128,21 @@ def draw_pairs(under: list, over: list, distance: int) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke:
+        args = common.smoke(args, data=common.smoke_images(), image_size=64, keep=common.scratch_folder("cxr-near-"))
     common.require_real_images(args.data)
     common.require_own_ray()
     from cxr import runtime
-    from cxr.config import PreprocessConfig, SplitConfig
+    from cxr.config import PreprocessConfig
     from cxr.ingest import sources
     from cxr.preprocess.pipeline import run_preprocess
-
-    from benchmarks.preprocess import link_subset, spread
 
     runtime.setup_logging()
     keep = args.keep or Path(tempfile.mkdtemp(prefix="cxr-near-"))
     source = str(args.data)
     if args.limit is not None:
         items = sources.list_source(PreprocessConfig(source=source)).items
-        source = link_subset(spread(items, args.limit), keep / "subset")
+        source = common.link_subset(common.spread(items, args.limit), keep / "subset")
     base = PreprocessConfig(source=source, image_size=args.image_size, overwrite=True)
     manifests = {}
     for name, distance in (("before", -1), ("after", args.distance)):

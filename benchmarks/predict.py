@@ -1,6 +1,7 @@
 """Batch inference throughput: the Ray Data scoring pipeline vs. the model's plain `predict`.
 
-    python benchmarks/predict.py [--shards PATH] [--image-size 128] [--raw DIR] [--no-write]
+    python benchmarks/predict.py [--shards PATH] [--image-size 128] [--raw DIR] [--actors 1,2] [--no-write]
+                                 [--smoke]
 
 In one run, on the same preprocessed images (every split of the shards; by default the
 shared real chest X-rays, preprocessed into a temporary directory) and the same model
@@ -49,8 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--raw", type=Path, default=common.REAL_SAMPLE,
                         help="class-per-folder tree of raw images (default: the shared sample)")
     parser.add_argument("--image-size", type=int, default=128, help="when preprocessing (default: %(default)s)")
+    parser.add_argument("--actors", type=common.number_list, default="1,2",
+                        help="scoring actors of each pipeline run, comma-separated (default: %(default)s)")
     parser.add_argument("--skip-raw", action="store_true", help="skip the whole job on raw images")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     parser.add_argument("--plain-worker", nargs=3, metavar=("EXPORT", "SHARDS", "THREADS"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -181,12 +185,15 @@ def report(results: dict) -> str:
         common.markdown_table(["", "images/s (marginal)", "images/s over one pass", "x plain on 1 core",
                                "per core"], rows),
         "",
+        common.busy_machine_warning([load[0] for _, load in results["load_average"]], cores),
         f"- **Per core: {per_core:.2f} of plain on one core** (best pipeline, {best['actors']} actor(s), "
         f"{cores} cores); goal >= {GOAL_PER_CORE}: **{'met' if per_core >= GOAL_PER_CORE else 'NOT met'}**.",
         f"- Marginal images/s: the extra images over the extra seconds between one pass over the data and "
         f"{REPEAT} passes, which cancels the fixed cost of a run (starting the actors: importing TensorFlow, "
         f"loading the model), as the plain side's timing leaves out decoding and tracing. One pass pays it.",
-        f"- Load average (1 min) {results['load_average'][0]:.2f} at the start ({cores} cores).",
+        "- Load average (1 min) at the start and after each part: " + ", ".join(
+            f"{part} {load[0]:.2f}" for part, load in results["load_average"])
+        + f" ({cores} cores; other processes on them slow whichever side runs at the time).",
         "- CPU-s by process, pipeline runs: " + "; ".join(
             f"{run['actors']} actor(s), one pass: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(
                 run["runs"][0]["cpu_seconds_by_title"].items(), key=lambda kv: -kv[1])[:4])
@@ -202,7 +209,7 @@ def report(results: dict) -> str:
         "",
         common.machine_markdown(results["machine"]),
     ]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line is not None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,40 +220,45 @@ def main(argv: list[str] | None = None) -> int:
     if args.plain_worker:
         plain_worker(args.plain_worker[0], args.plain_worker[1], int(args.plain_worker[2]))
         return 0
+    if args.smoke:
+        args = common.smoke(args, raw=common.smoke_images(), image_size=64, actors=[1])
     common.require_own_ray()
     import ray
 
-    from benchmarks.train import prepare_shards
     from cxr import runtime
     from cxr.artifacts import read_manifest
+    from cxr.config import PreprocessConfig
     from cxr.scoring.export import open_export
 
     runtime.setup_logging()
     results: dict = {"date": datetime.date.today().isoformat(),
                      "arguments": "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
-                     "machine": common.machine_description(PACKAGES), "load_average": os.getloadavg()}
+                     "machine": common.machine_description(PACKAGES), "load_average": [("start", os.getloadavg())]}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-predict-") as scratch:
         scratch = Path(scratch)
-        shard_args = argparse.Namespace(shards=args.shards, data_source=args.raw, limit=None,
-                                        image_size=args.image_size)
-        shards, _ = prepare_shards(shard_args, scratch)
+        shards, _ = common.prepare_shards(args.shards, args.raw, scratch, args.image_size)
         manifest = read_manifest(shards)
         export_uri = make_export(shards, manifest, scratch)
         results.update(image_size=manifest.image_size,
-                       shards_source=f"`{args.shards}`" if args.shards else f"preprocessed from `{args.raw}`")
+                       shards_source=f"`{args.shards}`" if args.shards else
+                       f"preprocessed from `{args.raw}` with the job's defaults, lung crop "
+                       + ("on" if PreprocessConfig().lungs.crop else "off"))
         log.info("plain predict, 1 thread and all threads")
         results["plain_1_thread"] = time_plain(export_uri, shards, 1)
         results["plain_all_threads"] = time_plain(export_uri, shards, os.cpu_count() or 1)
+        results["load_average"].append(("plain", os.getloadavg()))
         runtime.ensure_ray()
         results["ray_cpus"] = float(ray.cluster_resources().get("CPU", 1))
         export = open_export(export_uri)
         results["pipeline"] = []
-        for actors in (1, 2):
+        for actors in args.actors:
             log.info("scoring pipeline, %d actor(s)", actors)
             results["pipeline"].append(time_pipelines(export, shards, manifest, actors))
+            results["load_average"].append((f"pipeline, {actors} actor(s)", os.getloadavg()))
         if not args.skip_raw and args.raw.is_dir():
             log.info("jobs/predict.py on the raw images")
             results["raw_job"] = time_raw_job(export_uri, args.raw, scratch)
+            results["load_average"].append(("raw job", os.getloadavg()))
         ray.shutdown()
     common.publish(SECTION, report(results), results, write=not args.no_write)
     return 0

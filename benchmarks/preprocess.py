@@ -1,6 +1,6 @@
 """Preprocessing throughput: the Ray Data job against a plain loop doing the same per-image work.
 
-    python benchmarks/preprocess.py [--data PATH] [--limit N] [--no-write]
+    python benchmarks/preprocess.py [--data PATH] [--limit N] [--no-write] [--smoke]
 
 On the real chest X-rays, in one process and on the same images with the same config,
 this runs first a single-process loop (list, read, `process_image`, one Parquet write)
@@ -47,28 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="use N images, evenly spread over the listing (a quick check)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the results only; leave docs/ untouched")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     return parser.parse_args(argv)
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def link_subset(items: list[dict], folder: Path) -> str:
-    """A class-per-folder tree of symlinks to `items`: a source that lists exactly these
-    images, so the loop and the job see the same ones without copying any."""
-    for item in items:
-        target = Path(item["location"])
-        link = folder / item["class_name"] / "images" / target.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(target)
-    return str(folder)
-
-
-def spread(items: list[dict], n: int | None) -> list[dict]:
-    """n items evenly spaced over the (class-sorted) listing, so every class is represented."""
-    if n is None or n >= len(items):
-        return items
-    return [items[i * len(items) // n] for i in range(n)]
 
 
 # ---------------------------------------------------------------- the two contenders
@@ -177,15 +157,21 @@ def report(results: dict) -> str:
     loop_status = ", ".join(f"{k} {v}" for k, v in sorted(loop["status"].items()))
     goal = "met" if derived["goal_met"] else "NOT met"
     machine = results["machine"]
-    return "\n".join([
+    loop_cpu_ms = 1000 * (loop["cpu_seconds"]["driver"] - loop["sampler_cpu_seconds"]) / images
+    pipeline_cpu_ms = 1000 * (sum(cpu.values()) - pipeline["sampler_cpu_seconds"]) / images
+    return "\n".join(line for line in [
         "## Preprocessing: Ray Data job vs. a single-process loop",
         "",
         f"`python benchmarks/preprocess.py{results['arguments']}`, {results['date']}: "
         f"{images} real chest X-rays from `{results['data']}`, default `PreprocessConfig` "
-        f"({results['image_size']} px, markings {results['markings']}, scikit-image CLAHE).",
+        f"({results['image_size']} px, markings {results['markings']}, lung crop {results['lung_crop']}, "
+        "scikit-image CLAHE). With the lung crop, the clahe stage also finds the lungs and equalizes "
+        "the whole image for its fingerprint (`process_image` times the lung focus with CLAHE).",
         "",
         common.markdown_table(["", "loop (1 process)", f"pipeline ({cores:g} Ray CPUs)"], rows),
         "",
+        common.busy_machine_warning([*results["load_average_start"][:1], *results["load_average_end"][:1]],
+                                    machine["cpu_count"]),
         f"- Speed-up {derived['speedup']:.2f}x on {cores:g} cores = {derived['speedup_per_core']:.2f} per core; "
         f"goal >= {GOAL_PER_CORE} per core ({derived['goal_speedup']:.1f}x): **{goal}**.",
         f"- Pipeline wall time split: processing pass {pipeline['manifest_wall_seconds']['process']:.1f} s "
@@ -194,6 +180,13 @@ def report(results: dict) -> str:
         f"- Not in the pipeline's time: Ray start-up {results['ray_startup_seconds']:.1f} s and a warm-up run "
         f"of {results['warmup_images']} images {results['warmup_seconds']:.1f} s. Progress bars "
         f"{'on (run at a terminal)' if results['progress_bars'] else 'off'}.",
+        f"- CPU time per image, every process (sampler excluded): loop {loop_cpu_ms:.1f} ms, pipeline "
+        f"{pipeline_cpu_ms:.1f} ms ({pipeline_cpu_ms / loop_cpu_ms:.2f}x). Unlike the speed-up, it does not fall "
+        "when other processes take cores; with every core to itself, a pipeline that keeps them busy would "
+        f"reach about loop / pipeline CPU = {loop_cpu_ms / pipeline_cpu_ms:.2f} per core.",
+        f"- Load average (1 min) {results['load_average_start'][0]:.2f} at the start, "
+        f"{results['load_average_end'][0]:.2f} at the end ({results['machine']['cpu_count']} cores; other "
+        "processes may share the machine, and then both contenders run slower).",
         f"- Pipeline: found {counts['found']}, kept {counts['kept']}, rejected {counts['rejected']} ({reasons}). "
         f"Loop statuses (no duplicate removal): {loop_status}.",
         "",
@@ -210,7 +203,7 @@ def report(results: dict) -> str:
         f"Machine (Ray sees {cores:g} CPUs):",
         "",
         common.machine_markdown(machine),
-    ])
+    ] if line is not None)
 
 
 # ---------------------------------------------------------------- main
@@ -218,6 +211,8 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke:
+        args = common.smoke(args, data=common.smoke_images())
     common.require_real_images(args.data)
     common.require_own_ray()
     if args.limit is not None and args.limit < 1:
@@ -228,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime.setup_logging()
     results: dict = {"data": str(args.data), "date": datetime.date.today().isoformat(),
+                     "load_average_start": os.getloadavg(),
                      "arguments": "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
                      "machine": common.machine_description(PACKAGES)}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as scratch:
@@ -235,13 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         items = sources.list_source(PreprocessConfig(source=str(args.data))).items
         if not items:
             common.fail(f"{args.data}: no images found")
-        chosen = spread(items, args.limit)
-        source = str(args.data) if len(chosen) == len(items) else link_subset(chosen, scratch / "subset")
+        chosen = common.spread(items, args.limit)
+        source = str(args.data) if len(chosen) == len(items) else common.link_subset(chosen, scratch / "subset")
         # Enough warm-up images that every core gets a block, so every worker has imported cxr.
-        warmup = spread(chosen, ROWS_PER_BLOCK * len(os.sched_getaffinity(0)))
-        warmup_source = link_subset(warmup, scratch / "warmup")
+        warmup = common.spread(chosen, ROWS_PER_BLOCK * len(os.sched_getaffinity(0)))
+        warmup_source = common.link_subset(warmup, scratch / "warmup")
         config = PreprocessConfig(source=source, output=str(scratch / "pipeline"))
         results.update(image_size=config.image_size, markings=config.markings.policy,
+                       lung_crop="on" if config.lungs.crop else "off",
                        config=config.to_dict(), warmup_images=len(warmup))
 
         # Read every file once, untimed, so that neither contender pays for a cold disk.
@@ -275,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("pipeline: %.1f s", pipeline["wall_seconds"])
         ray.shutdown()
 
-    results.update(images=loop["images"], loop=loop, pipeline=pipeline, derived=derive(loop, pipeline, cores))
+    results.update(images=loop["images"], loop=loop, pipeline=pipeline, derived=derive(loop, pipeline, cores),
+                   load_average_end=os.getloadavg())
     common.publish(SECTION, report(results), results, write=not args.no_write)
     return 0
 

@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py [--image-size 128] [--epochs 30] [--shards PATH]
                                  [--ablation-size 96] [--ablation-epochs 12] [--skip-ablation] [--no-write]
+                                 [--smoke]
 
 1. Headline: `run_training` with the job's default settings on the real sample (by default
    the shared chest X-rays, preprocessed at 128 px), then `run_evaluation` on its test split:
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import logging
 import sys
 import tempfile
@@ -72,17 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--skip-headline", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     return parser.parse_args(argv)
 
 
+@functools.cache  # the headline and the ablation share one set of shards at equal sizes
 def shards_for(path: str | None, size: int, source: Path, scratch: Path) -> str:
-    if path:
-        return path
-    from benchmarks.train import prepare_shards
-
-    shards, _ = prepare_shards(argparse.Namespace(shards=None, data_source=source, limit=None, image_size=size),
-                               scratch / f"shards-{size}")
-    return shards
+    return common.prepare_shards(path, source, scratch / f"shards-{size}", size)[0]
 
 
 def headline(shards: str, epochs: int, scratch: Path) -> dict:
@@ -91,29 +89,12 @@ def headline(shards: str, epochs: int, scratch: Path) -> dict:
     config = TrainConfig(data=shards, storage=str(scratch / "runs"), name="headline", epochs=epochs)
     start = perf_counter()
     run_training(config)
-    return evaluate_run(str(scratch / "runs" / "headline"), train_seconds=perf_counter() - start)
-
-
-def evaluate_run(run: str, train_seconds: float | None = None) -> dict:
-    """`run_evaluation` of a run, with its training settings and time (by default, its epochs' sum)."""
-    import csv
-
-    from cxr.config import EvaluateConfig
-    from cxr.evaluate.job import run_evaluation
-
-    report = run_evaluation(EvaluateConfig(run=run))
-    training = report["model"]["training"]
-    if train_seconds is None:
-        with open(RunLayout.at(run).export.history.path) as handle:
-            train_seconds = sum(float(row["seconds"]) for row in csv.DictReader(handle))
-    return {"config": training["config"], "train_seconds": train_seconds,
-            "epochs_trained": training["epochs_trained"], "best_epoch": training["best_epoch"], "report": report}
+    return common.evaluate_run(str(scratch / "runs" / "headline"), train_seconds=perf_counter() - start)
 
 
 def ablation_run(shards: str, manifest, name: str, changes: dict, epochs: int, scratch: Path) -> dict:
     import numpy as np
 
-    from benchmarks.train import load_split
     from cxr.evaluate import metrics
     from cxr.train.job import run_training
     from cxr.train.models import load_model
@@ -124,7 +105,7 @@ def ablation_run(shards: str, manifest, name: str, changes: dict, epochs: int, s
     start = perf_counter()
     summary = run_training(config)
     seconds = perf_counter() - start
-    images, labels = load_split(shards, manifest, "test")
+    images, labels = common.load_split(shards, manifest, "test")
     model = load_model(RunLayout.at(str(scratch / "runs" / run_name)).export.model.path)
     probs = model.predict(images, batch_size=128, verbose=0).astype(np.float64)
     names = manifest.class_names
@@ -195,6 +176,9 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke:  # both parts on one set of shards, one epoch each, one ablation row
+        args = common.smoke(args, data_source=common.smoke_images(), image_size=64, ablation_size=64, epochs=1,
+                            ablation_epochs=1, ablation="no dropout")
     common.require_own_ray()
     from cxr.keras_lib import configure_environment
 
@@ -217,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.ensure_ray()
         if args.run:
             log.info("headline: evaluating %s", args.run)
-            results["headline"] = evaluate_run(args.run)
+            results["headline"] = common.evaluate_run(args.run)
         elif not args.skip_headline:
             shards = shards_for(args.shards, args.image_size, args.data_source, scratch)
             log.info("headline: training with the job's defaults on %s", shards)

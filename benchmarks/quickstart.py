@@ -1,6 +1,6 @@
 """The quickstart as a new user sees it: `./scripts/run.sh` at a terminal, for several seeds.
 
-    python benchmarks/quickstart.py [--seeds 0,1,2] [--no-write]
+    python benchmarks/quickstart.py [--seeds 0,1,2] [--no-write] [--smoke]
 
 Each seed runs `scripts/run.sh --seed N --outputs <fresh folder>` under a pseudo-terminal
 (so the jobs draw their bars, as for a person), with `.venv` already set up. Measured: the
@@ -9,6 +9,9 @@ lines a person is shown (bars redraw in place, so a line is what ends in a newli
 The bar (issue 13): AUC >= 0.95 and accuracy >= 0.90 within 6 minutes on 2 cores, in at
 most about 40 lines. The first seed's transcript goes to docs/benchmarks/quickstart-seed<N>.txt.
 Results go to docs/benchmarks.md (section "quickstart") and docs/benchmarks/quickstart.json.
+
+`--smoke` runs, for one seed, the three jobs that scripts/run.sh runs (it has no flags for
+their sizes) with tiny sizes, by this Python, under the same pseudo-terminal.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -43,10 +47,25 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=common.seed_list, default="0,1,2",
+    parser.add_argument("--seeds", type=common.number_list, default="0,1,2",
                         help="synthetic data and training seeds (default: %(default)s)")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/ alone")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     return parser.parse_args(argv)
+
+
+def quickstart_command(seed: int, outputs: Path, smoke: bool) -> list[str]:
+    """`scripts/run.sh` for `seed`; for a smoke run, the same three jobs on 60 images at 64 px, 1 epoch."""
+    if not smoke:
+        return ["bash", "scripts/run.sh", "--seed", str(seed), "--outputs", str(outputs)]
+    name, python = f"quickstart-seed{seed}", sys.executable
+    shards, runs = outputs / "shards" / name, outputs / "runs"
+    jobs = [["preprocess", "--synthetic-images", "60", "--synthetic-size", "64", "--synthetic-seed", str(seed),
+             "--image-size", "64", "--output", str(shards)],
+            ["train", "--data", str(shards), "--epochs", "1", "--batch-size", "16", "--seed", str(seed),
+             "--storage", str(runs), "--name", name],
+            ["evaluate", "--run", str(runs / name)]]
+    return ["bash", "-c", " && ".join(shlex.join([python, f"jobs/{job}.py", *flags]) for job, *flags in jobs)]
 
 
 def run_at_terminal(command: list[str], env: dict) -> tuple[int, str, float]:
@@ -78,16 +97,15 @@ def shown_lines(transcript: str) -> list[str]:
     return [line.rsplit("\r", 1)[-1] for line in text.split("\n")[:-1]]
 
 
-def run_seed(seed: int, scratch: Path) -> dict:
+def run_seed(seed: int, scratch: Path, smoke: bool = False) -> dict:
     outputs = scratch / f"seed{seed}"
     env = {key: value for key, value in os.environ.items() if key not in ("CI", "RAY_ADDRESS")}
     env.setdefault("TERM", "xterm-256color")
-    code, transcript, seconds = run_at_terminal(["bash", "scripts/run.sh", "--seed", str(seed),
-                                                 "--outputs", str(outputs)], env)
+    code, transcript, seconds = run_at_terminal(quickstart_command(seed, outputs, smoke), env)
     lines = shown_lines(transcript)
     if code != 0:
         print("\n".join(lines[-30:]), file=sys.stderr)
-        common.fail(f"seed {seed}: scripts/run.sh exited with {code}")
+        common.fail(f"seed {seed}: the quickstart exited with {code}")
     report = json.loads((outputs / "runs" / f"quickstart-seed{seed}" / "report" / "report.json").read_text())
     training = json.loads((outputs / "runs" / f"quickstart-seed{seed}" / "model" / "training.json").read_text())
     metrics = report["metrics"]
@@ -137,13 +155,15 @@ def render(runs: list[dict], machine: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke:
+        args = common.smoke(args, seeds=[0])
     common.require_own_ray()
     machine = common.machine_description(PACKAGES)
     with tempfile.TemporaryDirectory(prefix="cxr-quickstart-") as scratch:
         runs = []
         for seed in args.seeds:
             print(f"seed {seed}: running scripts/run.sh at a pseudo-terminal", flush=True)
-            runs.append(run_seed(seed, Path(scratch)))
+            runs.append(run_seed(seed, Path(scratch), args.smoke))
             run = runs[-1]
             print(f"seed {seed}: {run['seconds']:.0f} s, AUC {run['auc']['value']:.3f}, "
                   f"accuracy {run['accuracy']['value']:.3f}, {run['lines']} lines", flush=True)

@@ -1,7 +1,7 @@
 """Training throughput: the Ray Train job fed from Parquet shards vs. the same model fed from memory.
 
     python benchmarks/train.py [--image-size 96] [--epochs 3] [--batch-size 32] [--shards PATH]
-                               [--limit N] [--no-write] [--skip-failure]
+                               [--limit N] [--no-write] [--skip-failure] [--skip-streaming] [--smoke]
 
 In one process, on the same shards (by default the shared real chest X-rays, preprocessed
 into a temporary directory) and with the same scratch CNN, batch size and epochs:
@@ -34,9 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # as in benchmarks/preprocess.py
 
 from benchmarks import common  # noqa: E402
-from benchmarks.preprocess import link_subset, spread  # noqa: E402
-from cxr.artifacts import MANIFEST_FILE, RunLayout  # noqa: E402
-from cxr.config import AugmentConfig, PreprocessConfig, TrainConfig  # noqa: E402
+from cxr.artifacts import RunLayout  # noqa: E402
+from cxr.config import AugmentConfig, TrainConfig  # noqa: E402
 
 SECTION = "train"
 PACKAGES = ("ray", "tensorflow-cpu", "tf-keras", "numpy", "pyarrow")
@@ -55,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="for every run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="global batch (default: %(default)s)")
     parser.add_argument("--skip-failure", action="store_true", help="skip the 2-worker failure drill")
+    parser.add_argument("--skip-streaming", action="store_true", help="skip the run streaming every epoch")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     return parser.parse_args(argv)
 
 
@@ -64,41 +65,7 @@ def median_after_first(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
-def prepare_shards(args: argparse.Namespace, scratch: Path) -> tuple[str, float | None]:
-    """The shards path and the preprocessing wall time (None when given --shards)."""
-    if args.shards:
-        if not (Path(args.shards) / MANIFEST_FILE).is_file():
-            common.fail(f"{args.shards}: no {MANIFEST_FILE}; pass the output of jobs/preprocess.py")
-        return args.shards, None
-    if not args.data_source.is_dir():
-        common.fail(f"{args.data_source}: real images not found; pass --data-source DIR or --shards PATH")
-    from cxr.ingest import sources
-    from cxr.preprocess.pipeline import run_preprocess
-
-    source = str(args.data_source)
-    if args.limit is not None:
-        items = sources.list_source(PreprocessConfig(source=source)).items
-        source = link_subset(spread(items, args.limit), scratch / "subset")  # symlinks, no copies
-    start = perf_counter()
-    run_preprocess(PreprocessConfig(source=source, output=str(scratch / "shards"), image_size=args.image_size))
-    return str(scratch / "shards"), perf_counter() - start
-
-
 # ---------------------------------------------------------------- plain: in-memory arrays, one process
-
-
-def load_split(shards: str, manifest, split: str) -> tuple:
-    """A split as float32 (n, H, W, 1) images and int labels, decoded as Ray Data's tasks do."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from cxr import storage
-    from cxr.train.data import FEATURE, LABEL, decode_batch
-
-    batches = [decode_batch(pq.read_table(path, columns=["image_png", "label"]).to_pydict())
-               for path in manifest.split_paths(storage.resolve(shards), split)]
-    return (np.concatenate([b[FEATURE] for b in batches]).astype(np.float32),
-            np.concatenate([b[LABEL] for b in batches]))
 
 
 def train_plain(shards: str, manifest, config: TrainConfig) -> dict:
@@ -108,8 +75,8 @@ def train_plain(shards: str, manifest, config: TrainConfig) -> dict:
     from cxr.train.models import build_model
 
     start = perf_counter()
-    x, y = load_split(shards, manifest, "train")
-    val_x, val_y = load_split(shards, manifest, "val")
+    x, y = common.load_split(shards, manifest, "train")
+    val_x, val_y = common.load_split(shards, manifest, "val")
     decode_seconds = perf_counter() - start
     names, tf_keras = manifest.class_names, keras()
     one_hot = tf_keras.utils.to_categorical
@@ -299,6 +266,10 @@ def derive(plain: dict, runs: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke:
+        # The plain side and one job run: the drill and the streaming run add two minutes of worker starts.
+        args = common.smoke(args, data_source=common.smoke_images(), image_size=64, epochs=2, batch_size=16,
+                            skip_failure=True, skip_streaming=True)
     common.require_own_ray()
     if args.shards and args.limit is not None:
         common.fail("--limit applies to preprocessing; it cannot be combined with --shards")
@@ -325,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                      "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-train-") as scratch:
         scratch = Path(scratch)
-        shards, results["preprocess_seconds"] = prepare_shards(args, scratch)
+        shards, results["preprocess_seconds"] = common.prepare_shards(args.shards, args.data_source, scratch,
+                                                                      args.image_size, args.limit)
         manifest = read_manifest(shards)
         results.update(image_size=manifest.image_size, counts=manifest.counts_record()["splits"],
                        shards_source=f"`{args.shards}`" if args.shards else
@@ -338,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
 
         log.info("plain: model.fit on in-memory arrays")
         plain = train_plain(shards, manifest, base)
-        runs = {"one_worker": train_ray(dataclasses.replace(base, name="one-worker")),
-                "one_worker_streaming": train_ray(dataclasses.replace(base, name="one-worker-streaming", cache_mib=0))}
+        runs = {"one_worker": train_ray(dataclasses.replace(base, name="one-worker"))}
+        if not args.skip_streaming:
+            runs["one_worker_streaming"] = train_ray(dataclasses.replace(base, name="one-worker-streaming",
+                                                                         cache_mib=0))
         if not args.skip_failure:
             runs["two_workers"] = train_ray(dataclasses.replace(base, name="two-workers", workers=2))
             runs["two_workers_failure"] = train_ray(dataclasses.replace(base, name="two-workers-failure",

@@ -2,7 +2,7 @@
 against the training job's defaults, both scored by jobs/evaluate.py on the test split.
 
     python benchmarks/tune.py [--shards PATH] [--image-size 96] [--epochs 10] [--trials 10]
-                              [--grace-period 3] [--no-write]
+                              [--grace-period 3] [--no-write] [--smoke]
 
 1. The sweep: `run_tuning` with the default search space (learning rate, dropout, batch
    size, augmentation strength, class weights), ASHA and the default searcher, every trial
@@ -65,11 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grace-period", type=int, default=defaults.grace_period, help="(default: %(default)s)")
     parser.add_argument("--confirm", action="store_true",
                         help="no sweep: the recorded best trial's settings against the defaults, with --epochs")
-    parser.add_argument("--seeds", type=common.seed_list, default="0",
+    parser.add_argument("--seeds", type=common.number_list, default="0",
                         help="with --confirm: comma-separated seeds (default: %(default)s)")
     parser.add_argument("--lower-rate", type=float, default=None,
                         help="with --confirm: also the job's defaults with this peak learning rate")
     parser.add_argument("--no-write", action="store_true", help="print the results only; leave docs/ untouched")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     return parser.parse_args(argv)
 
 
@@ -129,9 +130,7 @@ def runs_table(runs: list[dict]) -> str:
 
 
 def scored(name: str, run: str, minutes: float) -> dict:
-    from benchmarks.quality import evaluate_run
-
-    evaluated = evaluate_run(run)
+    evaluated = common.evaluate_run(run)
     training = evaluated["report"]["model"]["training"]
     augment = training["config"]["augment"]
     return {"name": name, "run": run, "config": training["config"], "minutes": minutes,
@@ -229,6 +228,9 @@ def confirm_report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke:
+        args = common.smoke(args, data_source=common.smoke_images(), image_size=64, epochs=1, trials=1,
+                            grace_period=1)
     common.require_own_ray()
     if not args.shards:
         common.require_real_images(args.data_source)
@@ -237,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_environment()
     import ray
 
-    from benchmarks.quality import shards_for
     from cxr import runtime
     from cxr.artifacts import read_manifest
     from cxr.train.job import run_training
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(scratch)
         # The sweep's Ray, with the State API it needs (cxr.tune.job), for every stage.
         runtime.ensure_ray(state_api=True)
-        shards = shards_for(args.shards, args.image_size, args.data_source, scratch)
+        shards, _ = common.prepare_shards(args.shards, args.data_source, scratch, args.image_size)
         manifest = read_manifest(shards)
         results["image_size"] = manifest.image_size
         results["source"] = manifest.source_uri

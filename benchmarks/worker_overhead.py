@@ -1,7 +1,7 @@
 """One training worker's overhead: TensorFlow's CPU allocator, and the distribution strategy.
 
     python benchmarks/worker_overhead.py [--shards PATH] [--pairs 3] [--epochs 3] [--batch-size 16]
-                                         [--no-write]
+                                         [--no-write] [--smoke]
 
 First TensorFlow's CPU allocator, which a profile of the quickstart's training worker
 pointed at (page faults in the kernel). This runs `jobs/train.py` unchanged, as a user does,
@@ -50,12 +50,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=3, help="runs per side, alternating (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="as the quickstart (default: %(default)s)")
+    parser.add_argument("--synthetic-images", type=int, default=1000,
+                        help="images of the shards made when --shards is not given (default: %(default)s)")
+    parser.add_argument("--strategy-images", type=int, default=STRATEGY_IMAGES,
+                        help="random images of each strategy run (default: %(default)s)")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/ alone")
+    parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     parser.add_argument("--measure-strategy", choices=STRATEGIES, help=argparse.SUPPRESS)  # one side, in its process
     return parser.parse_args(argv)
 
 
-def measure_strategy(strategy_name: str, batch_size: int, image_size: int = 96) -> None:
+def measure_strategy(strategy_name: str, batch_size: int, n_images: int, image_size: int = 96) -> None:
     """Print 'images/s user-s system-s' of 2 epochs of plain fit under one strategy (after a warm-up epoch),
     as the last line of this process's output."""
     from cxr.keras_lib import configure_environment
@@ -68,8 +73,8 @@ def measure_strategy(strategy_name: str, batch_size: int, image_size: int = 96) 
     strategy = (tf.distribute.MultiWorkerMirroredStrategy() if strategy_name == "multi-worker mirrored"
                 else tf.distribute.get_strategy())
     generator = np.random.default_rng(0)
-    images = generator.random((STRATEGY_IMAGES, image_size, image_size, 1), dtype=np.float32)
-    labels = np.eye(2, dtype=np.float32)[generator.integers(0, 2, STRATEGY_IMAGES)]
+    images = generator.random((n_images, image_size, image_size, 1), dtype=np.float32)
+    labels = np.eye(2, dtype=np.float32)[generator.integers(0, 2, n_images)]
     data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
     with strategy.scope():
         model = build_model("scratch_cnn", image_size, 2)
@@ -78,7 +83,7 @@ def measure_strategy(strategy_name: str, batch_size: int, image_size: int = 96) 
     before, started = os.times(), time.perf_counter()
     model.fit(data, epochs=2, verbose=0)
     seconds, after = time.perf_counter() - started, os.times()
-    print(f"{2 * STRATEGY_IMAGES / seconds:.2f} {after.user - before.user:.1f} {after.system - before.system:.1f}")
+    print(f"{2 * n_images / seconds:.2f} {after.user - before.user:.1f} {after.system - before.system:.1f}")
 
 
 def run_job(command: list[str], env: dict) -> tuple[float, float, float]:
@@ -142,7 +147,7 @@ def render(args: argparse.Namespace, shards: str, runs: dict[str, list[dict]],
         "run had shown much of the worker's time in the kernel's page-fault path; these runs show no such "
         "difference between the allocators.)",
         "",
-        f"The strategy of a worker alone, plain `model.fit` of the same model on {STRATEGY_IMAGES} random "
+        f"The strategy of a worker alone, plain `model.fit` of the same model on {args.strategy_images} random "
         f"96 px images in batches of {args.batch_size}, 2 epochs after a warm-up one, a fresh "
         f"process per run, {args.pairs} runs per side, alternating:",
         "",
@@ -161,8 +166,10 @@ def render(args: argparse.Namespace, shards: str, runs: dict[str, list[dict]],
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.measure_strategy:
-        measure_strategy(args.measure_strategy, args.batch_size)
+        measure_strategy(args.measure_strategy, args.batch_size, args.strategy_images)
         return 0
+    if args.smoke:
+        args = common.smoke(args, pairs=1, epochs=2, synthetic_images=48, strategy_images=64)
     common.require_own_ray()
     if args.pairs < 1 or args.epochs < 2:
         common.fail("--pairs must be at least 1 and --epochs at least 2 (the first epoch is not counted)")
@@ -173,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         if shards is None:
             shards = f"{scratch}/shards"
             print("making the quickstart's shards", flush=True)
-            run_job([python, "jobs/preprocess.py", "--synthetic-images", "1000", "--synthetic-size", "192",
-                     "--image-size", "96", "--output", shards], dict(os.environ))
+            run_job([python, "jobs/preprocess.py", "--synthetic-images", str(args.synthetic_images),
+                     "--synthetic-size", "192", "--image-size", "96", "--output", shards], dict(os.environ))
         runs: dict[str, list[dict]] = {side: [] for side in SIDES}
         for number in range(args.pairs):
             for side, value in SIDES.items():
@@ -188,12 +195,14 @@ def main(argv: list[str] | None = None) -> int:
                                    "images_per_s": rates})
                 print(f"{side}, run {number + 1}: {seconds:.0f} s, images/s {rates}, "
                       f"CPU user {user:.0f} s, system {system:.0f} s", flush=True)
-        shown = "the quickstart's synthetic shards (1,000 images, 96 px)" if args.shards is None else f"`{shards}`"
+        shown = (f"the quickstart's synthetic shards ({args.synthetic_images:,} images, 96 px)" if args.shards is None
+                 else f"`{shards}`")
         strategies: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
         for number in range(args.pairs):
             for name in STRATEGIES:
                 measured = subprocess.run([python, __file__, "--measure-strategy", name, "--batch-size",
-                                           str(args.batch_size)], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                                           str(args.batch_size), "--strategy-images", str(args.strategy_images)],
+                                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
                                           capture_output=True, text=True)
                 if measured.returncode != 0:
                     print(measured.stderr[-3000:], file=sys.stderr)

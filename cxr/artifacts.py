@@ -181,6 +181,9 @@ class Counts:
     grouped_by: Mapping = dataclasses.field(default_factory=dict)
     # With a lung focus: images whose lung fields were found, and those the template stood in for.
     lungs: Mapping = dataclasses.field(default_factory=dict)
+    # Kept images per source (UNKNOWN_SOURCE for those without one), per class, over all splits;
+    # summed from the per-split `sources` in a manifest written before it was recorded.
+    class_by_source: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,8 @@ class Manifest:
     sources: Mapping[str, Mapping[str, SplitCounts]]
     # Sources put whole into the test split (--test-sources): none of their images is in train or val.
     test_sources: tuple[str, ...]
+    # Sources put whole into the validation split (--val-sources); none in manifests older than it.
+    val_sources: tuple[str, ...]
     extra_columns: tuple[str, ...]  # the user's metadata columns in the shards, beyond SHARD_SCHEMA
     wall_seconds: float  # the whole preprocessing job
     _raw: Mapping = dataclasses.field(repr=False, compare=False)
@@ -251,12 +256,15 @@ class Manifest:
                           rejected_by_reason=_frozen(counts["rejected_by_reason"]), inpainted=counts["inpainted"],
                           ignored=_frozen(counts["ignored"]),
                           near_duplicates=_frozen(counts.get("near_duplicates", {})),
-                          grouped_by=_frozen(counts.get("grouped_by", {})), lungs=_frozen(counts.get("lungs", {}))),
+                          grouped_by=_frozen(counts.get("grouped_by", {})), lungs=_frozen(counts.get("lungs", {})),
+                          class_by_source=_frozen({name: _frozen(per_class) for name, per_class in counts.get(
+                              "class_by_source", _summed_over_splits(counts.get("sources", {}))).items()})),
             source_uri=raw["source"]["uri"],
             kaggle=_kaggle_source(raw["source"].get("kaggle")),
             sources=_frozen({split: _frozen({name: _split_counts(per_class) for name, per_class in per_source.items()})
                              for split, per_source in counts.get("sources", {}).items()}),
             test_sources=tuple(raw["config"]["split"].get("test_sources", ())),
+            val_sources=tuple(raw["config"]["split"].get("val_sources", ())),
             extra_columns=tuple(name for name in raw.get("columns", {}) if name not in SHARD_SCHEMA.names),
             wall_seconds=raw["timing"]["wall_seconds"]["total"],
             _raw=raw,
@@ -291,6 +299,9 @@ class Manifest:
         # Which images carry a source was decided by the listing; scoring other images does
         # not read the training data's metadata file, nor group by one of its columns.
         settings.pop("metadata", None)
+        # Nor does it choose a cohort: the model scores whoever it is given (its card says whom it
+        # was trained on).
+        settings.pop("cohort", None)
         settings["split"] = dataclasses.replace(settings["split"], group_by=None)
         if settings.get("classes") is not None:
             settings["classes"] = tuple(settings["classes"])
@@ -304,6 +315,10 @@ class Manifest:
         """True when the shards have this column (shards of older versions lack `source`)."""
         return name in self._raw.get("columns", {})
 
+    def input_counts(self) -> dict[str, dict]:
+        """Per --source NAME=...: its URI and found, kept and rejected (source.inputs); {} for one unnamed source."""
+        return copy.deepcopy(self._raw["source"].get("inputs", {}))
+
     def metadata_record(self) -> dict:
         """Where the sources came from (source.metadata: sheets, csv), as recorded; {} if none."""
         return copy.deepcopy(self._raw["source"].get("metadata", {}))
@@ -315,6 +330,18 @@ class Manifest:
 
 def _frozen(mapping: Mapping) -> Mapping:
     return MappingProxyType(dict(mapping))
+
+
+def _summed_over_splits(sources: Mapping[str, Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+    """{source: {class: images}} over all splits, from the per-split source counts."""
+    table: dict[str, dict[str, int]] = {}
+    for per_source in sources.values():
+        for name, per_class in per_source.items():
+            summed = table.setdefault(name, {})
+            for class_name, n in per_class.items():
+                if class_name != "total":
+                    summed[class_name] = summed.get(class_name, 0) + n
+    return table
 
 
 def _split_counts(per_class: Mapping[str, int]) -> SplitCounts:

@@ -133,7 +133,7 @@ def _as_flags(job, config) -> list[str]:
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + flag.removeprefix("--"))
         elif setting.option.repeat:
-            argv += [part for pair in value for part in (flag, "=".join(pair))]
+            argv += [part for each in value for part in (flag, "=".join(each) if isinstance(each, tuple) else each)]
         elif isinstance(value, tuple):
             # --classes all: every class folder
             argv += [flag, ",".join(value) if value or setting.name != "classes" else "all"]

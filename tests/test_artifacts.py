@@ -97,7 +97,7 @@ def test_preprocess_config_repeats_the_image_work_not_the_download():
     assert isinstance(config, PreprocessConfig)
     assert config.clahe == ClaheConfig(clip_limit=0.02) and config.image_size == 64
     assert config.classes == ("COVID", "Normal") and config.download == DownloadConfig()
-    assert manifest.preprocess_config(source="elsewhere").source == "elsewhere"
+    assert manifest.preprocess_config(source="elsewhere").source == ("elsewhere",)
     assert manifest.config_record()["download"]["concurrency"] == 2
     assert manifest.counts_record() == manifest_json()["counts"]
 

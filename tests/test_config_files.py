@@ -48,7 +48,7 @@ def test_the_presets_hold_the_recipes_they_are_named_for():
     paper_images = built("preprocess", "--config", "paper")
     assert (paper_images.image_size, paper_images.lungs.crop, paper_images.markings.policy) == (299, False, "drop")
     quick = built("preprocess", "--config", "quickstart")
-    assert (quick.source, quick.image_size, quick.synthetic.images) == ("synthetic", 96, 1000)
+    assert (quick.source, quick.image_size, quick.synthetic.images) == (("synthetic",), 96, 1000)
     assert built("train", "--config", "quickstart").data == quick.output
     real = built("train", "--config", "real")
     assert (real.epochs, real.data) == (30, built("preprocess", "--config", "real").output)

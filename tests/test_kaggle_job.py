@@ -198,7 +198,9 @@ def test_bad_credentials_dataset_or_network_fail_in_one_line_before_ray(fake_kag
         (good, ["--classes", "COVID,Pneumonia"], "no folder for class(es) Pneumonia"),
     ]
     for env, args, message in cases:
-        result = run_job("preprocess", "--source", "kaggle", *args, "--output", str(output), env=env)
+        # --source may be repeated (several named sources): a case's own replaces kaggle.
+        source = [] if "--source" in args else ["--source", "kaggle"]
+        result = run_job("preprocess", *source, *args, "--output", str(output), env=env)
         assert_one_line_error(result, message)
         assert "Ray" not in result.stderr, "failed only after Ray started"
         assert fake_kaggle.key not in result.stderr + result.stdout and "not-the-key-41" not in result.stderr

@@ -127,20 +127,57 @@ def test_a_held_out_image_copied_into_a_training_source_is_in_one_split_only():
     assert [(r["reason"], r["source_uri"]) for r in rejected] == [("duplicate", "b/0003.png")]
 
 
-def test_test_sources_must_exist_and_leave_some_for_training():
-    from cxr.errors import UserError
-    from cxr.preprocess.shards import check_test_sources
+def test_validation_sources_go_whole_to_val_and_the_rest_split_as_without_them():
+    rows = sourced(60, ("a", "b", "c", "d")) + [row("u/0.png", 0, "unknown")]
+    assignment = assign_splits(rows, SplitConfig(0.7, 0.1, 0.2, test_sources=("d",), val_sources=("b",)))
+    split_of_source = {}
+    for r in rows:
+        split_of_source.setdefault(r.get("source"), set()).add(assignment[r["source_uri"]])
+    assert split_of_source["b"] == {"val"} and split_of_source["d"] == {"test"}
+    assert split_of_source["a"] == split_of_source["c"] == {"train", "val", "test"}
+    rest = [r for r in rows if r.get("source") not in ("b", "d")]
+    assert {u: s for u, s in assignment.items() if u.split("/")[0] not in ("b", "d")} == \
+        assign_splits(rest, SplitConfig(0.7, 0.1, 0.2))
+    # With no val ratio, the validation split is the held-out sources' alone.
+    only = assign_splits(rows, SplitConfig(0.8, 0.0, 0.2, val_sources=("b",)))
+    assert {r.get("source") for r in rows if only[r["source_uri"]] == "val"} == {"b"}
 
-    rows = sourced(3, ("a", "b"))
-    check_test_sources(rows, SplitConfig(test_sources=("b",)))
-    with pytest.raises(UserError, match=r"no image comes from x \(sources: a, b\)"):
-        check_test_sources(rows, SplitConfig(test_sources=("b", "x")))
-    with pytest.raises(UserError, match="every source"):
-        check_test_sources(rows, SplitConfig(test_sources=("a", "b")))
+
+def test_a_validation_sources_near_duplicates_follow_it_and_test_wins_over_val():
+    rows = sourced(20, ("a", "b", "c"))
+    # a/0001 is grouped with b/0002 (a near-duplicate), c/0004 with b/0005 and a/0007.
+    joined = {"a/0001.png": "g1", "b/0002.png": "g1", "c/0004.png": "g2", "b/0005.png": "g2", "a/0007.png": "g2"}
+    grouped = [{**r, "group": joined.get(r["source_uri"], r["content_hash"])} for r in rows]
+    assignment = assign_splits(grouped, SplitConfig(val_sources=("b",)))
+    assert {assignment[u] for u in joined} == {"val"}
+    both = assign_splits(grouped, SplitConfig(val_sources=("b",), test_sources=("c",)))
+    assert both["a/0001.png"] == both["b/0002.png"] == "val"
+    assert both["b/0005.png"] == both["a/0007.png"] == both["c/0004.png"] == "test"
+
+
+def test_held_out_sources_must_exist_and_leave_some_for_training():
+    from cxr.errors import UserError
+    from cxr.preprocess.shards import check_held_out_sources
+
+    rows = sourced(3, ("a", "b", "c"))
+    check_held_out_sources(rows, SplitConfig(test_sources=("b",)))
+    check_held_out_sources(rows, SplitConfig(test_sources=("b",), val_sources=("c",)))
+    with pytest.raises(UserError, match=r"^--test-sources: no image comes from x \(sources: a, b, c\)$"):
+        check_held_out_sources(rows, SplitConfig(test_sources=("b", "x")))
+    with pytest.raises(UserError, match=r"^--val-sources: no image comes from y \(sources: a, b, c\)$"):
+        check_held_out_sources(rows, SplitConfig(val_sources=("y", "b")))
+    with pytest.raises(UserError, match="^--test-sources names every source"):
+        check_held_out_sources(rows, SplitConfig(test_sources=("a", "b", "c")))
+    with pytest.raises(UserError, match="^--val-sources names every source"):
+        check_held_out_sources(rows, SplitConfig(val_sources=("a", "b", "c")))
+    with pytest.raises(UserError, match="^--test-sources and --val-sources name every source: none would be left"):
+        check_held_out_sources(rows, SplitConfig(test_sources=("a",), val_sources=("b", "c")))
     with pytest.raises(UserError, match="no image's source is known"):
-        check_test_sources(dataset(2, 2), SplitConfig(test_sources=("a",)))
+        check_held_out_sources(dataset(2, 2), SplitConfig(val_sources=("a",)))
     with pytest.raises(UserError, match="duplicates"):
         SplitConfig(test_sources=("a", "a"))
+    with pytest.raises(UserError, match="--val-sources and --test-sources both name b"):
+        SplitConfig(test_sources=("b",), val_sources=("b",))
 
 
 def patients(n_patients: int, per_patient: int) -> tuple[list[dict], dict[str, str]]:

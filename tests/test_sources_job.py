@@ -35,27 +35,40 @@ def check_source_counts(manifest: dict, splits: dict) -> None:
 
 
 @pytest.mark.slow
-def test_synthetic_sites_with_a_held_out_site(ray_session, tmp_path):
+def test_synthetic_sites_with_held_out_sites_for_test_and_validation(ray_session, tmp_path):
     output = tmp_path / "shards"
     common = ["--synthetic-images", "90", "--synthetic-size", "96", "--image-size", "32",
-              "--synthetic-sources", "3", "--synthetic-confound", "0.5"]
-    result = run_job("preprocess", *common, "--test-sources", "site-c", "--output", str(output),
-                     env=ray_env(ray_session))
+              "--synthetic-sources", "4", "--synthetic-confound", "0.5"]
+    result = run_job("preprocess", *common, "--test-sources", "site-d", "--val-sources", "site-b",
+                     "--output", str(output), env=ray_env(ray_session))
     assert result.returncode == 0, result.stderr[-3000:]
     manifest, splits, rejected = read_output(str(output))
     check_consistent(manifest, splits, rejected)
     check_source_counts(manifest, splits)
     placed = rows_of(splits)
-    assert {row["source"] for _, row in placed} == {"site-a", "site-b", "site-c"}
-    assert not [row for split, row in placed if row["source"] == "site-c" and split != "test"]
-    assert {row["source"] for split, row in placed if split == "train"} == {"site-a", "site-b"}
-    assert Manifest.from_dict(manifest).test_sources == ("site-c",)
-    assert "images per source (held out in test: site-c)" in result.stdout
+    assert {row["source"] for _, row in placed} == {"site-a", "site-b", "site-c", "site-d"}
+    assert not [row for split, row in placed if row["source"] == "site-d" and split != "test"]
+    assert not [row for split, row in placed if row["source"] == "site-b" and split != "val"]
+    assert {row["source"] for split, row in placed if split == "train"} == {"site-a", "site-c"}
+    assert {row["source"] for split, row in placed if split == "val"} == {"site-a", "site-b", "site-c"}
+    read = Manifest.from_dict(manifest)
+    assert read.test_sources == ("site-d",) and read.val_sources == ("site-b",)
+    by_class: dict[str, dict[str, int]] = {}
+    for _, row in placed:
+        per_class = by_class.setdefault(row["source"], {"COVID": 0, "Normal": 0})
+        per_class[row["class_name"]] += 1
+    assert manifest["counts"]["class_by_source"] == by_class
+    assert "images per source (held out in test: site-d; held out in val: site-b)" in result.stdout
+    table_rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.startswith("site-")}
+    assert {name: [int(n) for n in row[:2]] for name, row in table_rows.items()} == \
+        {name: [per_class["COVID"], per_class["Normal"]] for name, per_class in by_class.items()}
+    assert "images in sources that hold both classes: " in result.stdout
 
-    again = run_job("preprocess", *common, "--test-sources", "site-c,site-x", "--output", str(tmp_path / "other"),
-                    env=ray_env(ray_session))
-    assert_one_line_error(again, "--test-sources: no image comes from site-x (sources: site-a, site-b, site-c)")
-    assert not (tmp_path / "other").exists()
+    for flag in ("--test-sources", "--val-sources"):
+        again = run_job("preprocess", *common, flag, "site-c,site-x", "--output", str(tmp_path / "other"),
+                        env=ray_env(ray_session))
+        assert_one_line_error(again, f"{flag}: no image comes from site-x (sources: site-a, site-b, site-c, site-d)")
+        assert not (tmp_path / "other").exists()
 
 
 PATIENTS = [f"PX-{i:04d}" for i in range(12)]
@@ -136,7 +149,8 @@ def test_group_by_needs_a_metadata_column_and_says_so_in_one_line(tmp_path):
     (tmp_path / "meta.csv").write_text("path,source,patient_id\nCOVID/images/COVID-1.png,north,PX-1\n")
     common = ["--source", str(tmp_path / "src"), "--output", str(tmp_path / "shards")]
     assert_one_line_error(run_job("preprocess", *common, "--group-by", "patient_id"),
-                          "--group-by names a column of --metadata, which is not given")
+                          "--group-by patient_id: no source gives such a column (a --metadata CSV, or a "
+                          "collection's metadata; columns here: none)")
     assert_one_line_error(run_job("preprocess", *common, "--metadata", str(tmp_path / "meta.csv"), "--group-by", "pid"),
                           f"--group-by pid: --metadata {tmp_path / 'meta.csv'} has no such column (its columns: "
                           "patient_id)")
@@ -153,7 +167,7 @@ def test_bad_metadata_csv_fails_in_one_line_before_anything_is_written(tmp_path)
 
 
 @pytest.mark.slow
-def test_evaluate_reports_held_out_and_training_sources(ray_session, tmp_path):
+def test_evaluate_reports_held_out_and_training_sources_of_test_and_validation(ray_session, tmp_path):
     # In this process, on the session's Ray: what jobs/evaluate.py runs and prints (its command
     # line and output are tested in tests/test_evaluate_predict.py and tests/test_job_output.py).
     from cxr.evaluate.job import format_summary, run_evaluation
@@ -161,22 +175,35 @@ def test_evaluate_reports_held_out_and_training_sources(ray_session, tmp_path):
 
     shards = str(tmp_path / "shards")
     manifest = run_preprocess(PreprocessConfig(
-        output=shards, image_size=48, split=SplitConfig(test_sources=("site-c",)),
-        synthetic=SyntheticConfig(images=120, size=96, sources=3, confound=1.0)))
+        output=shards, image_size=48, split=SplitConfig(test_sources=("site-d",), val_sources=("site-c",)),
+        synthetic=SyntheticConfig(images=120, size=96, sources=4, confound=1.0)))
     run_training(TrainConfig(data=shards, storage=str(tmp_path / "runs"), name="sites", epochs=1, batch_size=16,
                              augment=AugmentConfig(0, 0, 0)))
     summary = format_summary(run_evaluation(EvaluateConfig(run=str(tmp_path / "runs" / "sites"), resamples=100,
                                                           gradcam_examples=0)))
     report = json.loads((tmp_path / "runs" / "sites" / "report" / "report.json").read_text())
     sources = report["sources"]
-    assert sources["held_out"] == ["site-c"]
+    assert sources["held_out"] == ["site-d"]
     test_counts = manifest["counts"]["sources"]["test"]
-    assert sources["per_source"]["site-c"]["n"] == test_counts["site-c"]["total"]
-    assert sources["per_source"]["site-c"]["held_out"] and not sources["per_source"]["site-a"]["held_out"]
+    assert sources["per_source"]["site-d"]["n"] == test_counts["site-d"]["total"]
+    assert sources["per_source"]["site-d"]["held_out"] and not sources["per_source"]["site-a"]["held_out"]
     groups = sources["groups"]
     assert groups["held-out sources"]["n"] + groups["training sources"]["n"] == report["data"]["images"]
-    assert groups["training sources"]["sources"] == sorted(set(test_counts) - {"site-c"})
-    assert "held-out sources (site-c):" in summary
+    assert groups["training sources"]["sources"] == sorted(set(test_counts) - {"site-d"})
+    assert "held-out sources (site-d):" in summary
+    # The validation split's scores (those that chose the threshold), per source.
+    validation = report["validation_sources"]
+    val_counts = manifest["counts"]["sources"]["val"]
+    assert validation["held_out"] == ["site-c"] and validation["split"] == "val"
+    assert validation["groups"]["held-out sources"]["n"] == val_counts["site-c"]["total"]
+    assert sum(m["n"] for m in validation["per_source"].values()) == manifest["counts"]["splits"]["val"]["total"]
+    assert "validation split, held-out sources (site-c):" in summary
+    assert report["data"]["training_sources"]["table"] == manifest["counts"]["class_by_source"]
     markdown = (tmp_path / "runs" / "sites" / "report" / "report.md").read_text()
-    assert "## Per source" in markdown and "holds out the source site-c" in markdown
-    assert "holds out the source site-c" in (tmp_path / "runs" / "sites" / "report" / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "runs" / "sites" / "report" / "MODEL_CARD.md").read_text()
+    assert "## Per source" in markdown and "holds out the source site-d" in markdown
+    assert "## Per source, validation split" in markdown and "The validation split holds out the source site-c" \
+        in markdown
+    for text in (markdown, card):
+        assert "## Training data by source" in text and "images in sources that hold both classes" in text.lower()
+    assert "holds out the source site-d" in card and "validation split, held-out sources:" in card

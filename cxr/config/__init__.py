@@ -22,10 +22,15 @@ from cxr.config.checks import (  # noqa: F401
     DEFAULT_WAIT_TIMEOUT, MAX_SEED, comma_list,
 )
 from cxr.config.preprocess import (  # noqa: F401
-    MARKING_POLICIES, DEFAULT_MARKING_THRESHOLD, ClaheConfig, MarkingConfig, LungFocusConfig, split_ratios, SplitConfig, MAX_SYNTHETIC_SOURCES, SyntheticConfig, KAGGLE_SOURCE, KAGGLE_DEFAULT_DATASET, KAGGLE_DEFAULT_CLASSES, is_kaggle_source, class_list, DownloadConfig, PreprocessConfig,
+    MARKING_POLICIES, DEFAULT_MARKING_THRESHOLD, ClaheConfig, MarkingConfig, LungFocusConfig, split_ratios,
+    SplitConfig, MAX_SYNTHETIC_SOURCES, SyntheticConfig, KAGGLE_SOURCE, KAGGLE_DEFAULT_DATASET,
+    KAGGLE_DEFAULT_CLASSES, is_kaggle_source, class_list, UNKNOWN_POLICIES, CohortConfig, label_pairs,
+    DownloadConfig, PreprocessConfig,
 )
 from cxr.config.train import (  # noqa: F401
-    MODEL_NAMES, LR_SCHEDULES, check_model_name, APPEARANCE_PRESET, AugmentConfig, appearance_settings, no_geometric_augmentation, DEFAULT_APPEARANCE_STRENGTH, default_augmentation, TrainConfig, parse_node_labels,
+    MODEL_NAMES, LR_SCHEDULES, check_model_name, APPEARANCE_PRESET, AugmentConfig, appearance_settings,
+    no_geometric_augmentation, DEFAULT_APPEARANCE_STRENGTH, default_augmentation, parse_node_labels,
+    TrainConfig,
 )
 from cxr.config.tune import (  # noqa: F401
     SEARCH_KINDS, TUNE_METRICS, SEARCHERS, SearchParameter, DEFAULT_SPACE, scaled_augmentation, TuneConfig,
@@ -34,4 +39,13 @@ from cxr.config.scoring import (  # noqa: F401
     PredictConfig, EvaluateConfig,
 )
 
-__all__ = ["DEFAULT_WAIT_TIMEOUT", "MAX_SEED", "comma_list", "MARKING_POLICIES", "DEFAULT_MARKING_THRESHOLD", "ClaheConfig", "MarkingConfig", "LungFocusConfig", "split_ratios", "SplitConfig", "MAX_SYNTHETIC_SOURCES", "SyntheticConfig", "KAGGLE_SOURCE", "KAGGLE_DEFAULT_DATASET", "KAGGLE_DEFAULT_CLASSES", "is_kaggle_source", "class_list", "DownloadConfig", "PreprocessConfig", "MODEL_NAMES", "LR_SCHEDULES", "check_model_name", "APPEARANCE_PRESET", "AugmentConfig", "appearance_settings", "no_geometric_augmentation", "DEFAULT_APPEARANCE_STRENGTH", "default_augmentation", "TrainConfig", "parse_node_labels", "SEARCH_KINDS", "TUNE_METRICS", "SEARCHERS", "SearchParameter", "DEFAULT_SPACE", "scaled_augmentation", "TuneConfig", "PredictConfig", "EvaluateConfig"]
+__all__ = [
+    "DEFAULT_WAIT_TIMEOUT", "MAX_SEED", "comma_list", "MARKING_POLICIES", "DEFAULT_MARKING_THRESHOLD",
+    "ClaheConfig", "MarkingConfig", "LungFocusConfig", "split_ratios", "SplitConfig", "MAX_SYNTHETIC_SOURCES",
+    "SyntheticConfig", "KAGGLE_SOURCE", "KAGGLE_DEFAULT_DATASET", "KAGGLE_DEFAULT_CLASSES",
+    "is_kaggle_source", "class_list", "UNKNOWN_POLICIES", "CohortConfig", "label_pairs", "DownloadConfig",
+    "PreprocessConfig", "MODEL_NAMES", "LR_SCHEDULES", "check_model_name", "APPEARANCE_PRESET",
+    "AugmentConfig", "appearance_settings", "no_geometric_augmentation", "DEFAULT_APPEARANCE_STRENGTH",
+    "default_augmentation", "parse_node_labels", "TrainConfig", "SEARCH_KINDS", "TUNE_METRICS", "SEARCHERS",
+    "SearchParameter", "DEFAULT_SPACE", "scaled_augmentation", "TuneConfig", "PredictConfig", "EvaluateConfig",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 from cxr.config.checks import check, comma_list, require
@@ -112,6 +113,13 @@ class SplitConfig:
         (), flag="--test-sources", metavar="A,B", parse=comma_list,
         help="leave these sources out: all their images go to the test split and none to train or val (names "
              "as in the manifest's per-source counts)")
+    # Model choice on hospitals the model did not train on: every image of these sources goes
+    # to the validation split, so early stopping, the best epoch and a sweep's objective
+    # measure reading the disease on an unseen source, not the source.
+    val_sources: tuple[str, ...] = setting(
+        (), flag="--val-sources", metavar="A,B", parse=comma_list,
+        help="choose the model on these sources: all their images go to the validation split and none to "
+             "train or test")
     # Off by default until measured on the real sample (benchmarks/near_duplicates.py). On 40
     # real X-rays, resized, re-windowed and re-compressed copies were at most 24 bits from
     # their original, distinct images at least 74 apart (3%-cropped copies 36 to 76); but the
@@ -136,6 +144,12 @@ class SplitConfig:
         check(self, "test_sources", all(name.strip() == name and name for name in self.test_sources),
                "must be comma-separated source names")
         check(self, "test_sources", len(set(self.test_sources)) == len(self.test_sources), "has duplicates")
+        object.__setattr__(self, "val_sources", tuple(self.val_sources))
+        check(self, "val_sources", all(name.strip() == name and name for name in self.val_sources),
+              "must be comma-separated source names")
+        check(self, "val_sources", len(set(self.val_sources)) == len(self.val_sources), "has duplicates")
+        both = sorted(set(self.val_sources) & set(self.test_sources))
+        require(not both, f"--val-sources and --test-sources both name {', '.join(both)}")
         check(self, "near_duplicate_distance", -1 <= self.near_duplicate_distance < 256,
                "must be -1 (off) to 255 bits")
         check(self, "group_by", self.group_by is None or (bool(self.group_by) and self.group_by.strip() == self.group_by),
@@ -201,9 +215,67 @@ KAGGLE_DEFAULT_CLASSES = ("COVID", "Normal")
 def is_kaggle_source(source: str) -> bool:
     return source == KAGGLE_SOURCE or source.startswith(KAGGLE_SOURCE + ":")
 
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def source_spec(spec: str) -> tuple[str | None, str]:
+    """`--source NAME=SOURCE` as (name, source); a bare SOURCE has no name. A name is a word
+    before the first `=` (letters, digits, `_`, `.`, `-`: no `/` or `:`), so `s3://b/k=v` stays
+    a path; a local folder named like `a=b` is written `./a=b`."""
+    name, equals, uri = spec.partition("=")
+    if equals and uri and SOURCE_NAME.fullmatch(name):
+        return name, uri
+    return None, spec
+
+
 def class_list(text: str) -> tuple[str, ...]:
     """--classes: a comma-separated list in label order, or 'all' (every class folder: ())."""
     return () if text.strip().lower() == "all" else tuple(c.strip() for c in text.split(","))
+
+
+UNKNOWN_POLICIES = ("keep", "reject")
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """Cohort: which patients' images to keep, by the age and view their metadata gives.
+
+    An image a filter removes is a recorded reject (`age_out_of_range`, `view_not_selected`,
+    `age_unknown`, `view_unknown`), counted in the manifest. Views are the DICOM ViewPosition
+    spellings (PA, AP, LL, ...), upper case.
+    """
+
+    min_age: float | None = setting(None, flag="--min-age", metavar="YEARS",
+                                    help="keep only images of patients at least this old")
+    max_age: float | None = setting(None, flag="--max-age", metavar="YEARS",
+                                    help="keep only images of patients at most this old")
+    views: tuple[str, ...] = setting((), flag="--views", metavar="PA,AP", parse=comma_list,
+                                     help="keep only these views (default: every view)")
+    unknown_age: str = setting("keep", flag="--unknown-age", choices=UNKNOWN_POLICIES,
+                               help="with --min-age or --max-age: what to do with an image whose age is unknown")
+    unknown_view: str = setting("keep", flag="--unknown-view", choices=UNKNOWN_POLICIES,
+                                help="with --views: what to do with an image whose view is unknown")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "views", tuple(view.strip().upper() for view in self.views))
+        for name in ("min_age", "max_age"):
+            value = getattr(self, name)
+            check(self, name, value is None or 0 <= value <= 130, "must be in [0, 130] years")
+        if self.min_age is not None and self.max_age is not None:
+            require(self.min_age <= self.max_age, f"--min-age {self.min_age:g} is above --max-age {self.max_age:g}")
+        check(self, "views", all(self.views), "must be comma-separated views such as PA,AP")
+        check(self, "unknown_age", self.unknown_age in UNKNOWN_POLICIES, f"must be one of {', '.join(UNKNOWN_POLICIES)}")
+        check(self, "unknown_view", self.unknown_view in UNKNOWN_POLICIES,
+              f"must be one of {', '.join(UNKNOWN_POLICIES)}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.min_age is not None or self.max_age is not None or bool(self.views)
+
+
+def label_pairs(texts: list[str]) -> tuple[tuple[str, str], ...]:
+    """`--label-map FINDING=CLASS` options as (finding, class) pairs (PreprocessConfig checks them)."""
+    return tuple((finding.strip(), name.strip()) for finding, _, name in (text.rpartition("=") for text in texts))
 
 
 @dataclass(frozen=True)
@@ -254,10 +326,15 @@ class DownloadConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    source: str = setting("synthetic", flag="--source",
-                          help="class-per-folder tree (local folder or s3:// prefix), a .zip of one, 'kaggle' "
-                               f"({KAGGLE_DEFAULT_DATASET}), kaggle:<owner>/<dataset>[/versions/<n>], or "
-                               "'synthetic'")
+    # One or more source specs: PATH, or NAME=PATH to name the source its images come from
+    # (its `source` column, unless its metadata names a finer one). A bare PATH's images take
+    # their sources from their metadata, as before named sources existed.
+    source: tuple[str, ...] | str = setting(
+        ("synthetic",), flag="--source", repeat=True, parse=tuple, metavar="[NAME=]SOURCE",
+        help="class-per-folder tree (local folder or s3:// prefix), a .zip of one, a public collection's "
+             f"folder, 'kaggle' ({KAGGLE_DEFAULT_DATASET}), kaggle:<owner>/<dataset>[/versions/<n>], or "
+             "'synthetic'; repeat as NAME=SOURCE to combine several sources, each image's source named "
+             "(default: synthetic)")
     output: str = setting("outputs/shards/synthetic", flag="--output", defines_run=False,
                           help="local folder or s3:// prefix for the shards")
     image_size: int = setting(299, flag="--image-size", help="output side in pixels")
@@ -274,6 +351,13 @@ class PreprocessConfig:
         Shorthand("--split", "train,val,test ratios (default: 0.8,0.1,0.1)", split_ratios, str, "T,V,T"),))
     synthetic: SyntheticConfig = setting(factory=SyntheticConfig, flag=None)
     download: DownloadConfig = setting(factory=DownloadConfig, flag=None)
+    cohort: CohortConfig = setting(factory=CohortConfig, flag=None)
+    # A collection's findings (its metadata's words: "COVID-19", "No Finding") to the job's
+    # classes; an image whose finding is not mapped is a recorded reject (`unmapped_finding`).
+    label_map: tuple[tuple[str, str], ...] = setting(
+        (), flag="--label-map", repeat=True, parse=label_pairs, metavar="FINDING=CLASS",
+        help="map a collection's finding to a class (repeatable): --label-map COVID-19=COVID --label-map "
+             "'No Finding=Normal' (default: each collection's own mapping, cxr/ingest/collections.py)")
     # A CSV (local or s3://) of per-image metadata: a path or file-name column, a source
     # column, any others kept as shard columns (cxr.ingest.metadata).
     metadata: str | None = setting(None, flag="--metadata", metavar="CSV",
@@ -290,7 +374,18 @@ class PreprocessConfig:
     overwrite: bool = setting(False, flag="--overwrite", defines_run=False, help="replace an existing output")
 
     def __post_init__(self) -> None:
-        check(self, "source", bool(self.source), "must not be empty")
+        object.__setattr__(self, "source", (self.source,) if isinstance(self.source, str) else tuple(self.source))
+        check(self, "source", bool(self.source) and all(self.source), "must not be empty")
+        named = self.named_sources
+        require(len(named) == 1 or all(name for name, _ in named),
+                "several sources must each be named: --source NAME=SOURCE, one flag for each")
+        names = [name for name, _ in named if name]
+        require(len(set(names)) == len(names), f"--source names a source twice: {names}")
+        uris = [uri for _, uri in named]
+        require(len(set(uris)) == len(uris), f"--source reads the same source twice: {uris}")
+        require(sum(is_kaggle_source(uri) for uri in uris) <= 1, "--source: at most one Kaggle dataset a job")
+        require(self.metadata is None or len(named) == 1,
+                "--metadata applies to a single --source (its paths are relative to that source)")
         check(self, "output", bool(self.output), "must not be empty")
         check(self, "image_size", 32 <= self.image_size <= 2048, "must be in [32, 2048]")
         require(self.working_max_side >= self.image_size,
@@ -302,18 +397,31 @@ class PreprocessConfig:
             require(len(self.classes) >= 2, f"--classes needs at least two classes, got {classes}")
             require(len(set(self.classes)) == len(self.classes), f"--classes has duplicates: {classes}")
             require(all(c and "/" not in c for c in self.classes), f"bad class names in --classes: {classes}")
-        require(is_kaggle_source(self.source) or (self.download.raw_cache is None and not self.download.archive),
+        require(self.kaggle_uri is not None or (self.download.raw_cache is None and not self.download.archive),
                  "--raw-cache and --kaggle-archive apply to --source kaggle only")
-        require(self.metadata is None or (bool(self.metadata) and self.source != "synthetic"),
+        require(self.metadata is None or (bool(self.metadata) and self.source != ("synthetic",)),
                  "--metadata applies to folder, zip, S3 and Kaggle sources (synthetic images carry their own)")
-        require(self.split.group_by is None or self.metadata is not None,
-                 "--group-by names a column of --metadata, which is not given")
+        object.__setattr__(self, "label_map", tuple(tuple(pair) for pair in self.label_map))  # JSON's lists
+        for finding, name in self.label_map:
+            require(bool(finding and name), f"--label-map must be FINDING=CLASS, got {finding}={name}")
+        findings = [finding for finding, _ in self.label_map]
+        require(len(set(findings)) == len(findings), f"--label-map maps a finding twice: {findings}")
+
+    @property
+    def named_sources(self) -> tuple[tuple[str | None, str], ...]:
+        """(name, source) of each --source: the name None for a bare one."""
+        return tuple(source_spec(spec) for spec in self.source)
+
+    @property
+    def kaggle_uri(self) -> str | None:
+        """The Kaggle source among them, if any."""
+        return next((uri for _, uri in self.named_sources if is_kaggle_source(uri)), None)
 
     @property
     def wanted_classes(self) -> tuple[str, ...] | None:
         """The classes to keep, in label order; None: every class folder found, sorted."""
         if self.classes is None:
-            return KAGGLE_DEFAULT_CLASSES if is_kaggle_source(self.source) else None
+            return KAGGLE_DEFAULT_CLASSES if self.kaggle_uri is not None else None
         return self.classes or None
 
     def to_dict(self) -> dict:

@@ -141,6 +141,12 @@ class TrainConfig:
                                help="cosine decay to 0 over --epochs, or constant")
     dropout: float = setting(0.2, flag="--dropout", help="dropout around the dense head; 0 for none, as in the paper")
     class_weights: bool = setting(True, flag="--class-weights", help="weight classes by their frequency")
+    # Each source-and-class cell of the training split weighs the same in the loss, so that a
+    # source rich in one class cannot teach the model its look (cxr.train.data).
+    balance_sources: bool = setting(False, flag="--balance-sources",
+                                    help="weight each training image so that every source-and-class cell "
+                                         "contributes evenly (with class weights: each class evenly, and within "
+                                         "it each source)")
     augment: AugmentConfig = setting(factory=default_augmentation, flag=None, shorthands=(
         Shorthand("--no-augment", "no on-the-fly geometric augmentation (appearance: --appearance-augment 0)",
                   no_geometric_augmentation),

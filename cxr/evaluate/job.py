@@ -3,7 +3,8 @@
 The held-out set is the test split named in the model's manifest (the default), the
 split of other shards (`--data` with a manifest.json), or a raw class-per-folder image
 tree preprocessed exactly as the training data. The operating threshold is chosen on
-the training data's validation split, never on the evaluated images. Each image is
+the training data's validation split, never on the evaluated images; the same scores give
+the validation split's metrics per source (the split the model was chosen on). Each image is
 scored as it is, with its lung fields blacked out and with only its lungs left (see
 cxr.evaluate.shortcuts); the report puts the three side by side.
 """
@@ -23,7 +24,7 @@ from cxr.artifacts import (MODEL_CARD_FILE, REPORT_MARKDOWN_FILE, ReportLayout, 
                            read_manifest)
 from cxr.config import EvaluateConfig
 from cxr.errors import UserError
-from cxr.evaluate.by_source import summary_lines
+from cxr.evaluate.by_source import summary_lines, training_source_sentences
 from cxr.evaluate.overlap import fingerprint_overlap, training_overlap
 from cxr.evaluate.report import build_report, format_ci, write_report
 from cxr.evaluate.shortcuts import VARIANTS, lung_crop_margin, variant_functions
@@ -46,7 +47,9 @@ class Scored:
     rejected: dict[str, int]
     images: object  # callable: source_uris -> uint8 (n, H, W) images, for Grad-CAM
     sources: list[str | None]  # each image's source, None when unknown
-    held_out: tuple[str, ...] = ()  # the sources the evaluated split holds out from training (--test-sources)
+    # The sources the scored split holds out from training (--test-sources for test, --val-sources for val).
+    held_out: tuple[str, ...] = ()
+    split: str | None = None  # the shard split scored; None for a raw image tree
     shards: str | None = None  # the shard set scored, if it was one
     fingerprints: list[str] | None = None  # a raw tree's images' fingerprints, as preprocessing computes them
 
@@ -66,11 +69,12 @@ def run_evaluation(config: EvaluateConfig) -> dict:
     # A pool larger than the cluster would wait forever: refused, or waited for, first.
     resources.wait_for_actors(config.gpu, config.actors, runtime.ensure_ray(), config.wait_timeout)
 
-    threshold_source = _threshold_source(export, training_data)
+    validation_source = _validation_source(training_data)
     validation = None
-    if threshold_source is not None:
-        log.info("choosing the operating threshold on %s (val split)", threshold_source)
-        validation = score_shards(export, threshold_source, "val", ("full",), config)
+    if validation_source is not None:
+        log.info("scoring the validation split of %s (the operating threshold and per-source metrics)",
+                 validation_source)
+        validation = score_shards(export, validation_source, "val", ("full",), config)
     evaluated = (score_shards(export, training_data, config.split, VARIANTS, config) if config.data is None
                  else score_data(export, config))
     log.debug("scored %d images of %s", len(evaluated.labels), evaluated.description)
@@ -87,10 +91,12 @@ def run_evaluation(config: EvaluateConfig) -> dict:
     return report
 
 
-def _threshold_source(export: Export, training_data: str | None) -> str | None:
-    if len(export.class_names) != 2 or training_data is None:
+def _validation_source(training_data: str | None) -> str | None:
+    """The training data, when its validation split can be scored (it holds images and is readable)."""
+    if training_data is None or not _training_split_readable(
+            training_data, "val", "the threshold stays at 0.5 and validation metrics are left out"):
         return None
-    return training_data if _training_split_readable(training_data, "val", "the threshold stays at 0.5") else None
+    return training_data if read_manifest(training_data).splits["val"].total else None
 
 
 def _training_split_readable(training_data: str, split: str, otherwise: str) -> bool:
@@ -126,10 +132,10 @@ def score_shards(export: Export, data_uri: str, split: str, variants: tuple[str,
     rows = score(shard_images(data, paths, with_source=manifest.has_column("source")), export,
                  variant_functions(variants, lung_crop_margin(export)), gpu=config.gpu,
                  actors=config.actors).take_all()
-    held_out = manifest.test_sources if split == "test" else ()
+    held_out = {"test": manifest.test_sources, "val": manifest.val_sources}.get(split, ())
     scored = _scored(f"{data.uri}, {split} split", rows, variants, {}, functools.partial(shard_pixels, data, paths),
                      held_out)
-    return dataclasses.replace(scored, shards=data.uri)
+    return dataclasses.replace(scored, shards=data.uri, split=split)
 
 
 def score_raw(export: Export, uri: str, config: EvaluateConfig) -> Scored:
@@ -184,6 +190,11 @@ def format_summary(report: dict) -> str:
         lines.append(f"  AUC with the lungs blacked out {format_ci(masked)}: see the shortcut check in "
                      f"{REPORT_MARKDOWN_FILE}")
     lines += summary_lines(report.get("sources"), format_ci)
+    validation = report.get("validation_sources")
+    if validation and validation["groups"]:  # each validation source would be too many lines
+        lines += summary_lines(validation, format_ci, "validation split, ")
+    warnings, _ = training_source_sentences(report["data"].get("training_sources"), report["model"]["class_names"])
+    lines += [f"  WARNING (training data): {warning}" for warning in warnings]
     overlap = report["data"].get("near_duplicates_in_training")
     if overlap:
         lines.append(f"  {overlap['with_near_duplicate']} of {overlap['evaluated_images']} evaluated images have a "

@@ -1,7 +1,8 @@
 """The evaluation report: report.json, report.md, MODEL_CARD.md and the figures.
 
 `build_report` turns scores into numbers (metrics with intervals for the full images and
-both shortcut variants, the threshold and where it came from); `write_report` draws the
+both shortcut variants, the threshold and where it came from, metrics per source of the
+evaluated and the validation split, the training data's classes per source); `write_report` draws the
 figures, explains a sample of decisions with Grad-CAM and writes everything under the
 output folder, whole or not at all. The Markdown is generated from report.json's numbers only.
 """
@@ -48,6 +49,8 @@ def build_report(export, evaluated, validation, config) -> dict:
                  "per_class": {name: int((evaluated.labels == i).sum()) for i, name in enumerate(names)},
                  "not_scored": evaluated.rejected,
                  "training_counts": export.manifest.counts_record(),
+                 # The export's copy of the training data's manifest: its classes per source, and the warning.
+                 "training_sources": by_source.training_sources(export.manifest.counts.class_by_source, names),
                  "preprocessing": export.manifest.config_record()},
         "threshold": {"value": threshold, "note": threshold_note},
         "metrics": full,
@@ -56,6 +59,13 @@ def build_report(export, evaluated, validation, config) -> dict:
     per_source = by_source.source_metrics(evaluated, names, positive, threshold, config.resamples, config.seed)
     if per_source is not None:
         report["sources"] = per_source
+    # The validation split's scores (they chose the threshold) per source: how the model was chosen;
+    # not twice when the evaluated split is that split.
+    per_validation_source = (by_source.source_metrics(validation, names, positive, threshold, config.resamples,
+                                                      config.seed)
+                             if validation is not None and validation.description != evaluated.description else None)
+    if per_validation_source is not None:
+        report["validation_sources"] = per_validation_source
     if "lungs_masked" in by_variant:
         auc = {v: by_variant[v]["auc"] for v in VARIANTS}
         crop_margin = lung_crop_margin(export)
@@ -253,7 +263,10 @@ def report_markdown(report: dict) -> str:
         f"({len(full['calibration']['bins'])} bins of top-class confidence); see {figure_path(RELIABILITY_FIGURE)}.",
         "",
     ]
+    lines += by_source.training_sources_section(report["data"].get("training_sources"), names)
     lines += by_source.markdown_section(report.get("sources"), names, format_ci)
+    lines += by_source.markdown_section(report.get("validation_sources"), names, format_ci,
+                                        "Per source, validation split")
     if "shortcuts" in report:
         lines += ["## Shortcut check", "", report["shortcuts"]["verdict"], "",
                   f"The lung fields are a fixed template of two ellipses ({REPORT_FILE}: shortcuts.lung_template"
@@ -271,15 +284,33 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _source_performance(per_source: dict | None) -> list[str]:
+def _source_performance(per_source: dict | None, prefix: str = "") -> list[str]:
     """The model card's lines on sources: the held-out and training groups, or each source."""
     if not per_source:
         return []
     lines = [f"- {by_source.split_note(per_source)}"]
     named = per_source["groups"] or per_source["per_source"]
     for name, m in named.items():
-        lines.append(f"- {name}: {m['n']} images, accuracy {format_ci(m['accuracy'])}, ROC AUC {format_ci(m['auc'])}")
+        lines.append(f"- {prefix}{name}: {m['n']} images, accuracy {format_ci(m['accuracy'])}, "
+                     f"ROC AUC {format_ci(m['auc'])}")
     return lines
+
+
+def _confound_lines(report: dict) -> list[str]:
+    """The model card's first confounder: measured on the training data's sources, when known."""
+    names = report["model"]["class_names"]
+    record = report["data"].get("training_sources")
+    warnings, mixed = by_source.training_source_sentences(record, names)
+    if mixed is None:
+        return ["- No training image's source was recorded, so how class and hospital go together in the training "
+                "data is unknown. In the COVID-19 Radiography Database the COVID images come from other "
+                "collections than the Normal ones: hospital, device, exposure, borders and text differ with the "
+                "class, and a model can score well by reading them (DeGrave et al. 2021, Nature Machine "
+                "Intelligence)."]
+    return ([f"- **{warning}** (in the training data; see Training data by source)." for warning in warnings]
+            + [f"- Training data: {mixed}. Hospital, device, exposure, borders and text differ between sources; "
+               "where they differ with the class, a model can score well by reading them (DeGrave et al. 2021, "
+               "Nature Machine Intelligence)."])
 
 
 def _fmt_threshold(value: float | None) -> str:
@@ -316,6 +347,7 @@ def model_card(report: dict) -> str:
         "",
         *split_lines,
         "",
+        *by_source.training_sources_section(data.get("training_sources"), model["class_names"]),
         "## Preprocessing",
         "",
         f"Grayscale, images with burned-in markings handled by policy `{prep['markings']['policy']}` "
@@ -342,12 +374,11 @@ def model_card(report: dict) -> str:
           f"{format_ci(full['per_class'][n]['specificity'])}" for n in model["class_names"]],
         f"- expected calibration error {full['calibration']['ece']:.3f}",
         *_source_performance(report.get("sources")),
+        *_source_performance(report.get("validation_sources"), "validation split, "),
         "",
         "## Known confounders and limits",
         "",
-        "- In the COVID-19 Radiography Database the COVID images come mostly from other collections than the "
-        "Normal ones: hospital, device, exposure, borders and text differ with the class. A model can score well "
-        "by reading them (DeGrave et al. 2021, Nature Machine Intelligence).",
+        *_confound_lines(report),
     ]
     if "shortcuts" in report:
         lines.append(f"- Shortcut check on the evaluated images: {report['shortcuts']['verdict']}")

@@ -66,8 +66,8 @@ class RawCache:
 
 
 def list_kaggle(config: PreprocessConfig) -> sources.Listing:
-    """Check, pin and list a Kaggle dataset (or fetch its archive): all before any worker starts."""
-    remote = kaggle_api.open_dataset(config.source, config.download)
+    """Check, pin and list config's Kaggle dataset (or fetch its archive): all before any worker starts."""
+    remote = kaggle_api.open_dataset(config.kaggle_uri, config.download)
     ref = remote.dataset
     cache = RawCache(config.download.raw_cache, ref) if config.download.raw_cache else None
     if cache is not None:

@@ -69,6 +69,8 @@ class Listing:
     metadata: dict = field(default_factory=dict)
     # The user's metadata columns every item carries (under metadata.EXTRA_PREFIX).
     extra_columns: tuple[str, ...] = ()
+    # Several --source NAME=...: which one each input (by source_uri) was listed from.
+    inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def found(self) -> int:
@@ -139,25 +141,102 @@ def with_metadata_csv(listing: Listing, table: metadata.MetadataTable) -> Listin
                                metadata={**listing.metadata, "csv": record})
 
 
-def list_source(config: PreprocessConfig) -> Listing:
-    """List the inputs of `config.source`, or fail with a one-line UserError."""
-    if config.source == "synthetic":
+def named(listing: Listing, name: str | None) -> Listing:
+    """The listing of a source named on the command line (`--source NAME=...`): each input's
+    source is that name, unless its metadata gave a finer one."""
+    if name is None:
+        return listing
+    items = [{**item, "source": item.get("source") or name} for item in listing.items]
+    inputs = {row["source_uri"]: name for row in (*listing.items, *listing.rejects)}
+    return dataclasses.replace(listing, items=items, inputs=inputs)
+
+
+def merged(listings: list[Listing], classes: tuple[str, ...] | None) -> Listing:
+    """Several sources' listings as one: the classes `classes` (or every class any source
+    has, sorted), each input labelled by its place among them; the metadata and the other
+    records by source root."""
+    if len(listings) == 1:
+        return listings[0]
+    found = {name for listing in listings for name in listing.class_names}
+    missing = [name for name in classes or () if name not in found]
+    if missing:
+        raise UserError(f"--classes: no source has a folder for {', '.join(missing)} (found: {', '.join(sorted(found))})")
+    class_names = classes or tuple(sorted(found))
+    columns = tuple(dict.fromkeys(column for listing in listings for column in listing.extra_columns))
+    items, ignored = [], Counter()
+    for listing in listings:
+        ignored.update(listing.ignored)
+        for item in listing.items:
+            if item["class_name"] not in class_names:  # listed with every class: see list_inputs
+                ignored[f"unselected_class:{item['class_name']}"] += 1
+                continue
+            items.append({**item, "label": class_names.index(item["class_name"])})
+    # Every item with every field any source gives (its metadata columns, a collection's own):
+    # the pipeline makes one table of them.
+    fields = dict.fromkeys(key for item in items for key in item)
+    items = [{**dict.fromkeys(fields), **item} for item in items]
+    remote = next((listing for listing in listings if listing.remote is not None), None)
+    return Listing(kind="several", root=" + ".join(listing.root for listing in listings), class_names=class_names,
+                   items=items, rejects=[reject for listing in listings for reject in listing.rejects],
+                   ignored=dict(ignored), remote=remote.remote if remote else None,
+                   origin=remote.origin if remote else {},
+                   metadata={listing.root: listing.metadata for listing in listings if listing.metadata},
+                   extra_columns=columns, inputs={uri: name for listing in listings for uri, name in listing.inputs.items()})
+
+
+def list_source(config: PreprocessConfig, uri: str | None = None) -> Listing:
+    """List the inputs of the source `uri` (a folder, zip or `synthetic`: one of
+    config.source's; default: its only one), or fail with a one-line UserError.
+
+    A folder or zip holding a public collection in its own layout (cxr.ingest.collections)
+    is read by that collection's adapter, with its metadata; any other by the class folders,
+    whose names are the findings --label-map maps."""
+    if uri is None:
+        [(_, uri)] = config.named_sources
+    if uri == "synthetic":
         return list_synthetic(config.synthetic)
-    location = storage.resolve(config.source)
+    location = storage.resolve(uri)
     storage.check_bucket(location)
+    max_bytes = max_input_bytes(config.max_pixels)
     if storage.is_file(location):
         if not location.path.lower().endswith(".zip"):
             raise UserError(f"{location.uri}: a file source must be a .zip archive of a class-per-folder tree")
-        return list_zip(location, config.wanted_classes, max_pixels=config.max_pixels)
+        found, left_out = _zip_found(location)
+
+        def read_member(member: str) -> bytes:
+            with location.fs.open_input_file(location.path) as handle, zipfile.ZipFile(handle) as archive:
+                return archive.read(member)
+
+        listing = _list_found(config, "zip", location.uri, found, lambda rel: f"{location.uri}!/{rel}",
+                              lambda rel: ("zip", location.uri, rel), read_member, max_bytes)
+        listing.ignored.update(left_out)
+        return listing
     found = _folder_found(location)
     if not found.files and not found.problems:
         if not storage.exists(location):
             raise UserError(f"{location.uri}: source does not exist")
         raise UserError(f"{location.uri}: source folder is empty")
-    return list_tree("folder", location.uri, found, config.wanted_classes, lambda rel: _joined_uri(location, rel),
-                     lambda rel: ("file", location.join(rel).uri, ""),
-                     read_sheet=lambda rel: storage.read_bytes(location.join(rel)),
-                     max_bytes=max_input_bytes(config.max_pixels))
+    return _list_found(config, "folder", location.uri, found, lambda rel: _joined_uri(location, rel),
+                       lambda rel: ("file", location.join(rel).uri, ""),
+                       lambda rel: storage.read_bytes(location.join(rel)), max_bytes)
+
+
+def _list_found(config: PreprocessConfig, kind: str, root: str, found: Found, uri_of, read_spec_of, read,
+                max_bytes: int) -> Listing:
+    """A found tree's listing: a public collection's adapter, or the class folders."""
+    # collections builds on this module's Listing and rows: imported here, not at the top.
+    from cxr.ingest import collections
+
+    tree = collections.Tree(kind, root, found, read, uri_of, read_spec_of, max_bytes)
+    listing = collections.list_collection(tree, config.label_map, config.wanted_classes)
+    if listing is not None:
+        return listing
+    if not config.label_map:
+        return list_tree(kind, root, found, config.wanted_classes, uri_of, read_spec_of, read_sheet=read,
+                         max_bytes=max_bytes)
+    # Every folder is a finding until the label map says which class it is.
+    listing = list_tree(kind, root, found, None, uri_of, read_spec_of, read_sheet=read, max_bytes=max_bytes)
+    return collections.map_class_folders(listing, config.label_map, config.wanted_classes)
 
 
 def _joined_uri(location: storage.Location, relative: str) -> str:

@@ -34,6 +34,10 @@ whatever the window would have made of it (pydicom ignores padding).
 
 Lateral views (ViewPosition LL, RL, LATERAL...) are rejected (`lateral_view`): the model
 reads frontal (PA or AP) chest radiographs; a file without a ViewPosition is accepted.
+Given a cohort (--min-age, --max-age, --views: for an image whose listing could not know its
+age or view, cxr.ingest.cohort.AT_READ), the header's PatientAge and ViewPosition are checked
+against it as the listing checks metadata (`age_out_of_range`, `view_not_selected`,
+`age_unknown`, `view_unknown`); the detail never quotes the age.
 
 Patient data never leaves the file: a reject's detail may name only the tags in
 DETAIL_TAGS (how the pixels are stored and which view they show, nothing about the
@@ -50,6 +54,8 @@ import warnings
 
 import numpy as np
 
+from cxr.config import CohortConfig
+from cxr.ingest import cohort as cohorts
 from cxr.preprocess.transforms import MIN_SIDE, ImageRejected
 
 # The bytes that mark a DICOM Part 10 file: a 128-byte preamble, then "DICM".
@@ -73,12 +79,13 @@ def is_dicom(data: bytes) -> bool:
     return data[PREAMBLE_END:PREAMBLE_END + len(MAGIC)] == MAGIC
 
 
-def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_dicom(data: bytes, max_pixels: int, cohort: CohortConfig | None = None) -> np.ndarray:
     """One single-frame grayscale DICOM's bytes to float32 gray (H, W) in [0, 1].
 
-    The size, kind and view are checked from the header before any pixel is decoded. Raises
-    ImageRejected: `unsupported_file` (no DICM magic), `undecodable`, `no_pixel_data`,
-    `colour`, `multi_frame`, `lateral_view`, `too_large`, `too_small`.
+    The size, kind and view (and, given a `cohort`, the age and view it selects) are checked
+    from the header before any pixel is decoded. Raises ImageRejected: `unsupported_file` (no
+    DICM magic), `undecodable`, `no_pixel_data`, `colour`, `multi_frame`, `lateral_view`,
+    `too_large`, `too_small`, and the cohort's reasons.
     """
     import pydicom  # here, not at the top: only DICOM inputs pay for the import
 
@@ -92,6 +99,8 @@ def decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
             if "PixelData" not in dataset and any("End of file" in str(w.message) for w in warned):
                 raise ImageRejected("undecodable", "the file ends inside its pixel data (truncated)")
             _check_header(dataset, max_pixels)
+            if cohort is not None:
+                _check_cohort(dataset, cohort)
             padding_range = _padding_range(dataset)
         except ImageRejected:
             raise
@@ -144,6 +153,16 @@ def _check_header(dataset, max_pixels: int) -> None:
         raise ImageRejected("too_large", f"{columns}x{rows} exceeds {max_pixels} pixels")
     if min(rows, columns) < MIN_SIDE:
         raise ImageRejected("too_small", f"{columns}x{rows} is below {MIN_SIDE} pixels a side")
+
+
+def _check_cohort(dataset, cohort: CohortConfig) -> None:
+    """The cohort's age and view filters, on the header's PatientAge and ViewPosition."""
+    age = cohorts.age_range(str(dataset.get("PatientAge", "") or ""))
+    verdict = (cohorts.age_verdict(age, cohort, "PatientAge in the header")
+               or cohorts.view_verdict(cohorts.view_code(_normalised(dataset.get("ViewPosition", ""))), cohort,
+                                       "ViewPosition in the header"))
+    if verdict:
+        raise ImageRejected(*verdict)
 
 
 def _normalised(value) -> str:

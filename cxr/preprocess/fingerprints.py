@@ -53,7 +53,7 @@ def as_words(fingerprints: list[str]) -> np.ndarray:
     return words
 
 
-def _distances(block: np.ndarray, words: np.ndarray) -> np.ndarray:
+def bit_distances(block: np.ndarray, words: np.ndarray) -> np.ndarray:
     """Bits differing between each row of `block` and each row of `words`: (len(block), len(words))."""
     return np.bitwise_count(block[:, None, :] ^ words[None, :, :]).sum(axis=2, dtype=np.int64)
 
@@ -68,7 +68,7 @@ def near_duplicate_groups(fingerprints: list[str], max_distance: int) -> list[in
     groups = Components()
     for start in range(0, len(words), BLOCK_ROWS):
         block = words[start:start + BLOCK_ROWS]
-        distances = _distances(block, words)
+        distances = bit_distances(block, words)
         for i, j in zip(*np.nonzero(distances <= max_distance)):
             groups.join(start + int(i), int(j))
     return [groups.root(i) for i in range(len(words))]
@@ -82,5 +82,5 @@ def nearest_distances(queries: list[str], references: list[str]) -> np.ndarray:
     nearest = np.empty(len(words), dtype=np.int64)
     for start in range(0, len(words), BLOCK_ROWS):
         block = words[start:start + BLOCK_ROWS]
-        nearest[start:start + len(block)] = _distances(block, reference).min(axis=1)
+        nearest[start:start + len(block)] = bit_distances(block, reference).min(axis=1)
     return nearest

@@ -6,7 +6,9 @@ Its fields and the typed view every reader uses are cxr.artifacts's `Manifest`.
 from __future__ import annotations
 
 import datetime
+import math
 from collections import Counter
+from collections.abc import Mapping
 from importlib import metadata
 
 from cxr import __version__
@@ -27,6 +29,68 @@ def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, st
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+# A class this share or more of whose images come from sources that hold no image of another
+# class can be told apart by its sources alone (hospital, device, borders, text): the
+# confound of the COVID-19 Radiography Database, where the share is 100% for COVID and for
+# Normal and models score about 0.7 AUC elsewhere (DeGrave et al. 2021). Below 100%, so that
+# a few mixed sources of a mostly single-class data set do not silence the warning.
+CONFOUNDED_SHARE = 0.8
+
+
+def class_by_source(kept: list[dict], class_names: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Kept images per source (UNKNOWN_SOURCE for those without one), per class; sources
+    sorted, the unknown last."""
+    table: dict[str, dict[str, int]] = {}
+    for row in kept:
+        per_class = table.setdefault(row.get("source") or UNKNOWN_SOURCE, {name: 0 for name in class_names})
+        per_class[row["class_name"]] += 1
+    return dict(sorted(table.items(), key=lambda item: (item[0] == UNKNOWN_SOURCE, item[0])))
+
+
+def source_confound(table: Mapping[str, Mapping[str, int]], class_names: tuple[str, ...] | list[str]) -> dict:
+    """How the classes spread over the sources of a class-by-source table.
+
+    Per class: its images, those from known sources holding no other class, and their
+    share; `confounded`: the classes whose share reaches CONFOUNDED_SHARE; `in_mixed_sources`:
+    the images in known sources that hold more than one class. An image of unknown source
+    may come from any hospital: it counts in the totals but neither as mixed nor as single-class.
+    """
+    known = {name: per_class for name, per_class in table.items() if name != UNKNOWN_SOURCE}
+    mixed = {name for name, per_class in known.items() if sum(n > 0 for n in per_class.values()) > 1}
+    classes = {}
+    for name in class_names:
+        images = sum(per_class.get(name, 0) for per_class in table.values())
+        alone = sum(per_class.get(name, 0) for source, per_class in known.items() if source not in mixed)
+        classes[name] = {"images": images, "from_single_class_sources": alone,
+                         "share": alone / images if images else None}
+    return {"sources_known": bool(known), "images": sum(sum(per_class.values()) for per_class in table.values()),
+            "in_mixed_sources": sum(sum(known[name].values()) for name in mixed), "classes": classes,
+            "confounded": [name for name in class_names
+                           if classes[name]["share"] is not None and classes[name]["share"] >= CONFOUNDED_SHARE]}
+
+
+def confound_sentences(confound: dict, class_names: tuple[str, ...] | list[str]) -> tuple[list[str], str | None]:
+    """(one warning per confounded class, the share of images in mixed sources), as text;
+    ([], None) when no image's source is known or there is one class."""
+    if not confound["sources_known"] or len(class_names) < 2:
+        return [], None
+    warnings = []
+    for name in confound["confounded"]:
+        others = " or ".join(printable(c) for c in class_names if c != name)
+        warnings.append(f"{printable(name)}: {_percent(confound['classes'][name]['share'])} from sources without "
+                        f"{others} images; a model can learn the hospital")
+    held = "both classes" if len(class_names) == 2 else "more than one class"
+    images = confound["images"]
+    mixed = (f"images in sources that hold {held}: {_percent(confound['in_mixed_sources'] / max(images, 1))} "
+             f"({confound['in_mixed_sources']} of {images})")
+    return warnings, mixed
+
+
+def _percent(share: float) -> str:
+    """Rounded down: 99.6% of a class from single-class sources is not "100%"."""
+    return f"{math.floor(share * 100 + 1e-9)}%"
 
 
 def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dict], assignment: dict[str, str],
@@ -50,7 +114,7 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cxr_version": __version__,
         "packages": package_versions(),
-        "source": {"uri": config.source, "kind": listing.kind, "root": listing.root, **source_details,
+        "source": {"uri": " + ".join(config.source), "kind": listing.kind, "root": listing.root, **source_details,
                    **({"metadata": listing.metadata} if listing.metadata else {})},
         "class_names": list(listing.class_names),
         "image": {"height": config.image_size, "width": config.image_size, "channels": 1, "format": "png"},
@@ -60,6 +124,8 @@ def build_manifest(*, config: PreprocessConfig, listing: Listing, kept: list[dic
             "rejected": len(rejects),
             "splits": {split: {**per_class, "total": sum(per_class.values())} for split, per_class in splits.items()},
             "classes": {name: sum(splits[s][name] for s in SPLITS) for name in listing.class_names},
+            # Per source, per class, over all splits: how far class and hospital are one variable.
+            "class_by_source": class_by_source(kept, listing.class_names),
             "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
             "inpainted": sum(1 for r in kept if r.get("marking_inpainted")),
             # With a lung focus: found in the image, or the template stood in.
@@ -116,6 +182,9 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
                      + f"{row.total:>{width}}")
     lines.append("")
     lines.append(f"inputs found {counts.found} = kept {counts.kept} + rejected {counts.rejected}")
+    for name, each in manifest.input_counts().items():
+        lines.append(f"  from {printable(name)} ({printable(each['uri'])}): found {each['found']} = kept {each['kept']} "
+                     f"+ rejected {each['rejected']}")
     for reason, n in counts.rejected_by_reason.items():
         lines.append(f"  rejected {printable(reason)}: {n}")
     near = counts.near_duplicates
@@ -140,7 +209,7 @@ def format_summary(manifest: Manifest, output_uri: str) -> str:
         lines.append(f"  ignored {printable(what)}: {n}")
     lines += _focus_lines(manifest.preprocess_config())
     lines += _metadata_lines(manifest.metadata_record())
-    # One source (the quickstart's) would only repeat the table above.
+    # One source (the quickstart's) would only repeat the table above, and cannot stand for a class.
     if len({name for per_split in manifest.sources.values() for name in per_split}) > 1:
         lines += ["", *_source_table(manifest)]
     if manifest.kaggle:
@@ -169,13 +238,21 @@ def _metadata_lines(record: dict) -> list[str]:
 
 
 def _source_table(manifest: Manifest) -> list[str]:
-    names = sorted({source for per_split in manifest.sources.values() for source in per_split})
+    """Per source: kept images per class and per split, then how the classes spread over them."""
+    names = sorted({source for per_split in manifest.sources.values() for source in per_split},
+                   key=lambda name: (name == UNKNOWN_SOURCE, name))
+    classes, by_class = manifest.class_names, manifest.counts.class_by_source
     width = max(8, *(len(printable(n)) + 2 for n in names))
-    held_out = set(manifest.test_sources)
-    lines = ["images per source" + (f" (held out in test: {', '.join(map(printable, manifest.test_sources))})"
-                                    if held_out else ""),
-             f"{'source':<{width}}" + "".join(f"{s:>8}" for s in SPLITS)]
+    class_width = max(8, *(len(printable(c)) + 2 for c in classes))
+    held_out = [f"held out in {split}: {', '.join(map(printable, held))}"
+                for split, held in (("test", manifest.test_sources), ("val", manifest.val_sources)) if held]
+    lines = ["images per source" + (f" ({'; '.join(held_out)})" if held_out else ""),
+             f"{'source':<{width}}" + "".join(f"{printable(c):>{class_width}}" for c in classes)
+             + "".join(f"{s:>8}" for s in SPLITS)]
     for name in names:
-        lines.append(f"{printable(name):<{width}}" + "".join(
-            f"{manifest.sources[s][name].total if name in manifest.sources[s] else 0:>8}" for s in SPLITS))
-    return lines
+        per_class = by_class.get(name, {})
+        lines.append(f"{printable(name):<{width}}" + "".join(f"{per_class.get(c, 0):>{class_width}}" for c in classes)
+                     + "".join(f"{manifest.sources[s][name].total if name in manifest.sources[s] else 0:>8}"
+                               for s in SPLITS))
+    warnings, mixed = confound_sentences(source_confound(by_class, classes), classes)
+    return lines + [f"WARNING: {warning}" for warning in warnings] + ([mixed] if mixed else [])

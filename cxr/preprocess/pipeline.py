@@ -10,6 +10,7 @@ written last, and the staging area is removed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -24,7 +25,7 @@ from cxr import claims, progress, runtime, storage
 from cxr.artifacts import CLAIM_FILE, MANIFEST_FILE, SPLITS, ShardsLayout, shard_schema
 from cxr.config import PreprocessConfig, is_kaggle_source
 from cxr.errors import DownloadFailed, UserError, one_line
-from cxr.ingest import downloads, sources
+from cxr.ingest import cohort, collections, downloads, sources
 from cxr.ingest.metadata import EXTRA_PREFIX, read_metadata_csv
 from cxr.preprocess import dicom, fingerprints
 from cxr.preprocess import manifest as manifest_lib
@@ -43,7 +44,8 @@ ROWS_PER_BLOCK = 96
 MIN_BLOCKS_PER_CPU = 4
 
 
-def process_image(data: bytes, config: PreprocessConfig, input_format: str = "image") -> dict:
+def process_image(data: bytes, config: PreprocessConfig, input_format: str = "image",
+                  cohort_at_read: bool = False) -> dict:
     """One image's bytes through decode .. PNG; the shard fields plus per-stage seconds.
 
     The one definition of the image work: preprocessing runs it on every input, scoring
@@ -55,7 +57,8 @@ def process_image(data: bytes, config: PreprocessConfig, input_format: str = "im
     what the listing read the name as (cxr.ingest.sources.input_format): a "dicom" name
     without the magic is rejected rather than guessed at. Raises ImageRejected when the image
     cannot be used; a marking drop is not an error but a status, so its score and hash still
-    reach rejected.parquet.
+    reach rejected.parquet. `cohort_at_read`: the listing could not know the image's age or
+    view (cxr.ingest.cohort.AT_READ), so a DICOM header's are checked against config.cohort.
     """
     seconds: dict[str, float] = {}
     clock = perf_counter()
@@ -67,7 +70,8 @@ def process_image(data: bytes, config: PreprocessConfig, input_format: str = "im
         clock = now
 
     if input_format == "dicom" or dicom.is_dicom(data):
-        pixels = dicom.decode_dicom(data, config.max_pixels)  # already gray float32 in [0, 1]
+        # Already gray float32 in [0, 1].
+        pixels = dicom.decode_dicom(data, config.max_pixels, config.cohort if cohort_at_read else None)
     else:
         pixels = decode_image(data, config.max_pixels)
     content_hash = pixel_hash(pixels)
@@ -140,7 +144,8 @@ def process_batch(batch: pa.Table, config: PreprocessConfig, tally=None,
             # A fetched image's read is its download (or its read from the raw cache).
             row["t_read"] = perf_counter() - start + (item.get("t_fetch") or 0.0)
             try:
-                row.update(process_image(data, config, sources.input_format(item["source_uri"])))
+                row.update(process_image(data, config, sources.input_format(item["source_uri"]),
+                                         cohort_at_read=bool(item.get(cohort.AT_READ))))
             except ImageRejected as exc:
                 row.update(status=exc.reason, detail=exc.detail)
             except Exception as exc:  # noqa: BLE001 - recorded, counted and shown in the summary
@@ -161,9 +166,7 @@ def check_apart(config: PreprocessConfig) -> None:
     """--output outside what the job reads: shards inside --source would be listed as a class
     folder by the next run over it (a third class, silently), and --overwrite would delete
     inside the source (or, the other way round, the source would be inside what it deletes)."""
-    read = []
-    if config.source != "synthetic" and not is_kaggle_source(config.source):
-        read.append(("--source", config.source))
+    read = [("--source", uri) for _, uri in config.named_sources if uri != "synthetic" and not is_kaggle_source(uri)]
     if config.download.raw_cache:
         read.append(("--raw-cache", config.download.raw_cache))
     for flag, uri in read:
@@ -204,13 +207,17 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     if table is not None and config.split.group_by not in (None, *table.extra_columns):
         raise UserError(f"--group-by {config.split.group_by}: --metadata {table.uri} has no such column "
                         f"(its columns: {', '.join(table.extra_columns) or 'none besides the path and source'})")
-    listing = downloads.list_kaggle(config) if is_kaggle_source(config.source) else sources.list_source(config)
+    listing = list_inputs(config)
     if not listing.items:
         raise UserError(f"{listing.root}: no {sources.SUPPORTED} files in the class folders "
                         f"({len(listing.rejects)} other files)")
     if table is not None:
         listing = sources.with_metadata_csv(listing, table)
-    shards.check_test_sources(listing.items, config.split)
+    listing = cohort.apply_cohort(listing, config.cohort)  # once every age and view is attached
+    if config.split.group_by not in (None, *listing.extra_columns):
+        raise UserError(f"--group-by {config.split.group_by}: no source gives such a column (a --metadata CSV, or "
+                        f"a collection's metadata; columns here: {', '.join(listing.extra_columns) or 'none'})")
+    shards.check_held_out_sources(listing.items, config.split)
     log.info("found %d inputs in %s (%s), classes %s", listing.found, listing.root, listing.kind,
              ", ".join(listing.class_names))
     output = ShardsLayout.at(config.output)
@@ -218,6 +225,39 @@ def run_preprocess(config: PreprocessConfig) -> dict:
     with claims.claimed(output.claim, "preprocess", "--output") as claim:
         prepare_output(output, config.overwrite)
         return _process(config, listing, output, claim, started)
+
+
+def list_inputs(config: PreprocessConfig) -> sources.Listing:
+    """Every input of every --source, as one listing (cxr.ingest.sources.merged)."""
+    listings = []
+    # Of several sources, each need not hold every class --classes names: each is listed with
+    # all of its classes, and merged keeps those asked for.
+    each = config if len(config.named_sources) == 1 else dataclasses.replace(config, classes=())
+    for name, uri in config.named_sources:
+        if is_kaggle_source(uri) and config.label_map:
+            # The database's class folders are its findings: every one listed, then mapped.
+            listing = collections.map_class_folders(downloads.list_kaggle(dataclasses.replace(config, classes=())),
+                                                    config.label_map, each.wanted_classes)
+        elif is_kaggle_source(uri):
+            listing = downloads.list_kaggle(each)
+        else:
+            listing = sources.list_source(each, uri)
+        if len(config.named_sources) > 1 and not listing.items:
+            raise UserError(f"--source {name}={uri}: no {sources.SUPPORTED} files in the class folders "
+                            f"({len(listing.rejects)} other files)")
+        listings.append(sources.named(listing, name))
+    return sources.merged(listings, config.wanted_classes)
+
+
+def input_counts(config: PreprocessConfig, listing: sources.Listing, kept: list[dict], rejects: list[dict]) -> dict:
+    """Per --source NAME=...: its URI and found = kept + rejected."""
+    counts = {name: {"uri": uri, "found": 0, "kept": 0, "rejected": 0} for name, uri in config.named_sources}
+    for rows, outcome in ((kept, "kept"), (rejects, "rejected")):
+        for row in rows:
+            name = listing.inputs[row["source_uri"]]
+            counts[name]["found"] += 1
+            counts[name][outcome] += 1
+    return counts
 
 
 def _process(config: PreprocessConfig, listing: sources.Listing, output: ShardsLayout, claim: claims.Claim,
@@ -267,6 +307,8 @@ def _process(config: PreprocessConfig, listing: sources.Listing, output: ShardsL
                                                         for item in listing.items})
         grouped_by = {"column": config.split.group_by, **grouped_by}
     assignment = shards.assign_splits(kept, config.split)
+    if listing.inputs:
+        source_details["inputs"] = input_counts(config, listing, kept, rejects)
 
     file_rows = {path: Counter(assignment[r["source_uri"]] for r in rows if r["source_uri"] in assignment)
                  for path, rows in metadata.items()}

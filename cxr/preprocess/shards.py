@@ -135,10 +135,10 @@ def assign_splits(rows: list[dict], split: SplitConfig) -> dict[str, str]:
     a group goes to the split where its first image falls. So the assignment depends only
     on which images there are: not on listing order, block layout or worker count.
     Duplicates are removed before this, so no image can sit in two splits. Images of
-    `split.test_sources` all go to test, whatever the ratios, with every near-duplicate of
-    theirs; the others are split as if those sources were not there.
+    `split.test_sources` all go to test and those of `split.val_sources` to val, whatever
+    the ratios, with every member of their groups; the others are split as if those sources
+    were not there.
     """
-    held_out = set(split.test_sources)
     members: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         members[row.get("group") or row["content_hash"]].append(row)
@@ -149,8 +149,9 @@ def assign_splits(rows: list[dict], split: SplitConfig) -> dict[str, str]:
     for all_groups in by_label.values():
         groups = {}
         for key, members in all_groups.items():
-            if any(row.get("source") in held_out for row in members):
-                assignment.update((row["source_uri"], "test") for row in members)
+            held_in = _held_out_split(members, split)
+            if held_in:
+                assignment.update((row["source_uri"], held_in) for row in members)
             else:
                 groups[key] = members
         n = sum(len(g) for g in groups.values())
@@ -172,17 +173,37 @@ def _stratum(group: list[dict]) -> int:
     return min(counts, key=lambda label: (-counts[label], label))
 
 
-def check_test_sources(rows: list[dict], split: SplitConfig) -> None:
-    """--test-sources must name sources the images have, and leave some for training."""
-    if not split.test_sources:
+def _held_out_split(group: list[dict], split: SplitConfig) -> str | None:
+    """"test" or "val" when a member of the group comes from a source held out there, else None.
+
+    Test wins for a group that spans a test source and a validation source (a near-duplicate
+    filed under both): the test split's promise, that none of its held-out sources' images
+    was seen while training or choosing the model, is the one a reader relies on.
+    """
+    sources = {row.get("source") for row in group}
+    if sources & set(split.test_sources):
+        return "test"
+    if sources & set(split.val_sources):
+        return "val"
+    return None
+
+
+def check_held_out_sources(rows: list[dict], split: SplitConfig) -> None:
+    """--test-sources and --val-sources must name sources the images have, and leave some for training."""
+    held_out = {"--test-sources": split.test_sources, "--val-sources": split.val_sources}
+    if not any(held_out.values()):
         return
     known = {row.get("source") for row in rows} - {None}
-    unknown = [name for name in split.test_sources if name not in known]
-    if unknown:
-        listed = ", ".join(sorted(known)) if known else "none: no image's source is known"
-        raise UserError(f"--test-sources: no image comes from {', '.join(unknown)} (sources: {listed})")
-    if not any(row.get("source") not in split.test_sources for row in rows):
-        raise UserError("--test-sources names every source: none would be left for training")
+    for flag, names in held_out.items():
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            listed = ", ".join(sorted(known)) if known else "none: no image's source is known"
+            raise UserError(f"{flag}: no image comes from {', '.join(unknown)} (sources: {listed})")
+    every = {*split.test_sources, *split.val_sources}
+    if not any(row.get("source") not in every for row in rows):
+        flags = [flag for flag, names in held_out.items() if names]
+        raise UserError(f"{' and '.join(flags)} {'name' if len(flags) > 1 else 'names'} every source: none would "
+                        "be left for training")
 
 
 def write_shard(staging_files: list[str], keep: set[str], output_uri: str,

@@ -27,7 +27,7 @@ from cxr.artifacts import (HISTORY_FILE, LEARNING_CURVE_FILE, MODEL_FILE, RUN_SE
                            RunLayout, read_manifest)
 from cxr.config import TrainConfig
 from cxr.errors import UserError
-from cxr.train.data import cached_bytes_per_worker, split_dataset
+from cxr.train.data import CellWeights, cached_bytes_per_worker, split_dataset
 from cxr.train.history import history_csv, learning_curve_png
 from cxr.keras_lib import TF_ENVIRONMENT, configure_environment
 from cxr.train.loop import steps_per_epoch, train_loop_per_worker
@@ -84,6 +84,12 @@ def _claimed_run(config: TrainConfig, data: storage.Location, manifest: Manifest
              "decoded images kept in memory after epoch 1" if _keeps_cache(config, manifest)
              else "streaming every epoch", storage_root.join(config.run_name).uri)
     log.info("classes: %s", ", ".join(f"{name} (label {label})" for label, name in enumerate(manifest.class_names)))
+    if config.balance_sources:
+        balance = cell_weights(config, manifest)
+        log.info("%s", balance.line())
+        warning = balance.one_source_warning()
+        if warning:
+            log.warning("%s", warning)
     plan, whole_split = epoch_plan(config, manifest)
     (log.warning if whole_split else log.info)("%s", plan)
     total_images = config.epochs * manifest.splits["train"].total
@@ -224,6 +230,12 @@ def epoch_plan(config: TrainConfig, manifest: Manifest) -> tuple[str, bool]:
             f"({images} training images)", False)
 
 
+def cell_weights(config: TrainConfig, manifest: Manifest) -> CellWeights:
+    """--balance-sources: each training image's weight by its source and class, computed
+    here from the manifest's counts; --class-weights folds into them (cxr.train.data)."""
+    return CellWeights.of(manifest, class_weighted=config.class_weights)
+
+
 def _checked_weights(config: TrainConfig, manifest: Manifest) -> tuple[str, bytes] | None:
     """Resolve --weights on the driver and prove they fit, before any worker starts.
 
@@ -275,7 +287,8 @@ def _fit(config: TrainConfig, inputs: RunInputs, storage_root: storage.Location,
         train_loop_per_worker,
         train_loop_config={"config": config, "manifest": manifest, "weights": inputs.weights_ref,
                            "run_uri": run.root.uri, "cache": cache, "tally": tally,
-                           "cores_shared": inputs.cores_shared, "resume": resume, "tracking": run_tracking},
+                           "cores_shared": inputs.cores_shared, "resume": resume, "tracking": run_tracking,
+                           "cell_weights": cell_weights(config, manifest) if config.balance_sources else None},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu,
                                      resources_per_worker={"CPU": inputs.cpus_per_worker},
                                      label_selector=dict(config.node_labels) or None),

@@ -247,11 +247,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state = TrainingState()
 
     cache = loop_config["cache"]
+    # With source balance, each image's weight (the class weights folded in) travels with it;
+    # otherwise Keras weighs the classes. Never both: Keras would multiply them. Validation
+    # stays unweighted, as it is with class weights.
+    cell_weights = loop_config.get("cell_weights")
     train = worker_dataset(ray.train.get_dataset_shard("train"), config.batch_size, len(class_names), config.seed,
-                           training=True, augment=config.augment, cache=cache, rank=rank)
+                           training=True, augment=config.augment, cache=cache, rank=rank, cell_weights=cell_weights)
     val = worker_dataset(ray.train.get_dataset_shard("val"), config.batch_size, len(class_names), config.seed,
                          training=False, cache=cache, rank=rank)
-    weights = class_weights(manifest) if config.class_weights else None
+    weights = class_weights(manifest) if config.class_weights and cell_weights is None else None
     train_images = manifest.splits["train"].total
 
     tally = loop_config.get("tally")
