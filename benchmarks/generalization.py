@@ -2,7 +2,7 @@
 
     python benchmarks/generalization.py [--study sources|levers] [--image-size 64] [--images 600]
                                         [--epochs 10] [--seeds 0,1,2] [--no-write] [--smoke]
-        sources: [--variants NAME,...]
+        sources: [--variants NAME,...] [--no-image-levers]
         levers:  [--levers NAME,...] [--real-images 3800] [--real-seeds 0,1,2] [--data-source DIR]
                  [--skip-synthetic] [--skip-real]
 
@@ -16,12 +16,13 @@ docs/benchmarks/generalization.json), each with the command and date that measur
    all), and site-d keeps the overall rate and is always held out for test: its AUC is the
    held-out-site AUC. Variants: class = source (today), negatives from every site (confound
    0), validation on a held-out site (`--val-sources site-b`: the best epoch is chosen on a
-   site the model never trained on), source balance (`--balance-sources`, at confound 0.8,
-   where both classes have a source of their own to balance against) and the combination.
-   site-b never trains (it is in test or validation), so every variant trains on the same
-   images count from sites a and c. All with the jobs' defaults: lung crop and appearance
-   augmentation, early stopping and the best epoch by validation loss. The real sample has
-   no sources (no metadata sheets), so this study has no real-data part.
+   site the model never trained on), source balance (`--balance-sources`, at confound 0.8:
+   at 1 each site holds one class, and there is nothing to even out) and the combination.
+   site-b never trains (it is in test or validation), so every variant trains on as many
+   images of sites a and c. All with the jobs' defaults: lung crop and appearance
+   augmentation (off with --no-image-levers), early stopping and the best epoch by
+   validation loss. The real sample has no sources (no metadata sheets), so this study has
+   no real-data part.
 2. levers (issue 17): the recipe without any lever and each lever of issue 17 on it, on
    a 3-site testbed (`--synthetic-confound 1`, `site-c` held out) and on the real sample
    (its own test split: the in-database cost of a lever, not its gain on unseen hospitals);
@@ -80,15 +81,15 @@ class Variant:
     balance_sources: bool = False
     baseline: str | None = None
 
-    def preprocess_changes(self) -> dict:
+    def preprocess_changes(self, image_levers: bool = True) -> dict:
         # The levers spelled out rather than left to the jobs' defaults (which they are today),
         # so that a row means the same whatever the defaults become.
-        return {"lungs": LUNG_CROP, "markings": MarkingConfig(),
+        return {"lungs": LUNG_CROP if image_levers else NO_LUNG_FOCUS, "markings": MarkingConfig(),
                 "split": SplitConfig(**SPLIT_RATIOS, test_sources=self.test_sources, val_sources=self.val_sources),
                 "confound": self.confound}
 
-    def train_changes(self) -> dict:
-        return {"augment": APPEARANCE, "balance_sources": self.balance_sources}
+    def train_changes(self, image_levers: bool = True) -> dict:
+        return {"augment": APPEARANCE if image_levers else GEOMETRIC, "balance_sources": self.balance_sources}
 
     @property
     def flags(self) -> str:
@@ -133,10 +134,11 @@ LEVERS = {
 }
 
 
-# The flags each study leaves to the other one.
-FLAGS_NOT_READ_BY = {"sources": ("levers", "real_images", "real_seeds", "data_source", "skip_synthetic",
-                                 "skip_real"),
-                     "levers": ("variants",)}
+# The flags each study leaves to the other one (destination: flag).
+FLAGS_NOT_READ_BY = {"sources": {"levers": "--levers", "real_images": "--real-images", "real_seeds": "--real-seeds",
+                                 "data_source": "--data-source", "skip_synthetic": "--skip-synthetic",
+                                 "skip_real": "--skip-real"},
+                     "levers": {"variants": "--variants", "image_levers": "--no-image-levers"}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,6 +155,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="training seeds, comma-separated (default: %(default)s)")
     parser.add_argument("--variants", default=None,
                         help="sources study: comma-separated subset of the variants, by their first word(s)")
+    parser.add_argument("--no-image-levers", dest="image_levers", action="store_false",
+                        help="sources study: without the lung crop and appearance augmentation (the recipe before "
+                             "issue 17), to see the data's part when the image levers leave the shortcut in place")
     parser.add_argument("--levers", default=None,
                         help="levers study: comma-separated subset of the levers, by their first word(s)")
     parser.add_argument("--real-images", type=int, default=None,
@@ -167,7 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help=common.SMOKE_HELP)
     args = parser.parse_args(argv)
     # A flag of the other study would be ignored without a word: refused instead.
-    other = [f"--{dest.replace('_', '-')}" for dest in FLAGS_NOT_READ_BY[args.study]
+    other = [flag for dest, flag in FLAGS_NOT_READ_BY[args.study].items()
              if getattr(args, dest) != parser.get_default(dest)]
     if other:
         parser.error(f"{', '.join(other)} {'applies' if len(other) == 1 else 'apply'} to the other study "
@@ -274,16 +279,16 @@ def sources_study(args, scratch: Path) -> dict:
     made: dict = {}
     rows = {}
     for index, (name, variant) in enumerate(chosen(VARIANTS, args.variants, "--variants").items()):
-        shards = shards_for(base, variant.preprocess_changes(), made)
+        shards = shards_for(base, variant.preprocess_changes(args.image_levers), made)
         runs = []
         for seed in args.seeds:
             log.info("sources: %s, seed %d", name, seed)
             config = TrainConfig(epochs=args.epochs, seed=seed)  # the job's patience: early stopping as users get
-            runs.append(train_and_evaluate(shards, variant.train_changes(), config, scratch,
+            runs.append(train_and_evaluate(shards, variant.train_changes(args.image_levers), config, scratch,
                                            run_name("sources", index, name, seed)))
         rows[name] = {"runs": runs, "images": split_sizes(shards), "flags": variant.flags,
                       "baseline": variant.baseline, "confound": variant.confound}
-    return {"rows": rows, "patience": TrainConfig().patience,
+    return {"rows": rows, "patience": TrainConfig().patience, "image_levers": args.image_levers,
             "site_rates": {f"{c:g}": site_rates(c) for c in sorted({v["confound"] for v in rows.values()})}}
 
 
@@ -374,13 +379,16 @@ def sources_markdown(part: dict) -> list[str]:
     rates = "; ".join(f"{confound}: " + ", ".join(f"{site} {rate:g}" for site, rate in by_site.items())
                       for confound, by_site in sorted(part["site_rates"].items(), reverse=True))
     gains = {name: gain(rows, name) for name in rows}
+    image_levers = ("lung crop and appearance augmentation, the jobs' defaults" if part.get("image_levers", True)
+                    else "without the lung crop and appearance augmentation (`--no-image-levers`: the recipe "
+                         "before issue 17)")
     raised = [name for name, found in gains.items() if found and found["beats_spread"]]
     not_raised = [name for name, found in gains.items() if found and not found["beats_spread"]]
     lines = ["### Data that breaks the class-source link (issue 30), on a planted shortcut", "",
              f"{command(part)}: each variant preprocessed with `run_preprocess`, trained with `run_training` "
              f"(up to {part['epochs']} epochs, early stopping with the job's patience of {part['patience']}, the "
-             f"exported model its best epoch by validation loss; {part['image_size']} px; lung crop and "
-             "appearance augmentation, the jobs' defaults) and scored with `run_evaluation`; the mean over seeds "
+             f"exported model its best epoch by validation loss; {part['image_size']} px; {image_levers}) and "
+             "scored with `run_evaluation`; the mean over seeds "
              f"{', '.join(map(str, part['seeds']))}, with their range in brackets.", "",
              f"Synthetic testbed: {part['synthetic_images']} images from {SITES} sites (`--synthetic-sources "
              f"{SITES} --synthetic-covid-fraction 0.5`), each site's COVID rate by `--synthetic-confound` ({rates}). "
@@ -400,9 +408,7 @@ def sources_markdown(part: dict) -> list[str]:
              "How to read it: a variant helps when it raises the held-out-site AUC by more than the seeds' spread "
              "(the wider range of it and its baseline). "
              + (f"Raised it by more: {', '.join(raised)}. " if raised else "None raised it by more than the spread. ")
-             + (f"Did not: {', '.join(not_raised)}. " if not_raised else "")
-             + "With the real collections that means: take negatives from the same hospitals as the positives "
-             "where they exist, and choose the model on a hospital held out of training (`--val-sources`).", ""]
+             + (f"Did not: {', '.join(not_raised)}." if not_raised else ""), ""]
     return lines
 
 

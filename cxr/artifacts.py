@@ -109,6 +109,11 @@ REJECT_SCHEMA = pa.schema([
 UNKNOWN_SOURCE = "(unknown)"
 
 
+def ordered_sources(names) -> list[str]:
+    """Source names sorted, the images of unknown source last: as every table lists them."""
+    return sorted(names, key=lambda name: (name == UNKNOWN_SOURCE, name))
+
+
 def shard_schema(extra_columns: tuple[str, ...] = ()) -> pa.Schema:
     """SHARD_SCHEMA plus the user's own metadata columns (--metadata), all text, as given."""
     return pa.schema(list(SHARD_SCHEMA) + [(name, pa.string()) for name in extra_columns])

@@ -201,3 +201,18 @@ def test_the_training_stream_mixes_the_classes_of_shards_written_one_class_after
     assert sorted(shuffled) == sorted(in_file_order) and len(shuffled) == manifest.splits["train"].total
     assert 0.25 < covid_share_of_first_half(shuffled) < 0.75
     assert stream(0) == shuffled != stream(1)
+
+
+def test_an_image_size_the_scratch_cnn_cannot_take_is_refused_on_the_driver(tmp_path):
+    """Not in a worker, where the same error would be a traceback retried --max-failures times."""
+    import json
+
+    from cxr.train.job import check_data
+    from tests.manifests import SAMPLE
+
+    small = {**SAMPLE, "image": {**SAMPLE["image"], "height": 32, "width": 32},
+             "config": {**SAMPLE["config"], "image_size": 32}}
+    (tmp_path / "manifest.json").write_text(json.dumps(small))
+    with pytest.raises(UserError, match=r"^scratch_cnn needs --image-size of at least 36, got 32$"):
+        check_data(TrainConfig(data=str(tmp_path)))
+    assert check_data(TrainConfig(data=str(tmp_path), model="vgg19_head"))[1].image_size == 32

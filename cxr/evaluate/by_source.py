@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr.artifacts import UNKNOWN_SOURCE
+from cxr.artifacts import UNKNOWN_SOURCE, ordered_sources
 from cxr.evaluate import metrics
 from cxr.preprocess.manifest import confound_sentences, printable, source_confound
 
@@ -47,15 +47,11 @@ def source_metrics(evaluated, class_names: list[str], positive: int, threshold: 
         in_held_out = np.isin(sources, held_out)
         groups[HELD_OUT_GROUP] = {"sources": held_out, **key_metrics(in_held_out)}
         if (~in_held_out).any():
-            groups[TRAINING_GROUP] = {"sources": _ordered(set(sources[~in_held_out])), **key_metrics(~in_held_out)}
+            groups[TRAINING_GROUP] = {"sources": ordered_sources(set(sources[~in_held_out])), **key_metrics(~in_held_out)}
     per_source = {name: {"held_out": name in held_out, **key_metrics(sources == name)}
-                  for name in _ordered(set(sources))}
+                  for name in ordered_sources(set(sources))}
     return {"split": evaluated.split, "held_out": held_out, "groups": groups, "per_source": per_source}
 
-
-def _ordered(names: set[str]) -> list[str]:
-    """Sorted, the images of unknown source last."""
-    return sorted(names, key=lambda name: (name == UNKNOWN_SOURCE, name))
 
 
 def _key_metrics(evaluated, mask: np.ndarray, class_names: list[str], positive: int, threshold: float | None,

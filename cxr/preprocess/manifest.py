@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from importlib import metadata
 
 from cxr import __version__
-from cxr.artifacts import SCHEMA_VERSION, SPLITS, UNKNOWN_SOURCE, Manifest, shard_schema
+from cxr.artifacts import SCHEMA_VERSION, SPLITS, UNKNOWN_SOURCE, Manifest, ordered_sources, shard_schema
 from cxr.config import PreprocessConfig
 from cxr.ingest.sources import Listing
 
@@ -46,7 +46,7 @@ def class_by_source(kept: list[dict], class_names: tuple[str, ...]) -> dict[str,
     for row in kept:
         per_class = table.setdefault(row.get("source") or UNKNOWN_SOURCE, {name: 0 for name in class_names})
         per_class[row["class_name"]] += 1
-    return dict(sorted(table.items(), key=lambda item: (item[0] == UNKNOWN_SOURCE, item[0])))
+    return {name: table[name] for name in ordered_sources(table)}
 
 
 def source_confound(table: Mapping[str, Mapping[str, int]], class_names: tuple[str, ...] | list[str]) -> dict:

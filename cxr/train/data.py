@@ -14,7 +14,7 @@ import numpy as np
 import ray
 
 from cxr import seeds, storage
-from cxr.artifacts import UNKNOWN_SOURCE, Manifest, check_shard_files
+from cxr.artifacts import UNKNOWN_SOURCE, Manifest, check_shard_files, ordered_sources
 from cxr.config import AugmentConfig
 from cxr.preprocess.transforms import decode_png_gray
 from cxr.train import appearance, geometric
@@ -118,17 +118,13 @@ def training_cells(manifest: Manifest) -> dict[str, dict[str, int]]:
     """The training split's images per source, per class (UNKNOWN_SOURCE for images without
     one), from the manifest; one unknown source when no image's source is known."""
     per_source = manifest.sources.get("train") or {UNKNOWN_SOURCE: manifest.splits["train"]}
-    return {source: dict(per_source[source].per_class) for source in _ordered(per_source)}
+    return {source: dict(per_source[source].per_class) for source in ordered_sources(per_source)}
 
 
 def training_sources(manifest: Manifest) -> tuple[str, ...]:
     """The training split's sources, in the order of the rows' SOURCE_INDEX."""
     return tuple(training_cells(manifest))
 
-
-def _ordered(sources) -> list[str]:
-    """Sorted, the images of unknown source last."""
-    return sorted(sources, key=lambda name: (name == UNKNOWN_SOURCE, name))
 
 
 @dataclass(frozen=True)

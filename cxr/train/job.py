@@ -32,7 +32,7 @@ from cxr.train.history import history_csv, learning_curve_png
 from cxr.keras_lib import TF_ENVIRONMENT, configure_environment
 from cxr.train.loop import steps_per_epoch, train_loop_per_worker
 from cxr.train import checkpoints, settings, tracking
-from cxr.train.models import build_model, resolve_weights
+from cxr.train.models import build_model, check_image_size, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ def check_data(config: TrainConfig) -> tuple[storage.Location, Manifest]:
     data = storage.resolve(config.data)
     manifest = read_manifest(config.data)
     _check_splits(manifest, data.uri)
+    # On the driver: in a worker the same error would be a traceback, retried --max-failures times.
+    check_image_size(config.model, manifest.image_size)
     return data, manifest
 
 

@@ -47,6 +47,12 @@ def model_input_shape(model_name: str, image_size: int) -> tuple[int, int, int]:
     return (image_size, image_size, 1)
 
 
+def check_image_size(model_name: str, image_size: int) -> None:
+    """The scratch CNN's three blocks of valid convolutions and pooling need 36 px or more."""
+    if model_name == "scratch_cnn" and image_size < SCRATCH_MIN_SIZE:
+        raise UserError(f"scratch_cnn needs --image-size of at least {SCRATCH_MIN_SIZE}, got {image_size}")
+
+
 def build_model(model_name: str, image_size: int, num_classes: int, weights: str | None = None,
                 dropout: float = TrainConfig.dropout):
     """A new, uncompiled `tf_keras.Model`; `weights` is "none"/None, "imagenet" or a file path.
@@ -60,8 +66,7 @@ def build_model(model_name: str, image_size: int, num_classes: int, weights: str
     input_shape = model_input_shape(model_name, image_size)  # checks the name
     if num_classes < 2:
         raise UserError(f"a classifier needs at least 2 classes, got {num_classes}")
-    if model_name == "scratch_cnn" and image_size < SCRATCH_MIN_SIZE:
-        raise UserError(f"scratch_cnn needs --image-size of at least {SCRATCH_MIN_SIZE}, got {image_size}")
+    check_image_size(model_name, image_size)
     # Resolve first: a missing file or a failed download should cost no model building.
     weights_path = resolve_weights(model_name, weights)
 
