@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as scratch:
         os.environ.update(KAGGLE_API_ENVIRONMENT="TEST", KAGGLE_USERNAME=server.username, KAGGLE_KEY=server.key,
                           KAGGLE_CONFIG_DIR=scratch)
-        base = PreprocessConfig(source=str(args.data), output=f"{scratch}/out", image_size=128, overwrite=True)
+        base = PreprocessConfig(source=str(args.data), output=f"{scratch}/out", image_size=128, overwrite=True,
+                                classes=())  # every class folder, from the folder and from Kaggle alike
         results["image_size"] = base.image_size
         runtime.ensure_ray()
         timed_run(dataclasses.replace(base, synthetic=dataclasses.replace(base.synthetic, images=args.warmup_images),

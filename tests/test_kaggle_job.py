@@ -150,7 +150,7 @@ def test_an_interrupted_job_run_again_downloads_only_what_it_lacks(ray_session, 
 def test_archive_mode_downloads_the_zip_once_and_reads_its_members(ray_session, fake_kaggle, tmp_path, monkeypatch):
     for name, value in kaggle_env(fake_kaggle).items():
         monkeypatch.setenv(name, value)
-    config = PreprocessConfig(source="kaggle", classes=None, output=str(tmp_path / "shards"), image_size=64,
+    config = PreprocessConfig(source="kaggle", classes=(), output=str(tmp_path / "shards"), image_size=64,
                               download=DownloadConfig(raw_cache=str(tmp_path / "raw"), archive=True))
     for run in range(2):
         manifest = run_preprocess(config)
