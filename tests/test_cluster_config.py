@@ -134,7 +134,7 @@ def test_every_node_runs_the_dockerfile_image_of_its_kind_and_installs_nothing(c
         assert not [w for c in node_setup_commands(config, name) for w in pip_installs(c)], f"{name} installs"
     [registry] = registries
     # Each host logs docker in to that registry before Ray pulls (ECR wants a login even from EC2).
-    assert any(f"docker login" in command and command.rstrip().endswith(registry)
+    assert any("docker login" in command and command.rstrip().endswith(registry)
                for command in config["initialization_commands"]), config["initialization_commands"]
     assert "." not in config["file_mounts"].values(), "the code is in the image and in each job's upload"
 

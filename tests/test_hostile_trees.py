@@ -22,7 +22,7 @@ from tests.cli import run_job
 from tests.conftest import REPO
 from tests.manifests import as_manifest
 from tests.test_preprocess_job import check_consistent, read_output
-from tests.trees import class_tree, png_bytes, synthetic_png, write_links, write_tree, write_zip
+from tests.trees import class_tree, synthetic_png, write_links, write_tree, write_zip
 
 # `ln -s .. COVID/images/l1; ln -s .. COVID/images/l2`: a pyarrow listing of this never ended (8.6 GB).
 TWO_LOOPS = {"COVID/images/l1": "..", "COVID/images/l2": ".."}
