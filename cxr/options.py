@@ -201,7 +201,18 @@ def coerce(kind, value, where: str):
 
 def _wrong(kind, value, where: str):
     name = getattr(kind, "__name__", str(kind))
-    raise UserError(f"{where}: expected {'a' if name[0] not in 'aeiou' else 'an'} {name}, got {json.dumps(value)}")
+    raise UserError(f"{where}: expected {'a' if name[0] not in 'aeiou' else 'an'} {name}, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    """A file's value as an error shows it: as JSON; a YAML alias that holds itself, or a
+    value JSON has no form for (a YAML date), by what it is."""
+    try:
+        return json.dumps(value)
+    except ValueError:  # json's "Circular reference detected"
+        return f"a {type(value).__name__} that contains itself"
+    except TypeError:
+        return repr(value)
 
 
 def read_mapping(path: str, where: str):

@@ -67,6 +67,9 @@ def test_the_presets_hold_the_recipes_they_are_named_for():
     ("- epochs\n", "a.yaml", "--config {path}: expected a mapping of settings, got list"),
     ("epochs: [\n", "a.yaml", "--config {path}: not valid YAML: "),
     ("{\"epochs\": }", "a.json", "--config {path}: not valid JSON: "),
+    ("epochs: &a [*a]\n", "a.yaml", "--config {path}: epochs: expected an int, got a list that contains itself"),
+    ("augment: &a {zoom: *a}\n", "a.yaml", "--config {path}: augment: zoom: expected a float, got a dict that contains itself"),
+    ("epochs: 2026-12-08\n", "a.yaml", "--config {path}: epochs: expected an int, got datetime.date(2026, 12, 8)"),
     (None, "nowhere.yaml", "--config {path}: no such file"),
 ])
 def test_a_bad_config_file_is_one_line(tmp_path, text, name, message):
